@@ -1,0 +1,1 @@
+//! Jobs: stored print files, the job queue, plate state and the plate-clear dispatcher.

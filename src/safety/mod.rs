@@ -1,0 +1,1 @@
+//! Safety: GPIO smoke input and relay outputs, thermal watchdog, latched trips.

@@ -1,0 +1,1 @@
+//! Protocol-faithful Bambu printer simulator (MQTT over TLS, FTPS, SSDP, print state machine).

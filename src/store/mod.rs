@@ -1,0 +1,1 @@
+//! SQLite store: schema migrations and every SQL statement of the gateway live here.

@@ -1,0 +1,1 @@
+//! Web: axum router, server-rendered pages and the JSON API.
