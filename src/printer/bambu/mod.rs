@@ -3,3 +3,4 @@
 pub mod commands;
 pub mod errors;
 pub mod report;
+pub mod tls;
