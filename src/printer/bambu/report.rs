@@ -197,7 +197,7 @@ impl ReportMerger {
     pub fn ingest(&mut self, bytes: &[u8]) -> Result<Ingested, ReportError> {
         let msg = decode(bytes)?;
         Ok(match classify(msg) {
-            Message::Push(v) => self.apply_push(v),
+            Message::Push(v) => self.merge_push(v, content_hash(bytes)),
             Message::Version { firmware, ack } => Ingested::Version { firmware, ack },
             Message::Ack(ack) => Ingested::Ack(ack),
             Message::Other => Ingested::Ignored,
@@ -206,11 +206,14 @@ impl ReportMerger {
 
     /// Merge one status push (the whole message, `{"print":{…}}`).
     pub fn apply_push(&mut self, msg: Value) -> Ingested {
+        let fingerprint = content_hash(msg.to_string().as_bytes());
+        self.merge_push(msg, fingerprint)
+    }
+
+    /// Merge a push whose content hash (for duplicate detection) is `fingerprint`.
+    fn merge_push(&mut self, msg: Value, fingerprint: u64) -> Ingested {
         let print = msg.get("print");
         if let Some(seq) = print.and_then(|p| p.get("sequence_id")).and_then(id_string) {
-            let mut h = DefaultHasher::new();
-            msg.to_string().hash(&mut h);
-            let fingerprint = h.finish();
             if self
                 .recent
                 .iter()
@@ -272,6 +275,17 @@ impl ReportMerger {
     pub fn state(&self, model: Model) -> Option<PrinterState> {
         self.doc.as_ref().map(|d| printer_state(d, model))
     }
+}
+
+/// Hash of a payload's bytes (trailing NUL/whitespace ignored) for duplicate detection.
+fn content_hash(bytes: &[u8]) -> u64 {
+    let mut end = bytes.len();
+    while end > 0 && matches!(bytes.get(end - 1), Some(&b) if b == 0 || b.is_ascii_whitespace()) {
+        end -= 1;
+    }
+    let mut h = DefaultHasher::new();
+    bytes.get(..end).unwrap_or_default().hash(&mut h);
+    h.finish()
 }
 
 /// Bambu Studio's `json_diff` merge: objects recurse, everything else (scalars, arrays, type
