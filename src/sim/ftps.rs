@@ -122,16 +122,35 @@ impl FtpsKnobs {
 /// Something the server did, in order, for tests to inspect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FtpsEvent {
-    SessionOpened { session: u64, tls_version: String },
+    SessionOpened {
+        session: u64,
+        tls_version: String,
+    },
     /// A command line as received (`PASS` arguments are masked).
-    Command { session: u64, line: String },
+    Command {
+        session: u64,
+        line: String,
+    },
     /// A data channel TLS handshake finished.
-    DataTls { session: u64, resumed: bool },
+    DataTls {
+        session: u64,
+        resumed: bool,
+    },
     /// A complete upload was written to storage.
-    Stored { session: u64, name: String, bytes: u64 },
+    Stored {
+        session: u64,
+        name: String,
+        bytes: u64,
+    },
     /// An upload broke off; only `bytes` arrived and nothing went to storage.
-    Partial { session: u64, name: String, bytes: u64 },
-    SessionClosed { session: u64 },
+    Partial {
+        session: u64,
+        name: String,
+        bytes: u64,
+    },
+    SessionClosed {
+        session: u64,
+    },
 }
 
 /// Log of [`FtpsEvent`]s shared with tests.
@@ -302,7 +321,12 @@ async fn run_session(shared: Arc<Shared>, tcp: TcpStream) {
         Ok(Ok(io)) => io,
         _ => return,
     };
-    let tls_version = format!("{:?}", io.get_ref().1.protocol_version());
+    let tls_version = io
+        .get_ref()
+        .1
+        .protocol_version()
+        .map(|v| format!("{v:?}"))
+        .unwrap_or_default();
     shared.record.push(FtpsEvent::SessionOpened {
         session: id,
         tls_version,
@@ -354,7 +378,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineIo<S> {
                 Ok(Ok(n)) if n > 0 => n,
                 _ => return None,
             };
-            self.buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            self.buf
+                .extend_from_slice(chunk.get(..n).unwrap_or_default());
         }
     }
     async fn reply(&mut self, code: u16, text: &str) -> std::io::Result<()> {
@@ -438,7 +463,9 @@ impl Session {
             "PBSZ" => self.ctl.reply(200, "PBSZ set to 0.").await,
             "PROT" => match arg.to_ascii_uppercase().as_str() {
                 "P" if knobs.refuse_prot_p => {
-                    self.ctl.reply(536, "Requested PROT level not supported.").await
+                    self.ctl
+                        .reply(536, "Requested PROT level not supported.")
+                        .await
                 }
                 "P" => {
                     self.prot_private = true;
@@ -451,7 +478,9 @@ impl Session {
                 _ => self.ctl.reply(536, "Bad PROT command.").await,
             },
             _ if !self.logged_in => {
-                self.ctl.reply(530, "Please login with USER and PASS.").await
+                self.ctl
+                    .reply(530, "Please login with USER and PASS.")
+                    .await
             }
             "TYPE" => match arg.to_ascii_uppercase().as_str() {
                 "I" | "L 8" => self.ctl.reply(200, "Switching to Binary mode.").await,
@@ -483,7 +512,9 @@ impl Session {
                     let text = format!("\"/{dir}\" created");
                     self.ctl.reply(257, &text).await
                 } else {
-                    self.ctl.reply(550, "Create directory operation failed.").await
+                    self.ctl
+                        .reply(550, "Create directory operation failed.")
+                        .await
                 }
             }
             "SIZE" => {
@@ -499,7 +530,9 @@ impl Session {
                     let t = self.mtime(&key).format("%Y%m%d%H%M%S").to_string();
                     self.ctl.reply(213, &t).await
                 } else {
-                    self.ctl.reply(550, "Could not get file modification time.").await
+                    self.ctl
+                        .reply(550, "Could not get file modification time.")
+                        .await
                 }
             }
             "DELE" => {
@@ -532,8 +565,12 @@ impl Session {
                     return self.ctl.reply(550, "Failed to open directory.").await;
                 }
                 let listing = self.listing(verb == "LIST");
-                self.send_data(listing.as_bytes(), "Here comes the directory listing.", &knobs)
-                    .await
+                self.send_data(
+                    listing.as_bytes(),
+                    "Here comes the directory listing.",
+                    &knobs,
+                )
+                .await
             }
             "NOOP" => self.ctl.reply(200, "NOOP ok.").await,
             _ => self.ctl.reply(500, "Unknown command.").await,
@@ -644,11 +681,21 @@ impl Session {
         self.pasv = None;
         let listener = match TcpListener::bind(SocketAddr::new(self.local_ip, 0)).await {
             Ok(l) => l,
-            Err(_) => return self.ctl.reply(425, "Could not listen for passive connection.").await,
+            Err(_) => {
+                return self
+                    .ctl
+                    .reply(425, "Could not listen for passive connection.")
+                    .await;
+            }
         };
         let port = match listener.local_addr() {
             Ok(a) => a.port(),
-            Err(_) => return self.ctl.reply(425, "Could not listen for passive connection.").await,
+            Err(_) => {
+                return self
+                    .ctl
+                    .reply(425, "Could not listen for passive connection.")
+                    .await;
+            }
         };
         self.pasv = Some(listener);
         if extended {
@@ -684,13 +731,17 @@ impl Session {
             return Ok(None);
         };
         if !self.prot_private && !knobs.accept_prot_c {
-            self.ctl.reply(522, "Data connections must be encrypted.").await?;
+            self.ctl
+                .reply(522, "Data connections must be encrypted.")
+                .await?;
             return Ok(None);
         }
         let tcp = match timeout(DATA_WAIT, listener.accept()).await {
             Ok(Ok((tcp, _))) => tcp,
             _ => {
-                self.ctl.reply(425, "Failed to establish connection.").await?;
+                self.ctl
+                    .reply(425, "Failed to establish connection.")
+                    .await?;
                 return Ok(None);
             }
         };
@@ -722,7 +773,12 @@ impl Session {
         Ok(Some(Data::Tls(Box::new(tls))))
     }
 
-    async fn send_data(&mut self, payload: &[u8], opening: &str, knobs: &FtpsKnobValues) -> SessionEnd {
+    async fn send_data(
+        &mut self,
+        payload: &[u8],
+        opening: &str,
+        knobs: &FtpsKnobValues,
+    ) -> SessionEnd {
         let Some(data) = self.open_data(opening, knobs).await? else {
             return Ok(());
         };

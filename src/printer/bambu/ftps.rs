@@ -99,7 +99,8 @@ impl FtpsTimeouts {
     /// Deadline for sending `size` bytes: `size / min_rate`, at least `min_upload`.
     pub fn upload_deadline(&self, size: u64) -> Duration {
         let rate = self.min_rate_bytes_per_sec.max(1);
-        self.min_upload.max(Duration::from_secs(size.div_ceil(rate)))
+        self.min_upload
+            .max(Duration::from_secs(size.div_ceil(rate)))
     }
 }
 
@@ -187,13 +188,19 @@ pub async fn upload_with(
 ) -> Result<UploadReport, UploadError> {
     validate_remote_name(remote_name)?;
     let mut file = tokio::fs::File::open(local).await.map_err(|e| {
-        UploadError::Other(format!("cannot read the file to upload ({}): {e}", local.display()))
+        UploadError::Other(format!(
+            "cannot read the file to upload ({}): {e}",
+            local.display()
+        ))
     })?;
     let total = file
         .metadata()
         .await
         .map_err(|e| {
-            UploadError::Other(format!("cannot read the file to upload ({}): {e}", local.display()))
+            UploadError::Other(format!(
+                "cannot read the file to upload ({}): {e}",
+                local.display()
+            ))
         })?
         .len();
     let mut warnings = Vec::new();
@@ -247,7 +254,10 @@ pub async fn upload_with(
         let kind = tls.get_ref().1.handshake_kind();
         let was_resumed = kind == Some(rustls::HandshakeKind::Resumed);
         if !was_resumed {
-            tracing::debug!(?kind, "FTPS data channel did not resume the control TLS session");
+            tracing::debug!(
+                ?kind,
+                "FTPS data channel did not resume the control TLS session"
+            );
         }
         resumed = Some(was_resumed);
         Box::new(tls)
@@ -262,10 +272,16 @@ pub async fn upload_with(
     .await;
     let md5 = match streamed {
         Ok(Ok(md5)) => md5,
-        Ok(Err(reason)) => return Err(ctl.explain_interruption(sent.get(), total, reason, resumed).await),
+        Ok(Err(reason)) => {
+            return Err(ctl
+                .explain_interruption(sent.get(), total, reason, resumed)
+                .await);
+        }
         Err(_) => {
             let reason = format!("the transfer did not finish within {deadline:?}");
-            return Err(ctl.explain_interruption(sent.get(), total, reason, resumed).await);
+            return Err(ctl
+                .explain_interruption(sent.get(), total, reason, resumed)
+                .await);
         }
     };
 
@@ -274,7 +290,10 @@ pub async fn upload_with(
     let outcome = match final_reply {
         Ok(r) if r.code == 226 || r.code == 250 => match ctl.size(remote_name).await? {
             Some(n) if n == total => Ok(()),
-            Some(n) => Err(UploadError::SizeMismatch { local: total, remote: n }),
+            Some(n) => Err(UploadError::SizeMismatch {
+                local: total,
+                remote: n,
+            }),
             None => Err(UploadError::Other(format!(
                 "the printer confirmed the upload ({r}) but then reported no file {remote_name}; \
                  the file is not usable, upload again"
@@ -289,7 +308,10 @@ pub async fn upload_with(
             _ if matches!(r.code, 451 | 452 | 552 | 553) => {
                 Err(UploadError::StorageRefused(r.to_string()))
             }
-            Some(n) => Err(UploadError::SizeMismatch { local: total, remote: n }),
+            Some(n) => Err(UploadError::SizeMismatch {
+                local: total,
+                remote: n,
+            }),
             None => Err(UploadError::Interrupted {
                 sent: total,
                 total,
@@ -303,9 +325,16 @@ pub async fn upload_with(
             return match size_with(target, remote_name, t).await? {
                 Some(n) if n == total => {
                     warnings.push(format!("{what} after complete upload, verified by SIZE"));
-                    Ok(UploadReport { bytes: total, md5, warnings })
+                    Ok(UploadReport {
+                        bytes: total,
+                        md5,
+                        warnings,
+                    })
                 }
-                Some(n) => Err(UploadError::SizeMismatch { local: total, remote: n }),
+                Some(n) => Err(UploadError::SizeMismatch {
+                    local: total,
+                    remote: n,
+                }),
                 None => Err(UploadError::Interrupted {
                     sent: total,
                     total,
@@ -322,7 +351,11 @@ pub async fn upload_with(
                 .to_string(),
         );
     }
-    Ok(UploadReport { bytes: total, md5, warnings })
+    Ok(UploadReport {
+        bytes: total,
+        md5,
+        warnings,
+    })
 }
 
 /// Refuse names the printer firmware cannot handle: 1–64 ASCII `[A-Za-z0-9._-]`, not only dots.
@@ -492,15 +525,24 @@ impl Control {
             230 => return Ok(()),
             331 => {}
             530 => return Err(UploadError::AccessCodeRejected),
-            _ => return Err(UploadError::Other(format!("the printer refused the login: {user}"))),
+            _ => {
+                return Err(UploadError::Other(format!(
+                    "the printer refused the login: {user}"
+                )));
+            }
         }
         let pass = self
-            .command_logged(&format!("PASS {}", target.access_code), "PASS <access code>")
+            .command_logged(
+                &format!("PASS {}", target.access_code),
+                "PASS <access code>",
+            )
             .await?;
         match pass.code {
             230 | 202 => Ok(()),
             530 => Err(UploadError::AccessCodeRejected),
-            _ => Err(UploadError::Other(format!("the printer refused the login: {pass}"))),
+            _ => Err(UploadError::Other(format!(
+                "the printer refused the login: {pass}"
+            ))),
         }
     }
 
@@ -531,13 +573,17 @@ impl Control {
         let r = self.command("PASV").await?;
         if r.code == 227 {
             return parse_pasv_port(&r.text).ok_or_else(|| {
-                UploadError::Other(format!("the printer's passive-mode reply is unreadable: {r}"))
+                UploadError::Other(format!(
+                    "the printer's passive-mode reply is unreadable: {r}"
+                ))
             });
         }
         let e = self.command("EPSV").await?;
         if e.code == 229 {
             return parse_epsv_port(&e.text).ok_or_else(|| {
-                UploadError::Other(format!("the printer's passive-mode reply is unreadable: {e}"))
+                UploadError::Other(format!(
+                    "the printer's passive-mode reply is unreadable: {e}"
+                ))
             });
         }
         Err(UploadError::Other(format!(
@@ -569,7 +615,9 @@ impl Control {
         } else if r.code == 530 {
             Err(UploadError::AccessCodeRejected)
         } else {
-            Err(UploadError::Other(format!("the printer refused {cmd}: {r}")))
+            Err(UploadError::Other(format!(
+                "the printer refused {cmd}: {r}"
+            )))
         }
     }
 
@@ -655,7 +703,8 @@ impl Control {
             if n == 0 {
                 return Err(CtlError::Closed);
             }
-            self.buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            self.buf
+                .extend_from_slice(chunk.get(..n).unwrap_or_default());
         }
     }
 
@@ -677,7 +726,11 @@ impl Control {
                 total,
                 reason: format!("{reason}; the printer said: {r}"),
             },
-            Err(_) => UploadError::Interrupted { sent, total, reason },
+            Err(_) => UploadError::Interrupted {
+                sent,
+                total,
+                reason,
+            },
         }
     }
 
@@ -812,11 +865,19 @@ where
     match timeout(stall, data.shutdown()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(format!("closing the data channel failed: {e}")),
-        Err(_) => return Err(format!("closing the data channel took longer than {stall:?}")),
+        Err(_) => {
+            return Err(format!(
+                "closing the data channel took longer than {stall:?}"
+            ));
+        }
     }
     drop(data);
     if let Some(tx) = &progress {
-        let _ = timeout(Duration::from_secs(1), tx.send(UploadProgress { sent: done, total })).await;
+        let _ = timeout(
+            Duration::from_secs(1),
+            tx.send(UploadProgress { sent: done, total }),
+        )
+        .await;
     }
     Ok(hex::encode_upper(hasher.finalize()))
 }
@@ -827,7 +888,10 @@ mod tests {
 
     #[test]
     fn reply_lines() {
-        assert_eq!(parse_reply_line("226 Transfer complete."), Some((226, true, "Transfer complete.")));
+        assert_eq!(
+            parse_reply_line("226 Transfer complete."),
+            Some((226, true, "Transfer complete."))
+        );
         assert_eq!(parse_reply_line("220-hello"), Some((220, false, "hello")));
         assert_eq!(parse_reply_line("221"), Some((221, true, "")));
         assert_eq!(parse_reply_line("22x ok"), None);
@@ -842,9 +906,15 @@ mod tests {
             parse_pasv_port("Entering Passive Mode (0,0,0,0,195,80)."),
             Some(195 * 256 + 80)
         );
-        assert_eq!(parse_pasv_port("Entering Passive Mode (10,9,8,7,0,21)"), Some(21));
+        assert_eq!(
+            parse_pasv_port("Entering Passive Mode (10,9,8,7,0,21)"),
+            Some(21)
+        );
         assert_eq!(parse_pasv_port("Entering Passive Mode (1,2,3,4,0,0)"), None);
-        assert_eq!(parse_pasv_port("Entering Passive Mode (1,2,3,4,300,1)"), None);
+        assert_eq!(
+            parse_pasv_port("Entering Passive Mode (1,2,3,4,300,1)"),
+            None
+        );
         assert_eq!(parse_pasv_port("Entering Passive Mode (1,2,3,4,5)"), None);
         assert_eq!(parse_pasv_port("no parens"), None);
         assert_eq!(parse_pasv_port(")("), None);
@@ -852,9 +922,18 @@ mod tests {
 
     #[test]
     fn epsv_port() {
-        assert_eq!(parse_epsv_port("Entering Extended Passive Mode (|||50123|)"), Some(50123));
-        assert_eq!(parse_epsv_port("Entering Extended Passive Mode (!!!21!)"), Some(21));
-        assert_eq!(parse_epsv_port("Entering Extended Passive Mode (|||0|)"), None);
+        assert_eq!(
+            parse_epsv_port("Entering Extended Passive Mode (|||50123|)"),
+            Some(50123)
+        );
+        assert_eq!(
+            parse_epsv_port("Entering Extended Passive Mode (!!!21!)"),
+            Some(21)
+        );
+        assert_eq!(
+            parse_epsv_port("Entering Extended Passive Mode (|||0|)"),
+            None
+        );
         assert_eq!(parse_epsv_port("Entering Extended Passive Mode (||)"), None);
         assert_eq!(parse_epsv_port("()"), None);
     }
