@@ -345,13 +345,14 @@ async fn tls13_mode_resumes_too() {
 }
 
 #[tokio::test]
-async fn pasv_host_from_the_reply_is_ignored() {
+async fn pasv_host_from_the_reply_is_ignored_and_multiline_greeting_read() {
     for host in [
         PasvHost::Zero,
         PasvHost::Wrong(Ipv4Addr::new(203, 0, 113, 7)),
     ] {
         let rig = Rig::start(FtpsKnobValues {
             pasv_host: host,
+            multiline_banner: true,
             ..Default::default()
         })
         .await;

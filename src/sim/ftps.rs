@@ -76,6 +76,8 @@ pub struct FtpsKnobValues {
     pub bytes_per_sec: Option<u64>,
     /// Offer TLS 1.3 as well as 1.2 on new control connections (P2S FTPS).
     pub tls13: bool,
+    /// Send a multi-line `220-` greeting (vsFTPd with a `banner_file`).
+    pub multiline_banner: bool,
 }
 
 impl Default for FtpsKnobValues {
@@ -93,6 +95,7 @@ impl Default for FtpsKnobValues {
             reply_553: false,
             bytes_per_sec: None,
             tls13: false,
+            multiline_banner: false,
         }
     }
 }
@@ -382,6 +385,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineIo<S> {
                 .extend_from_slice(chunk.get(..n).unwrap_or_default());
         }
     }
+    async fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await
+    }
     async fn reply(&mut self, code: u16, text: &str) -> std::io::Result<()> {
         let line = format!("{code} {text}\r\n");
         self.io.write_all(line.as_bytes()).await?;
@@ -414,6 +420,11 @@ struct Session {
 
 impl Session {
     async fn serve(&mut self) -> SessionEnd {
+        if self.shared.knobs.get().multiline_banner {
+            self.ctl
+                .raw(b"220-Welcome to the printgate simulator.\r\n220-Files go to the root.\r\n")
+                .await?;
+        }
         self.ctl.reply(220, "(vsFTPd 3.0.5)").await?;
         // Bounded by the idle timeout of every read and by the 4 KiB line limit.
         while let Some(line) = self.ctl.line().await {
