@@ -1,8 +1,9 @@
 //! FTPS upload client for Bambu printers (BAMBU-LAN.md §7): implicit TLS on the control
 //! connection, `PROT P` data channel whose TLS handshake starts only after the `150` reply and
 //! resumes the control connection's TLS session, passive mode that always dials the control
-//! host, a data close that never waits for the printer's close_notify, and a mandatory `SIZE`
-//! check after every upload.
+//! host, a data close that never depends on the printer's close_notify (it lingers at most
+//! [`DATA_LINGER`] for the printer to close, see [`linger`]), the final reply read only after the
+//! data socket is closed, and a mandatory `SIZE` check after every upload.
 //!
 //! Written on tokio + tokio-rustls rather than on suppaftp: suppaftp starts the data TLS
 //! handshake before reading the `150` reply, gives no access to the data handshake's
@@ -40,6 +41,13 @@ const MAX_LINE: usize = 4096;
 const MAX_REPLY_LINES: usize = 200;
 /// How long to wait for the printer's explanation after the data channel broke.
 const EXPLAIN_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait for the printer to close its side of the data channel after ours (see
+/// [`linger`]); never a wait for a close_notify that may not come.
+pub const DATA_LINGER: Duration = Duration::from_secs(1);
+
+/// The data channel: TLS or (PROT C) plain TCP.
+trait DataChannel: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> DataChannel for T {}
 
 /// Where and how to reach one printer's file service.
 #[derive(Clone)]
@@ -244,7 +252,7 @@ pub async fn upload_with(
 
     // vsFTPd starts its side of the data TLS handshake only after sending 150.
     let mut resumed = None;
-    let data: Box<dyn AsyncWrite + Send + Unpin> = if clear_data {
+    let data: Box<dyn DataChannel> = if clear_data {
         Box::new(data_tcp)
     } else {
         let tls = match data_handshake(target, data_tcp, t).await {
@@ -830,7 +838,7 @@ async fn send_file<R, W>(
 ) -> Result<String, String>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: AsyncRead + AsyncWrite + Unpin,
 {
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; CHUNK];
@@ -861,7 +869,7 @@ where
             let _ = tx.try_send(UploadProgress { sent: done, total });
         }
     }
-    // Flush, send close_notify and FIN; the printer's close_notify is never awaited.
+    // Flush, send close_notify and FIN; then linger briefly (bounded) before closing.
     match timeout(stall, data.shutdown()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(format!("closing the data channel failed: {e}")),
@@ -871,6 +879,7 @@ where
             ));
         }
     }
+    linger(&mut data, DATA_LINGER).await;
     drop(data);
     if let Some(tx) = &progress {
         let _ = timeout(
@@ -880,6 +889,25 @@ where
         .await;
     }
     Ok(hex::encode_upper(hasher.finalize()))
+}
+
+/// After our close_notify and FIN: read and discard until the printer closes its side, at most
+/// `limit`. Closing a socket that holds unread bytes (TLS 1.3 session tickets, the printer's
+/// close_notify) sends a TCP reset, and a reset makes the printer's kernel discard upload data
+/// its FTP server has not read yet: the file ends up truncated. vsFTPd closes right after
+/// reading the end of the upload, so this normally takes one round trip.
+async fn linger<R: AsyncRead + Unpin>(data: &mut R, limit: Duration) {
+    let mut sink = [0u8; 4096];
+    let _ = timeout(limit, async {
+        // Bounded by `limit`; also by the count, in case the peer keeps sending.
+        for _ in 0..4096 {
+            match data.read(&mut sink).await {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
