@@ -590,6 +590,16 @@ fn read_bounded<R: Read>(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // The zip reader counts too and stops an entry that outgrows its declared size.
+            Err(e) if e.to_string().contains("larger than its declared") => {
+                return Err(FileError::ZipBomb {
+                    detail: format!(
+                        "entry '{}' expands to more than the {} it declares",
+                        printable(name, 80),
+                        human_bytes(declared)
+                    ),
+                });
+            }
             Err(e) => {
                 return Err(FileError::Damaged {
                     detail: format!("entry '{}' cannot be read: {e}", printable(name, 80)),

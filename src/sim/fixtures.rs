@@ -434,14 +434,12 @@ fn color_rgb(hex: &str) -> [u8; 3] {
 
 /// A valid RGB PNG of one colour (zlib "stored" blocks, so no compressor is needed).
 pub fn png_rgb(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
-    let row_len = 1 + 3 * width as usize;
-    let mut raw = Vec::with_capacity(row_len * height as usize);
-    for _ in 0..height {
-        raw.push(0); // filter: none
-        for _ in 0..width {
-            raw.extend_from_slice(&rgb);
-        }
+    // Each row: filter byte 0 (none), then the pixels.
+    let mut row = vec![0u8];
+    for _ in 0..width {
+        row.extend_from_slice(&rgb);
     }
+    let raw = row.repeat(height as usize);
     let mut zlib = vec![0x78, 0x01];
     let mut chunks = raw.chunks(65_535).peekable();
     while let Some(block) = chunks.next() {
