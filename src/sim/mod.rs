@@ -1,5 +1,6 @@
 //! Protocol-faithful Bambu printer simulator (MQTT over TLS, FTPS, SSDP, print state machine),
 //! used by `printgate demo`, `printgate sim` and the tests. See BAMBU-LAN.md §12.
 
+pub mod fixtures;
 pub mod storage;
 pub mod tls;
