@@ -991,14 +991,19 @@ fn render(value: &toml::Value) -> String {
     }
 }
 
-/// A valid key close to a misspelled one (edit distance ≤ 2, or equal ignoring `_`/`-`/case).
+/// A valid key close to a misspelled one: equal ignoring `_`/`-`/case, one a prefix of the
+/// other (`hostname` → `host`), or within edit distance 2.
 fn closest(field: &str, valid: &[String]) -> Option<String> {
     let norm = |s: &str| s.to_ascii_lowercase().replace(['_', '-'], "");
     valid
         .iter()
         .map(|v| {
-            let d = if norm(v) == norm(field) {
+            let (nv, nf) = (norm(v), norm(field));
+            let d = if nv == nf {
                 0
+            } else if nv.len() >= 3 && nf.len() >= 3 && (nf.starts_with(&nv) || nv.starts_with(&nf))
+            {
+                1
             } else {
                 edit_distance(field, v)
             };
