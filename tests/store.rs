@@ -118,14 +118,15 @@ fn newer_database_is_refused_and_left_untouched() {
     drop(Store::open(&path).unwrap());
     let newer = Store::schema_version() + 3;
     {
-        // What a newer printgate would leave behind (checkpointed, no WAL).
+        // What a newer printgate would leave behind: a WAL-mode file, checkpointed on close.
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.pragma_update(None, "user_version", newer).unwrap();
-        let _: String = conn
-            .pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get(0))
-            .unwrap();
     }
     let before = std::fs::read(&path).unwrap();
+    assert_eq!(
+        before[18], 2,
+        "the file should be in WAL mode, as printgate leaves it"
+    );
     let files_before = files_in(dir.path());
 
     let err = Store::open(&path)
@@ -152,6 +153,47 @@ fn newer_database_is_refused_and_left_untouched() {
         files_before,
         "files appeared or vanished"
     );
+}
+
+/// A newer printgate that stopped without a checkpoint leaves its changes in the WAL: they
+/// must not be folded into the main file either.
+#[test]
+fn newer_changes_still_in_the_wal_are_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    drop(Store::open(&path).unwrap());
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.execute_batch("CREATE TABLE from_the_future (x INTEGER); PRAGMA user_version = 42;")
+            .unwrap();
+    }
+    let db_before = std::fs::read(&path).unwrap();
+    let wal_before = std::fs::read(&wal).unwrap();
+    assert!(
+        !wal_before.is_empty(),
+        "the newer changes should be in the WAL"
+    );
+
+    let err = Store::open(&path)
+        .err()
+        .expect("a newer database must be refused");
+    assert!(
+        matches!(err, StoreError::NewerSchema { found: 42, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        db_before,
+        "main file changed"
+    );
+    assert_eq!(std::fs::read(&wal).unwrap(), wal_before, "WAL changed");
 }
 
 #[test]

@@ -18,6 +18,7 @@ pub use printers::PrinterRow;
 pub use sequence::{FIRST_SEQUENCE_ID, LAST_SEQUENCE_ID};
 
 use rusqlite::OpenFlags;
+use rusqlite::config::DbConfig;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -103,7 +104,17 @@ impl Store {
             })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         if existing {
+            // A WAL left by another run may hold changes of a newer printgate: closing this
+            // connection after a refusal must not checkpoint them into the main file.
+            let wal = PathBuf::from(format!("{}-wal", path.display()));
+            let pending_wal = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+            if pending_wal {
+                conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+            }
             inspect_existing(&conn, path)?;
+            if pending_wal {
+                conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)?;
+            }
         }
         if conn.is_readonly(rusqlite::MAIN_DB)? {
             return Err(StoreError::ReadOnly {
