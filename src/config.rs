@@ -390,6 +390,13 @@ impl Config {
         let secrets = access_codes_in(&table);
         let mut errs = Vec::new();
         let config = parse_table(table, &mut errs);
+        if config.is_none() && errs.is_empty() {
+            errs.push(ConfigError::new(
+                "",
+                "",
+                format!("{origin}: the configuration could not be read; compare it with deploy/printgate.example.toml"),
+            ));
+        }
         scrub(&mut errs, &secrets);
         sort_by_printer(&mut errs);
         match config {
