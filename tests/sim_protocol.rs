@@ -753,3 +753,225 @@ async fn ssdp_notify_reaches_the_target_and_follows_developer_mode() {
     }
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn ack_knobs_drop_duplicate_strict_and_withheld_puback() {
+    let p = SimPrinter::start(config(Model::P1S, 600.0)).await.unwrap();
+    p.storage()
+        .put("a.gcode.3mf", three_mf("C12", 600))
+        .unwrap();
+    let mut c = TestClient::connect(&p, &p.access_code(), "acks")
+        .await
+        .unwrap();
+    c.subscribe_report().await;
+
+    // Duplicate delivery: the same ack twice.
+    p.knobs().set(|k| k.duplicate_deliveries = true);
+    c.send(json!({"info": {"sequence_id": "d1", "command": "get_version"}}))
+        .await;
+    let mut dups = 0;
+    c.until(|v| {
+        if is_ack(v, "info", "get_version", "d1") {
+            dups += 1;
+        }
+        dups == 2
+    })
+    .await;
+    p.knobs().set(|k| k.duplicate_deliveries = false);
+
+    // Strict sequence ids: a reused id is refused with 84033544.
+    p.knobs().set(|k| k.strict_sequence_ids = true);
+    for _ in 0..2 {
+        c.send(json!({"print": {"sequence_id": "s1", "command": "pause", "param": ""}}))
+            .await;
+    }
+    let seen = c
+        .until(|v| is_ack(v, "print", "pause", "s1") && v["print"]["err_code"] == 84_033_544)
+        .await;
+    assert_eq!(seen.last().unwrap()["print"]["result"], "failed");
+
+    // Dropped acks: the job runs, no ack ever arrives.
+    p.knobs().set(|k| k.drop_acks = true);
+    c.send(project_file("p1", "a.gcode.3mf", "9")).await;
+    let seen = c
+        .until(|v| is_push(v) && v["print"]["gcode_state"] == "FINISH")
+        .await;
+    assert!(
+        !seen
+            .iter()
+            .any(|v| is_ack(v, "print", "project_file", "p1"))
+    );
+
+    // Withheld PUBACK: the publish is processed, no PUBACK comes.
+    p.knobs().set(|k| {
+        k.withhold_puback = true;
+        k.drop_acks = false;
+    });
+    let before = p.command_log().len();
+    c.send(json!({"pushing": {"sequence_id": "w1", "command": "pushall"}}))
+        .await;
+    let deadline = Instant::now() + Duration::from_millis(400);
+    while let Ok(ev) = tokio::time::timeout_at(deadline, c.events.poll()).await {
+        assert!(
+            !matches!(ev, Ok(Event::Incoming(Packet::PubAck(_)))),
+            "PUBACK must be withheld"
+        );
+    }
+    assert_eq!(p.command_log().len(), before + 1);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn start_knobs_never_start_echo_only_and_late_start() {
+    let p = SimPrinter::start(config(Model::P1S, 600.0)).await.unwrap();
+    p.storage()
+        .put("a.gcode.3mf", three_mf("C12", 600))
+        .unwrap();
+    let mut c = TestClient::connect(&p, &p.access_code(), "starts")
+        .await
+        .unwrap();
+    c.subscribe_report().await;
+
+    p.knobs().set(|k| k.ack_but_never_start = true);
+    c.send(project_file("1", "a.gcode.3mf", "101")).await;
+    let seen = c.until(|v| is_ack(v, "print", "project_file", "1")).await;
+    assert_eq!(seen.last().unwrap()["print"]["result"], "success");
+    p.knobs().set(|k| {
+        k.ack_but_never_start = false;
+        k.echo_subtask_then_idle = true;
+    });
+    c.send(project_file("2", "a.gcode.3mf", "102")).await;
+    let seen = c
+        .until(|v| is_push(v) && v["print"]["subtask_id"] == "102")
+        .await;
+    assert_eq!(seen.last().unwrap()["print"].get("gcode_state"), None);
+    let t = p.truth().borrow().clone();
+    assert_eq!((t.gcode_state, t.jobs_started), (GcodeState::Idle, 0));
+
+    p.knobs().set(|k| {
+        k.echo_subtask_then_idle = false;
+        k.late_start = Some(Duration::from_millis(400));
+    });
+    c.send(project_file("3", "a.gcode.3mf", "103")).await;
+    let sent_at = p.command_log().last().unwrap().at;
+    let t = p
+        .wait_truth(WAIT, |t| t.gcode_state == GcodeState::Prepare)
+        .await
+        .unwrap();
+    assert!(sent_at.elapsed() >= Duration::from_millis(400));
+    assert_eq!((t.subtask_id.as_str(), t.jobs_started), ("103", 1));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn disconnect_for_half_open_and_report_silence() {
+    let p = SimPrinter::start(config(Model::P1S, 1.0)).await.unwrap();
+    let mut c = TestClient::connect(&p, &p.access_code(), "net")
+        .await
+        .unwrap();
+    c.subscribe_report().await;
+
+    // Report silence: TCP stays, nothing is published, commands are still logged.
+    p.knobs().set(|k| k.report_silence = true);
+    c.send(json!({"pushing": {"sequence_id": "1", "command": "pushall"}}))
+        .await;
+    assert!(c.next(Duration::from_millis(300)).await.unwrap().is_none());
+    assert_eq!(p.command_log().len(), 1);
+    p.knobs().set(|k| k.report_silence = false);
+
+    // Half-open: nothing flows, then the connection is dead.
+    p.half_open_for(Duration::from_secs(1));
+    c.send(json!({"pushing": {"sequence_id": "2", "command": "pushall"}}))
+        .await;
+    assert!(c.dropped_within(WAIT).await);
+    assert_eq!(p.command_log().len(), 1, "nothing read while half-open");
+
+    // Disconnect for a while: port closed, then open again.
+    let mut c = TestClient::connect(&p, &p.access_code(), "net2")
+        .await
+        .unwrap();
+    c.subscribe_report().await;
+    p.disconnect_for(Duration::from_secs(1));
+    assert!(!p.truth().borrow().listening);
+    assert!(c.dropped_within(WAIT).await);
+    assert!(
+        TestClient::connect(&p, &p.access_code(), "refused")
+            .await
+            .is_err()
+    );
+    p.wait_truth(WAIT, |t| t.listening).await.unwrap();
+    TestClient::connect(&p, &p.access_code(), "net3")
+        .await
+        .expect("port open again");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn thermal_runaway_latches_hms_and_override_reports_the_value() {
+    let p = SimPrinter::start(config(Model::X1C, 20.0)).await.unwrap();
+    let mut c = TestClient::connect(&p, &p.access_code(), "hot")
+        .await
+        .unwrap();
+    c.subscribe_report().await;
+    p.knobs()
+        .set(|k| k.thermal_runaway = Some(printgate::sim::Heater::Nozzle));
+    let seen = c
+        .until(|v| {
+            v["print"]["hms"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|e| e["attr"] == 0x0300_0200))
+        })
+        .await;
+    let last = &seen.last().unwrap()["print"];
+    assert_eq!(last["hms"][0]["code"], 0x0001_0003);
+    assert!(last["nozzle_temper"].as_f64().unwrap() > 40.0);
+    p.knobs().set(|k| {
+        k.thermal_runaway = None;
+        k.bed_temp_override = Some(130.0);
+    });
+    c.until(|v| v["print"]["bed_temper"] == 130.0).await;
+    p.wait_truth(WAIT, |t| t.bed_temp == 130.0).await.unwrap();
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn power_restore_offers_resume_but_never_resumes() {
+    let p = SimPrinter::start(config(Model::P1S, 100.0)).await.unwrap();
+    p.storage()
+        .put("a.gcode.3mf", three_mf("C12", 360_000))
+        .unwrap();
+    let mut c = TestClient::connect(&p, &p.access_code(), "relay")
+        .await
+        .unwrap();
+    c.subscribe_report().await;
+    c.send(project_file("1", "a.gcode.3mf", "5")).await;
+    p.wait_truth(WAIT, |t| t.gcode_state == GcodeState::Running)
+        .await
+        .unwrap();
+    p.power_cut();
+    let pushes = p.truth().borrow().pushes;
+    assert!(c.dropped_within(WAIT).await);
+    p.power_restore(true);
+    let t = p.truth().borrow().clone();
+    assert_eq!(t.pushes, pushes, "no pushes while powered off");
+    assert_eq!(
+        (t.gcode_state, t.print_error),
+        (GcodeState::Failed, 0x0300_8007)
+    );
+    assert_eq!(t.nozzle_target, 0.0);
+    let mut c = TestClient::connect(&p, &p.access_code(), "relay2")
+        .await
+        .unwrap();
+    c.subscribe_report().await;
+    c.send(json!({"pushing": {"sequence_id": "2", "command": "pushall"}}))
+        .await;
+    let seen = c.until(is_push).await;
+    assert_eq!(seen.last().unwrap()["print"]["gcode_state"], "FAILED");
+    p.dismiss_on_screen();
+    p.wait_truth(WAIT, |t| {
+        t.gcode_state == GcodeState::Idle && t.print_error == 0
+    })
+    .await
+    .unwrap();
+    p.shutdown().await;
+}

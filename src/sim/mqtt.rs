@@ -74,7 +74,10 @@ pub(crate) async fn run_listener(
             }
             r = l.accept() => {
                 listener = Some(l);
-                if let Ok((tcp, _peer)) = r {
+                // A connection that raced a power cut / `disconnect_for` is closed at once.
+                if let Ok((tcp, _peer)) = r
+                    && gate.borrow().accepting(Instant::now())
+                {
                     let (id, cancel) = hub.register_conn(&shutdown);
                     let hub = Arc::clone(&hub);
                     tokio::spawn(async move {
@@ -221,6 +224,7 @@ impl Session {
             let enforce = self.hub.knobs.get().enforce_keepalive && !self.keep_alive.is_zero();
             let keepalive_deadline = enforce.then(|| last_inbound + self.keep_alive.mul_f64(1.5));
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => return,
                 r = gate.changed() => if r.is_err() { return },
                 _ = sleep_opt(keepalive_deadline) => return,

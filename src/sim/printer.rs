@@ -343,6 +343,9 @@ impl Hub {
         let Some(body) = body.as_object() else { return };
         let command = body.get("command").and_then(Value::as_str).unwrap_or("");
         let mut core = lock(&self.core);
+        if !self.powered() {
+            return;
+        }
         let ack = match (section.as_str(), command) {
             ("pushing", "pushall") => {
                 self.push_full(&mut core, &knobs);
@@ -415,11 +418,12 @@ impl Hub {
 
     /// Advance the machine by `real_dt` real seconds.
     pub fn machine_tick(&self, real_dt: f64) {
+        let knobs = self.knobs.get();
+        let mut core = lock(&self.core);
+        // Checked under the core lock: `power_cut` flips the gate before taking it.
         if !self.powered() {
             return;
         }
-        let knobs = self.knobs.get();
-        let mut core = lock(&self.core);
         let scale = core.machine.time_scale;
         core.machine.advance(real_dt * scale, &knobs);
         self.update_truth(&core, &knobs);
@@ -427,11 +431,11 @@ impl Hub {
 
     /// One report period: push per the model's style, then open the next report epoch.
     pub fn report_tick(&self) {
+        let knobs = self.knobs.get();
+        let mut core = lock(&self.core);
         if !self.powered() {
             return;
         }
-        let knobs = self.knobs.get();
-        let mut core = lock(&self.core);
         core.report_ticks += 1;
         if core.pushing {
             let status = reports::status_object(&self.report_ctx(&core.machine, &knobs));
@@ -509,6 +513,7 @@ impl Hub {
 
     fn power_cut(&self) {
         self.set_gate(|g| g.powered = false);
+        self.set_listening(false);
         self.disconnect_all();
         let knobs = self.knobs.get();
         let core = lock(&self.core);
@@ -795,6 +800,7 @@ impl SimPrinter {
     pub fn disconnect_for(&self, d: Duration) {
         self.hub
             .set_gate(|g| g.offline_until = Some(Instant::now() + d));
+        self.hub.set_listening(false);
         self.hub.disconnect_all();
     }
     /// Half-open for `d`: connections stay open but nothing flows either way (PINGREQ unanswered,
