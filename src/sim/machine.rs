@@ -18,6 +18,7 @@ use std::io::Read;
 
 pub const ERR_CANCELLED: u32 = 0x0300_400C;
 pub const ERR_POWER_LOSS: u32 = 0x0300_8007;
+pub const ERR_DOOR_OPEN_PAUSED: u32 = 0x0300_800F;
 pub const ERR_BUSY: u32 = 0x0500_4004;
 pub const ERR_FILE_PATH: u32 = 0x0500_4002;
 pub const ERR_PARSE: u32 = 0x0500_4003;
@@ -136,6 +137,8 @@ pub struct Machine {
     pub hms: Vec<HmsEntry>,
     pub print_type: &'static str,
     pub lights_on: bool,
+    /// Front door open (X1 `home_flag` bit 23, H2/P2S `stat` bit 23).
+    pub door_open: bool,
     pub spd_lvl: u32,
     pub gcode_start_time: u64,
     pub job_counter: u64,
@@ -181,6 +184,7 @@ impl Machine {
             hms: Vec::new(),
             print_type: "idle",
             lights_on: true,
+            door_open: false,
             spd_lvl: 2,
             gcode_start_time: 0,
             job_counter: 0,
@@ -213,6 +217,23 @@ impl Machine {
             self.percent = 0;
             self.layer = 0;
             self.remaining_minutes = 0;
+        }
+    }
+
+    /// The front door opened or closed. Models with a door sensor (X1/H2/P2S) pause a running
+    /// job with `print_error` 0300_800F; closing the door does not resume it.
+    pub fn set_door(&mut self, open: bool) {
+        self.door_open = open;
+        let has_sensor = matches!(
+            self.model,
+            Model::X1C | Model::X1E | Model::P2S | Model::H2D
+        );
+        if open && has_sensor && self.state == GcodeState::Running {
+            self.saved_stg_cur = self.stg_cur;
+            self.enter(GcodeState::Pause);
+            self.stg_cur = STG_PAUSED;
+            self.print_error = ERR_DOOR_OPEN_PAUSED;
+            self.error_clear = None;
         }
     }
 
@@ -475,6 +496,9 @@ impl Machine {
             }
             "resume" => {
                 if self.state == GcodeState::Pause {
+                    if self.print_error == ERR_DOOR_OPEN_PAUSED {
+                        self.print_error = 0;
+                    }
                     self.enter(GcodeState::Running);
                     self.stg_cur = self.saved_stg_cur;
                 }
@@ -912,6 +936,29 @@ mod tests {
         assert_eq!(ack["print"]["err_code"], ERR_CODE_VERIFY_FAILED);
         assert_eq!(m.hms, vec![HMS_VERIFY_FAILED]);
         assert_eq!(m.state, GcodeState::Idle);
+    }
+
+    #[test]
+    fn door_open_pauses_x1_only() {
+        let storage = SimStorage::default();
+        storage.put("a.3mf", zip_3mf("BL-P001", 3000)).unwrap();
+        let k = knobs();
+        let ctx = CommandCtx {
+            knobs: &k,
+            storage: &storage,
+            unix_now: 1,
+        };
+        let mut m = Machine::new(Model::X1C, 1.0);
+        m.handle_print(&start_body("a.3mf", ""), &ctx);
+        run(&mut m, &k, 25);
+        m.set_door(true);
+        assert_eq!(
+            (m.state, m.print_error, m.stg_cur),
+            (GcodeState::Pause, ERR_DOOR_OPEN_PAUSED, STG_PAUSED)
+        );
+        let resume = json!({"sequence_id":"9","command":"resume","param":""});
+        m.handle_print(resume.as_object().unwrap(), &ctx);
+        assert_eq!((m.state, m.print_error), (GcodeState::Running, 0));
     }
 
     #[test]

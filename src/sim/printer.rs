@@ -553,6 +553,13 @@ impl Hub {
         self.update_truth(&core, &knobs);
     }
 
+    fn set_door(&self, open: bool) {
+        let knobs = self.knobs.get();
+        let mut core = lock(&self.core);
+        core.machine.set_door(open);
+        self.update_truth(&core, &knobs);
+    }
+
     fn regenerate_certificate(&self) -> anyhow::Result<String> {
         let id = SimIdentity::generate(&self.serial)?;
         let cfg = id.server_config(false)?;
@@ -821,6 +828,10 @@ impl SimPrinter {
     /// A person tapped the error/finish dialog away: print_error cleared, FINISH/FAILED → IDLE.
     pub fn dismiss_on_screen(&self) {
         self.hub.dismiss();
+    }
+    /// Open or close the front door; X1/H2/P2S pause a running job (0300_800F).
+    pub fn set_door_open(&self, open: bool) {
+        self.hub.set_door(open);
     }
     /// New certificate for new connections; returns its fingerprint.
     pub fn regenerate_certificate(&self) -> anyhow::Result<String> {

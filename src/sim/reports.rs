@@ -104,6 +104,9 @@ fn home_flag(ctx: &ReportCtx) -> i64 {
     if ctx.sdcard {
         flag |= 1 << 8;
     }
+    if ctx.machine.door_open && matches!(ctx.model, Model::X1C | Model::X1E) {
+        flag |= 1 << 23;
+    }
     flag
 }
 
@@ -219,7 +222,8 @@ pub fn status_object(ctx: &ReportCtx) -> Map<String, Value> {
         o.insert("job_id".into(), json!(m.job_counter.to_string()));
     }
     if sends_packed_temps(model) {
-        o.insert("stat".into(), json!("46258008"));
+        let stat: u32 = 0x4625_8008 & !(1 << 23) | (u32::from(m.door_open) << 23);
+        o.insert("stat".into(), json!(format!("{stat:X}")));
         let mut extruders = vec![json!({"id": 0, "temp": packed(m.nozzle_target, nozzle)})];
         if model == Model::H2D {
             extruders.push(json!({"id": 1, "temp": packed(0.0, quantize(m.chamber))}));
