@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod commands;
 pub mod control;
 pub mod errors;
+pub mod ftps;
 pub mod report;
 pub mod session;
 pub mod tls;
