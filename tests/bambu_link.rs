@@ -606,6 +606,82 @@ async fn a_request_made_while_the_link_is_down_is_never_delivered_after_reconnec
     sim.shutdown().await;
 }
 
+#[tokio::test]
+async fn upload_over_ftps_with_the_pinned_config_then_start() {
+    let sim = sim(Model::X1C, 600.0).await;
+    let ftps = printgate::sim::ftps::start(
+        sim.identity(),
+        sim.storage(),
+        sim.access_code(),
+        printgate::sim::ftps::FtpsKnobs::new(printgate::sim::ftps::FtpsKnobValues::default()),
+    )
+    .await
+    .expect("sim FTPS");
+    let mut cfg = printer_config(&sim, sim.mqtt_port());
+    cfg.ftps_port = ftps.port();
+    let mut link = spawn(cfg, link_config());
+    until(&mut link.snapshots, "ready", ready).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().join("job.gcode.3mf");
+    let bytes = build_3mf(&Fixture3mf::for_model(Model::X1C));
+    std::fs::write(&local, &bytes).expect("write");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    timeout(
+        WAIT,
+        link.printer
+            .upload(local, "pg-9.gcode.3mf".into(), Some(tx)),
+    )
+    .await
+    .expect("upload in time")
+    .expect("upload verified");
+    let mut last = None;
+    while let Ok(p) = rx.try_recv() {
+        last = Some(p);
+    }
+    assert_eq!(
+        last.map(|p| (p.sent, p.total)),
+        Some((bytes.len() as u64, bytes.len() as u64))
+    );
+    assert_eq!(
+        sim.storage().get("pg-9.gcode.3mf").map(|f| f.len()),
+        Some(bytes.len())
+    );
+    assert!(
+        ftps.record().data_tls_resumed().iter().all(|r| *r),
+        "data channel resumed the control session"
+    );
+
+    link.printer
+        .send(PrinterCommand::Start(start_request("pg-9.gcode.3mf", 909)))
+        .await
+        .expect("published");
+    until(&mut link.snapshots, "our job running", |s| {
+        s.state
+            .as_ref()
+            .is_some_and(|st| st.gcode_state.is_active() && st.subtask_id.as_deref() == Some("909"))
+    })
+    .await;
+
+    // A wrong access code on FTPS is reported as such.
+    let mut bad = printer_config(&sim, sim.mqtt_port());
+    bad.ftps_port = ftps.port();
+    bad.access_code = "99999999".into();
+    let other = spawn(bad, link_config());
+    let local = dir.path().join("x.gcode.3mf");
+    std::fs::write(&local, b"x").expect("write");
+    let err = other
+        .printer
+        .upload(local, "pg-10.gcode.3mf".into(), None)
+        .await;
+    assert_eq!(
+        err,
+        Err(printgate::printer::UploadError::AccessCodeRejected)
+    );
+    ftps.shutdown().await;
+    sim.shutdown().await;
+}
+
 // ---- scripted peer (for packets the simulator cannot send) -------------------------------
 
 /// How the scripted peer treats each connection after CONNACK.

@@ -17,6 +17,7 @@ use crate::printer::{
     UploadProgress,
 };
 use commands::SequenceIds;
+use ftps::FtpsTarget;
 use futures::future::BoxFuture;
 use session::{LinkTask, Request, Shared, TaskChannels};
 use std::path::PathBuf;
@@ -91,6 +92,21 @@ impl BambuPrinter {
             .map_err(Clone::clone)
     }
 
+    /// Where the FTPS uploader reaches this printer: same host, the printer's FTPS port, the
+    /// serial as TLS server name, and the same pinned TLS config as the MQTT session.
+    /// `PROT C` is never allowed from here (no per-printer setting for it yet).
+    pub fn ftps_target(&self) -> Result<FtpsTarget, UploadError> {
+        let tls = self.tls_config().map_err(UploadError::Connect)?;
+        Ok(FtpsTarget {
+            host: self.cfg.host.clone(),
+            port: self.cfg.ftps_port,
+            server_name: self.cfg.serial.clone(),
+            access_code: self.cfg.access_code.clone(),
+            tls,
+            allow_prot_c: false,
+        })
+    }
+
     /// End a backoff now: after a person re-paired the certificate (cleared the pin) or fixed
     /// the access code. A link stopped by `FingerprintChanged` only resumes through this.
     pub fn retry_now(&self) {
@@ -137,10 +153,18 @@ impl PrinterLink for BambuPrinter {
 
     fn upload(
         &self,
-        _local: PathBuf,
-        _remote_name: String,
-        _progress: Option<mpsc::Sender<UploadProgress>>,
+        local: PathBuf,
+        remote_name: String,
+        progress: Option<mpsc::Sender<UploadProgress>>,
     ) -> BoxFuture<'_, Result<(), UploadError>> {
-        Box::pin(async { Err(UploadError::Other("FTPS client not wired".into())) })
+        Box::pin(async move {
+            let target = self.ftps_target()?;
+            let report = ftps::upload(&target, &local, &remote_name, progress).await?;
+            for warning in &report.warnings {
+                tracing::warn!(printer = %self.cfg.name, file = %remote_name, "upload: {warning}");
+            }
+            tracing::info!(printer = %self.cfg.name, file = %remote_name, bytes = report.bytes, "upload verified");
+            Ok(())
+        })
     }
 }
