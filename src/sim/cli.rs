@@ -11,12 +11,13 @@ pub const DEFAULT_MODELS: [Model; 3] = [Model::P1S, Model::X1C, Model::A1Mini];
 /// `name model serial host mqtt_port access_code fingerprint`.
 pub fn describe(p: &SimPrinter) -> String {
     format!(
-        "{} {} {} {} {} {} {}",
+        "{} {} {} {} {} {} {} {}",
         p.name(),
         p.model().config_name(),
         p.serial(),
         p.host(),
         p.mqtt_port(),
+        p.ftps_port(),
         p.access_code(),
         p.fingerprint()
     )
