@@ -57,7 +57,7 @@ pub async fn run_sim_cli(
         anyhow::bail!("time scale must be a positive number (1 = real time), got {time_scale}");
     }
     let fleet = SimFleet::start(fleet_configs(printers, &models, time_scale)).await?;
-    println!("# name model serial host mqtt_port access_code fingerprint");
+    println!("# name model serial host mqtt_port ftps_port access_code fingerprint");
     for p in fleet.printers() {
         println!("{}", describe(p));
     }
