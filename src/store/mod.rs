@@ -3,6 +3,9 @@
 //! gateway is small and every statement is short.
 
 mod migrations;
+mod safety;
+
+pub use safety::SafetyAuditEntry;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
