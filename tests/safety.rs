@@ -989,3 +989,28 @@ fn bench_helpers_run() {
     assert_eq!(printgate::safety::bench::bench_trip_call(50).unwrap().n, 50);
     assert!(printgate::safety::bench::bench_watchdog_observe(3000) > 0.0);
 }
+
+// ---------------------------------------------------------------- backend choice
+
+#[test]
+fn backend_choice_off_a_pi_is_simulated_with_a_warning_and_rppal_fails_clearly() {
+    use printgate::safety::config::GpioBackendChoice;
+    use printgate::safety::gpio::{GpioKind, is_raspberry_pi, open_gpio};
+    let sim = open_gpio(GpioBackendChoice::Simulated).unwrap();
+    assert_eq!(sim.gpio.kind(), GpioKind::Simulated);
+    assert!(sim.warning.is_none() && sim.sim.is_some());
+    if is_raspberry_pi() {
+        return; // the rest describes a machine without a Pi GPIO
+    }
+    let auto = open_gpio(GpioBackendChoice::Auto).unwrap();
+    assert_eq!(auto.gpio.kind(), GpioKind::Simulated);
+    assert!(auto.warning.unwrap().contains("SIMULATED"));
+    let err = open_gpio(GpioBackendChoice::Rppal)
+        .err()
+        .expect("no Pi here");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("simulated") || msg.contains("gpio group"),
+        "the error says what to do: {msg}"
+    );
+}
