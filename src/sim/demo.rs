@@ -50,6 +50,7 @@ pub async fn start_simulators(
         link: LinkConfig::default(),
         dispatch: DispatchConfig::default(),
         printers,
+        safety: Default::default(),
     };
     Ok((sims, config))
 }
