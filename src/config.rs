@@ -276,6 +276,9 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     #[serde(default, rename = "printers")]
     pub printers: Vec<PrinterConfig>,
+    /// Smoke input, relays, thermal watchdog (`[safety]`).
+    #[serde(default)]
+    pub safety: crate::safety::config::SafetyConfig,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -411,6 +414,7 @@ impl Config {
         let mut errs = Vec::new();
         self.check_sections(&mut errs);
         check_printers(&self.printer_refs(), &mut errs);
+        self.check_safety(&self.printers, &mut errs);
         sort_by_printer(&mut errs);
         if errs.is_empty() {
             Ok(())
@@ -429,6 +433,14 @@ impl Config {
                 model_known: true,
             })
             .collect()
+    }
+
+    /// `[safety]` problems; relays must name configured printers.
+    fn check_safety(&self, printers: &[PrinterConfig], errs: &mut Vec<ConfigError>) {
+        let names: Vec<&str> = printers.iter().map(|p| p.name.as_str()).collect();
+        for message in self.safety.validate(&names) {
+            errs.push(ConfigError::new("", "", message));
+        }
     }
 
     fn check_sections(&self, errs: &mut Vec<ConfigError>) {
@@ -730,6 +742,10 @@ fn parse_table(mut table: toml::Table, errs: &mut Vec<ConfigError>) -> Option<Co
         config.check_sections(errs);
     }
     check_printers(&refs, errs);
+    if let Some(config) = &config {
+        let parsed: Vec<PrinterConfig> = refs.iter().map(|r| r.printer.clone()).collect();
+        config.check_safety(&parsed, errs);
+    }
     let complete = all_printers_parsed && refs.iter().all(|r| r.model_known);
     let mut config = config?;
     if !complete {

@@ -11,12 +11,13 @@ pub const DEFAULT_MODELS: [Model; 3] = [Model::P1S, Model::X1C, Model::A1Mini];
 /// `name model serial host mqtt_port access_code fingerprint`.
 pub fn describe(p: &SimPrinter) -> String {
     format!(
-        "{} {} {} {} {} {} {}",
+        "{} {} {} {} {} {} {} {}",
         p.name(),
         p.model().config_name(),
         p.serial(),
         p.host(),
         p.mqtt_port(),
+        p.ftps_port(),
         p.access_code(),
         p.fingerprint()
     )
@@ -56,7 +57,7 @@ pub async fn run_sim_cli(
         anyhow::bail!("time scale must be a positive number (1 = real time), got {time_scale}");
     }
     let fleet = SimFleet::start(fleet_configs(printers, &models, time_scale)).await?;
-    println!("# name model serial host mqtt_port access_code fingerprint");
+    println!("# name model serial host mqtt_port ftps_port access_code fingerprint");
     for p in fleet.printers() {
         println!("{}", describe(p));
     }

@@ -218,9 +218,15 @@ impl FtpsServerHandle {
         self.record.clone()
     }
     /// Stop accepting, end every session and wait for the accept loop to finish.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.cancel.cancel();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for FtpsServerHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 

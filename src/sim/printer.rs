@@ -7,6 +7,7 @@
 //! time, scaled by `time_scale`) and publishes reports every `report_interval` (real time);
 //! connection tasks call into the hub when a request arrives.
 
+use crate::sim::ftps::{FtpsKnobs, FtpsServerHandle};
 use crate::config::Model;
 use crate::printer::GcodeState;
 use crate::sim::knobs::{KnobValues, SecondClientPolicy, SimKnobs};
@@ -589,6 +590,8 @@ pub struct SimPrinter {
     mqtt_addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// The printer's FTPS file service, sharing its storage and certificate.
+    ftps: Option<FtpsServerHandle>,
 }
 
 impl SimPrinter {
@@ -603,8 +606,17 @@ impl SimPrinter {
             .await
             .context("binding the simulator's MQTT port on 127.0.0.1")?;
         let mqtt_addr = listener.local_addr()?;
+        let access_code_for_ftps = access_code.clone();
         let knobs = SimKnobs::new(KnobValues::new(access_code, cfg.developer_mode));
         let storage = SimStorage::default();
+        let ftps = crate::sim::ftps::start(
+            identity.clone(),
+            storage.clone(),
+            access_code_for_ftps,
+            FtpsKnobs::default(),
+        )
+        .await
+        .context("starting the simulator's FTPS server")?;
         let machine = Machine::new(cfg.model, cfg.time_scale);
         let ip = Ipv4Addr::LOCALHOST;
         let initial_status = reports::status_object(&ReportCtx {
@@ -700,6 +712,7 @@ impl SimPrinter {
             mqtt_addr,
             shutdown,
             tasks,
+            ftps: Some(ftps),
         })
     }
 
@@ -712,6 +725,14 @@ impl SimPrinter {
     }
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+    /// Port of the FTPS file service (990 on a real printer).
+    pub fn ftps_port(&self) -> u16 {
+        self.ftps.as_ref().map(|f| f.port()).unwrap_or(0)
+    }
+    /// Fault knobs of the FTPS file service.
+    pub fn ftps_knobs(&self) -> FtpsKnobs {
+        self.ftps.as_ref().map(|f| f.knobs()).unwrap_or_default()
     }
     pub fn serial(&self) -> &str {
         &self.hub.serial
@@ -841,6 +862,9 @@ impl SimPrinter {
     /// Stop all tasks and close every connection.
     pub async fn shutdown(mut self) {
         self.shutdown.cancel();
+        if let Some(ftps) = self.ftps.take() {
+            ftps.shutdown().await;
+        }
         for t in std::mem::take(&mut self.tasks) {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }

@@ -8,6 +8,7 @@ use rusqlite_migration::{M, Migrations};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_foundation.sql"),
     include_str!("migrations/002_files.sql"),
+    include_str!("migrations/003_safety.sql"),
 ];
 
 /// The schema version this build writes (= number of known migrations).

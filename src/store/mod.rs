@@ -12,7 +12,10 @@ pub mod files;
 mod migrations;
 mod pins;
 mod printers;
+mod safety;
 mod sequence;
+
+pub use safety::SafetyAuditEntry;
 
 pub use events::{EventKind, EventRow};
 pub use printers::PrinterRow;
