@@ -57,7 +57,7 @@ fn printer_config(sim: &SimPrinter, port: u16) -> PrinterConfig {
         access_code: sim.access_code(),
         tls: TlsMode::Pin,
         mqtt_port: port,
-        ftps_port: 990,
+        ftps_port: sim.ftps_port(),
     }
 }
 
@@ -609,17 +609,7 @@ async fn a_request_made_while_the_link_is_down_is_never_delivered_after_reconnec
 #[tokio::test]
 async fn upload_over_ftps_with_the_pinned_config_then_start() {
     let sim = sim(Model::X1C, 600.0).await;
-    let ftps = printgate::sim::ftps::start(
-        sim.identity(),
-        sim.storage(),
-        sim.access_code(),
-        printgate::sim::ftps::FtpsKnobs::new(printgate::sim::ftps::FtpsKnobValues::default()),
-    )
-    .await
-    .expect("sim FTPS");
-    let mut cfg = printer_config(&sim, sim.mqtt_port());
-    cfg.ftps_port = ftps.port();
-    let mut link = spawn(cfg, link_config());
+    let mut link = spawn(printer_config(&sim, sim.mqtt_port()), link_config());
     until(&mut link.snapshots, "ready", ready).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -648,8 +638,8 @@ async fn upload_over_ftps_with_the_pinned_config_then_start() {
         Some(bytes.len())
     );
     assert!(
-        ftps.record().data_tls_resumed().iter().all(|r| *r),
-        "data channel resumed the control session"
+        sim.ftps_knobs().get().require_session_reuse,
+        "the data channel had to resume the control session"
     );
 
     link.printer
@@ -665,7 +655,6 @@ async fn upload_over_ftps_with_the_pinned_config_then_start() {
 
     // A wrong access code on FTPS is reported as such.
     let mut bad = printer_config(&sim, sim.mqtt_port());
-    bad.ftps_port = ftps.port();
     bad.access_code = "99999999".into();
     let other = spawn(bad, link_config());
     let local = dir.path().join("x.gcode.3mf");
@@ -678,7 +667,55 @@ async fn upload_over_ftps_with_the_pinned_config_then_start() {
         err,
         Err(printgate::printer::UploadError::AccessCodeRejected)
     );
-    ftps.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn pushall_requests_are_rate_limited_and_coalesced() {
+    let sim = sim(Model::P1S, 1.0).await;
+    let mut cfg = link_config();
+    cfg.pushall_min_interval_ms = 3000;
+    let mut link = spawn(printer_config(&sim, sim.mqtt_port()), cfg);
+    until(&mut link.snapshots, "ready", ready).await;
+    let pushalls = |sim: &SimPrinter| {
+        sim.command_log()
+            .iter()
+            .filter(|c| c.command.as_deref() == Some("pushall"))
+            .count()
+    };
+    let before = pushalls(&sim);
+    let printer = &link.printer;
+    let answers =
+        futures::future::join_all((0..5).map(|_| printer.send(PrinterCommand::PushAll))).await;
+    let ids: std::collections::BTreeSet<String> = answers
+        .into_iter()
+        .map(|a| match a {
+            Ok(CommandOutcome::Published { sequence_id }) => sequence_id,
+            Err(e) => panic!("pushall refused: {e}"),
+        })
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "five requests within the interval share one pushall"
+    );
+    let mut commands = sim.subscribe_commands();
+    let id = ids.into_iter().next().unwrap_or_default();
+    timeout(WAIT, async {
+        loop {
+            if pushalls(&sim) > before || commands.recv().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("pushall logged");
+    assert_eq!(pushalls(&sim), before + 1);
+    assert!(
+        sim.command_log()
+            .iter()
+            .any(|c| c.sequence_id.as_deref() == Some(id.as_str()))
+    );
     sim.shutdown().await;
 }
 

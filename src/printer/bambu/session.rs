@@ -42,6 +42,9 @@ const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// A command handed to rumqttc that is not written to the socket within this long means the
 /// connection is wedged: tear it down.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+/// A `pushall` not answered by a full report within this long may be repeated for untrusted
+/// deltas (BAMBU-LAN.md §3.4: wait up to ~5 s for `msg` 0).
+const PUSHALL_ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// How many of our recent `sequence_id`s are remembered to recognise our acks.
 const RECENT_SENT: usize = 64;
 
@@ -105,6 +108,8 @@ struct Conn {
     last_rx: Instant,
     nudged_at: Option<Instant>,
     deferred_pushall: Option<(Instant, Vec<Reply>)>,
+    /// When the last `pushall` on this connection went out, until a full report answers it.
+    pushall_unanswered_since: Option<Instant>,
 }
 
 /// The task's ends of the channels it shares with the printer handle.
@@ -327,6 +332,7 @@ impl LinkTask {
             last_rx: Instant::now(),
             nudged_at: None,
             deferred_pushall: None,
+            pushall_unanswered_since: None,
         };
         let ended = loop {
             let deadline = self.next_deadline(&conn);
@@ -601,6 +607,7 @@ impl LinkTask {
 
     fn publish_pushall(&mut self, conn: &mut Conn, mut replies: Vec<Reply>) {
         self.last_pushall = Some(Instant::now());
+        conn.pushall_unanswered_since = Some(Instant::now());
         let built = commands::pushall(&self.seq);
         let first = replies.pop();
         let sequence_id = built.sequence_id.clone();
@@ -693,7 +700,17 @@ impl LinkTask {
             Err(ReportError::TooLarge(_)) => {} // already warned by the parser
             Err(e) => tracing::warn!("ignoring a report from the printer: {e}"),
         }
-        if conn.merger.take_pushall_request() {
+        if full {
+            conn.pushall_unanswered_since = None;
+        }
+        // A delta before the first full report asks for `pushall`, unless one is pending or was
+        // sent recently and may still be answered.
+        if conn.merger.take_pushall_request()
+            && conn.deferred_pushall.is_none()
+            && conn
+                .pushall_unanswered_since
+                .is_none_or(|t| t.elapsed() >= PUSHALL_ANSWER_WAIT)
+        {
             self.request_pushall(conn, None);
         }
         let state = if merged {
