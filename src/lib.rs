@@ -19,6 +19,36 @@ use store::Store;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "printgate.sqlite";
+
+/// Command sequence ids reserved (and persisted) at each start.
+const SEQUENCE_IDS_PER_BOOT: u64 = 100_000;
+
+/// Write a printer's history rows (link and state changes, HMS) as its snapshots change.
+async fn record_printer_events(
+    store: Arc<Store>,
+    name: String,
+    mut rx: tokio::sync::watch::Receiver<printer::PrinterSnapshot>,
+    shutdown: CancellationToken,
+) {
+    let mut prev = rx.borrow_and_update().clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+        let next = rx.borrow_and_update().clone();
+        let at_ms = chrono::Utc::now().timestamp_millis();
+        for ev in printer::events::diff(&prev, &next) {
+            if let Err(e) = store.record_event(&name, ev.kind, &ev.detail, at_ms) {
+                tracing::warn!(printer = %name, "could not record a printer event: {e}");
+            }
+        }
+        prev = next;
+    }
+}
+
 /// One configured printer and its live link.
 pub struct PrinterEntry {
     pub name: String,
@@ -60,18 +90,49 @@ impl RunningGateway {
 /// Build every part from `config` and start it. Returns once the web server is listening.
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunningGateway> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let store = Arc::new(Store::open(&config.data_dir.join("printgate.sqlite"))?);
-    let printers = Vec::new();
+    let store = Arc::new(Store::open(&config.data_dir.join(DATABASE_FILE))?);
+    store.sync_printers(&config.printers)?;
+    // Command sequence ids are never reused, also not across restarts (BAMBU-LAN.md §4).
+    let first_id = store.reserve_sequence_ids(SEQUENCE_IDS_PER_BOOT)?;
+    let seq = printer::bambu::commands::SequenceIds::new(first_id);
+    let mut printers = Vec::new();
+    for pc in &config.printers {
+        let link = printer::bambu::BambuPrinter::spawn(
+            pc.clone(),
+            config.link.clone(),
+            store.clone(),
+            seq.clone(),
+            shutdown.child_token(),
+        );
+        printers.push(PrinterEntry {
+            name: pc.name.clone(),
+            model: pc.model,
+            link,
+        });
+    }
     let gateway = Arc::new(Gateway {
         config,
         store,
         printers,
         shutdown: shutdown.clone(),
-        hms_text: |attr, code| format!("HMS {attr:08X} {code:08X}"),
+        hms_text: |attr, code| {
+            let entry = printer::HmsEntry { attr, code };
+            printer::bambu::errors::hms_text(&entry)
+                .unwrap_or("health message not in printgate's list; see the printer's screen")
+                .to_string()
+        },
     });
     let listener = tokio::net::TcpListener::bind(gateway.config.web.listen).await?;
     let web_addr = listener.local_addr()?;
     let mut tasks = JoinSet::new();
+    for p in &gateway.printers {
+        tasks.spawn(record_printer_events(
+            gateway.store.clone(),
+            p.name.clone(),
+            p.link.subscribe(),
+            shutdown.clone(),
+        ));
+    }
     let app = web::router(gateway.clone());
     let token = shutdown.clone();
     tasks.spawn(async move {

@@ -38,7 +38,12 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 1)]
         printers: usize,
         /// Comma-separated models, cycled over the printers (X1C, X1E, P1P, P1S, A1, A1MINI, P2S, H2D).
-        #[arg(long, value_name = "MODELS", value_delimiter = ',', default_value = "P1S")]
+        #[arg(
+            long,
+            value_name = "MODELS",
+            value_delimiter = ',',
+            default_value = "P1S"
+        )]
         models: Vec<String>,
         /// How much faster than real time the simulated prints run.
         #[arg(long, value_name = "X", default_value_t = 1.0)]

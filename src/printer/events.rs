@@ -3,20 +3,21 @@
 //! Pure: the app's recorder task feeds it and writes the rows to the store.
 
 use super::{LinkState, PrinterSnapshot};
+use crate::store::EventKind;
 use serde_json::json;
 
 /// One row for `printer_events`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrinterEvent {
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub detail: serde_json::Value,
 }
 
-fn link_kind(prev: &LinkState, next: &LinkState) -> &'static str {
+fn link_kind(prev: &LinkState, next: &LinkState) -> EventKind {
     match (prev.is_online(), next.is_online()) {
-        (false, true) => "link_up",
-        (true, false) => "link_down",
-        _ => "link_state",
+        (false, true) => EventKind::LINK_UP,
+        (true, false) => EventKind::LINK_DOWN,
+        _ => EventKind::LINK_STATE,
     }
 }
 
@@ -32,7 +33,7 @@ pub fn diff(prev: &PrinterSnapshot, next: &PrinterSnapshot) -> Vec<PrinterEvent>
     let (Some(p), Some(n)) = (prev.state.as_ref(), next.state.as_ref()) else {
         if let (None, Some(n)) = (prev.state.as_ref(), next.state.as_ref()) {
             out.push(PrinterEvent {
-                kind: "gcode_state",
+                kind: EventKind::GCODE_STATE,
                 detail: json!({ "from": null, "to": n.gcode_state.as_str() }),
             });
         }
@@ -40,7 +41,7 @@ pub fn diff(prev: &PrinterSnapshot, next: &PrinterSnapshot) -> Vec<PrinterEvent>
     };
     if p.gcode_state != n.gcode_state {
         out.push(PrinterEvent {
-            kind: "gcode_state",
+            kind: EventKind::GCODE_STATE,
             detail: json!({
                 "from": p.gcode_state.as_str(),
                 "to": n.gcode_state.as_str(),
@@ -50,19 +51,19 @@ pub fn diff(prev: &PrinterSnapshot, next: &PrinterSnapshot) -> Vec<PrinterEvent>
     }
     for h in n.hms.iter().filter(|h| !p.hms.contains(h)) {
         out.push(PrinterEvent {
-            kind: "hms_raised",
+            kind: EventKind::HMS_RAISED,
             detail: json!({ "code": h.display_code(), "severity": h.severity() }),
         });
     }
     for h in p.hms.iter().filter(|h| !n.hms.contains(h)) {
         out.push(PrinterEvent {
-            kind: "hms_cleared",
+            kind: EventKind::HMS_CLEARED,
             detail: json!({ "code": h.display_code() }),
         });
     }
     if p.print_error != n.print_error && n.print_error != 0 {
         out.push(PrinterEvent {
-            kind: "print_error",
+            kind: EventKind::PRINT_ERROR,
             detail: json!({ "code": format!("{:04X}_{:04X}", n.print_error >> 16, n.print_error & 0xFFFF) }),
         });
     }
@@ -86,8 +87,8 @@ mod tests {
     fn link_up_and_down_are_named() {
         let a = snap(LinkState::Connecting, None);
         let b = snap(LinkState::Online, None);
-        assert_eq!(diff(&a, &b)[0].kind, "link_up");
-        assert_eq!(diff(&b, &a)[0].kind, "link_down");
+        assert_eq!(diff(&a, &b)[0].kind, EventKind::LINK_UP);
+        assert_eq!(diff(&b, &a)[0].kind, EventKind::LINK_DOWN);
         assert!(diff(&b, &b).is_empty());
     }
 
@@ -105,9 +106,9 @@ mod tests {
         }];
         let a = snap(LinkState::Online, Some(idle.clone()));
         let b = snap(LinkState::Online, Some(running));
-        let kinds: Vec<_> = diff(&a, &b).iter().map(|e| e.kind).collect();
+        let kinds: Vec<_> = diff(&a, &b).iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, vec!["gcode_state", "hms_raised"]);
-        let kinds: Vec<_> = diff(&b, &a).iter().map(|e| e.kind).collect();
+        let kinds: Vec<_> = diff(&b, &a).iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, vec!["gcode_state", "hms_cleared"]);
     }
 }

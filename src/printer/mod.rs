@@ -77,11 +77,19 @@ pub enum UploadError {
     Connect(String),
     #[error("the printer refused the access code for file upload (530); re-enter the access code")]
     AccessCodeRejected,
-    #[error("the printer's storage refused the file ({0}); check the SD card/storage is present, writable and not full")]
+    #[error(
+        "the printer's storage refused the file ({0}); check the SD card/storage is present, writable and not full"
+    )]
     StorageRefused(String),
     #[error("upload was interrupted after {sent} of {total} bytes: {reason}")]
-    Interrupted { sent: u64, total: u64, reason: String },
-    #[error("upload finished but the printer reports {remote} bytes instead of {local}; the file is not usable")]
+    Interrupted {
+        sent: u64,
+        total: u64,
+        reason: String,
+    },
+    #[error(
+        "upload finished but the printer reports {remote} bytes instead of {local}; the file is not usable"
+    )]
     SizeMismatch { local: u64, remote: u64 },
     #[error("{0}")]
     Other(String),

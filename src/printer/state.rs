@@ -51,7 +51,10 @@ impl GcodeState {
     }
     /// A job is in progress (makes the plate occupied).
     pub fn is_active(self) -> bool {
-        matches!(self, Self::Prepare | Self::Slicing | Self::Running | Self::Pause)
+        matches!(
+            self,
+            Self::Prepare | Self::Slicing | Self::Running | Self::Pause
+        )
     }
 }
 
@@ -124,7 +127,10 @@ pub enum LinkState {
     /// TLS failed, or the certificate fingerprint differs from the pinned one.
     TlsError(String),
     /// The printer's certificate changed since it was pinned: re-pair explicitly.
-    FingerprintChanged { pinned: String, seen: String },
+    FingerprintChanged {
+        pinned: String,
+        seen: String,
+    },
     /// Printer refuses unsigned commands: LAN-only + Developer Mode needed.
     DeveloperModeRequired,
     /// TCP connect failed / timed out; retrying with backoff.

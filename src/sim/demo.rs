@@ -3,18 +3,39 @@
 //! address the user chose for the web page (loopback by default); the simulators on 127.0.0.1.
 
 use crate::config::{Config, DispatchConfig, LinkConfig, Model, PrinterConfig, TlsMode, WebConfig};
+use crate::sim::fixtures::{Fixture3mf, build_3mf};
 use crate::sim::{SimConfig, SimPrinter};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The printers of the demo, in the order shown.
-pub const DEMO_PRINTERS: [(&str, Model); 3] = [
-    ("Garage P1S", Model::P1S),
-    ("Office X1C", Model::X1C),
-    ("Desk A1 mini", Model::A1Mini),
+/// The printers of the demo, in the order shown, with the job each one is printing when the
+/// demo starts (name, predicted seconds).
+pub const DEMO_PRINTERS: [(&str, Model, &str, u64); 3] = [
+    ("Garage P1S", Model::P1S, "shelf_bracket_v3", 1800),
+    ("Office X1C", Model::X1C, "cable_clip_x12", 3600),
+    ("Desk A1 mini", Model::A1Mini, "phone_stand", 2400),
 ];
+
+/// Put a sliced file on each simulated printer and start it from the printer's "screen", the
+/// way a person at the printer would, so the demo shows prints in progress from the first
+/// second. The gateway only observes these prints (and marks the plates occupied).
+pub fn start_local_prints(sims: &[SimPrinter]) -> anyhow::Result<()> {
+    for (sim, (_, model, job, secs)) in sims.iter().zip(DEMO_PRINTERS) {
+        let file = format!("{job}.gcode.3mf");
+        let bytes = build_3mf(&Fixture3mf {
+            prediction_secs: secs,
+            layers: 120,
+            ..Fixture3mf::for_model(model)
+        });
+        sim.storage()
+            .put(&file, bytes)
+            .map_err(|e| anyhow::anyhow!("simulated storage refused the demo file: {e:?}"))?;
+        sim.start_from_screen(&file, job);
+    }
+    Ok(())
+}
 
 /// Start the simulators and return them with a gateway config pointing at them.
 pub async fn start_simulators(
@@ -24,7 +45,7 @@ pub async fn start_simulators(
 ) -> anyhow::Result<(Vec<SimPrinter>, Config)> {
     let mut sims = Vec::new();
     let mut printers = Vec::new();
-    for (name, model) in DEMO_PRINTERS {
+    for (name, model, _, _) in DEMO_PRINTERS {
         let sim = SimPrinter::start(SimConfig {
             name: name.to_string(),
             time_scale,
@@ -65,7 +86,9 @@ pub async fn run(
     let (_tmp, data_dir) = match data_dir {
         Some(d) => (None, d),
         None => {
-            let tmp = tempfile::Builder::new().prefix("printgate-demo-").tempdir()?;
+            let tmp = tempfile::Builder::new()
+                .prefix("printgate-demo-")
+                .tempdir()?;
             let path = tmp.path().to_path_buf();
             (Some(tmp), path)
         }
@@ -74,8 +97,13 @@ pub async fn run(
         tracing::warn!("demo listening on {listen}, which is not a loopback address");
     }
     let (sims, config) = start_simulators(data_dir.clone(), listen, time_scale).await?;
+    start_local_prints(&sims)?;
     let running = crate::start(config, shutdown.clone()).await?;
-    println!("printgate demo: open http://{} (data in {})", running.web_addr, data_dir.display());
+    println!(
+        "printgate demo: open http://{} (data in {})",
+        running.web_addr,
+        data_dir.display()
+    );
     for sim in &sims {
         println!(
             "  simulated {:<8} serial {} on {}:{} (access code {})",

@@ -7,9 +7,9 @@
 //! time, scaled by `time_scale`) and publishes reports every `report_interval` (real time);
 //! connection tasks call into the hub when a request arrives.
 
-use crate::sim::ftps::{FtpsKnobs, FtpsServerHandle};
 use crate::config::Model;
 use crate::printer::GcodeState;
+use crate::sim::ftps::{FtpsKnobs, FtpsServerHandle};
 use crate::sim::knobs::{KnobValues, SecondClientPolicy, SimKnobs};
 use crate::sim::log::{CommandLog, LoggedCommand, SimTruth};
 use crate::sim::machine::{CommandCtx, Machine};
@@ -392,6 +392,37 @@ impl Hub {
             && !knobs.drop_acks
         {
             self.publish(&knobs, &ack);
+        }
+        self.update_truth(&core, &knobs);
+    }
+
+    /// A person starts a print on the printer's own screen: same state machine as a
+    /// `project_file`, but nothing arrives over the network, so nothing is logged.
+    fn start_from_screen(&self, file_name: &str, subtask_name: &str) {
+        let knobs = self.knobs.get();
+        let mut core = lock(&self.core);
+        if !self.powered() {
+            return;
+        }
+        let body = serde_json::json!({
+            "command": "project_file",
+            "sequence_id": "0",
+            "param": "Metadata/plate_1.gcode",
+            "url": format!("file:///sdcard/{file_name}"),
+            "file": file_name,
+            "md5": "",
+            "subtask_name": subtask_name,
+            "project_id": "0", "profile_id": "0", "task_id": "0", "subtask_id": "0",
+            "bed_type": "auto", "timelapse": false, "bed_leveling": true, "flow_cali": false,
+            "vibration_cali": false, "layer_inspect": true, "use_ams": false,
+        });
+        if let Some(body) = body.as_object() {
+            let ctx = CommandCtx {
+                knobs: &knobs,
+                storage: &self.storage,
+                unix_now: unix_now(),
+            };
+            let _ = core.machine.handle_print(body, &ctx);
         }
         self.update_truth(&core, &knobs);
     }
@@ -845,6 +876,10 @@ impl SimPrinter {
     /// `offer_resume`. Never resumes a job.
     pub fn power_restore(&self, offer_resume: bool) {
         self.hub.power_restore(offer_resume);
+    }
+    /// A person starts `file_name` (already on the printer's storage) from the printer's screen.
+    pub fn start_from_screen(&self, file_name: &str, subtask_name: &str) {
+        self.hub.start_from_screen(file_name, subtask_name);
     }
     /// A person tapped the error/finish dialog away: print_error cleared, FINISH/FAILED → IDLE.
     pub fn dismiss_on_screen(&self) {

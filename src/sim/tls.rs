@@ -38,7 +38,9 @@ impl SimIdentity {
 
         let leaf_key = KeyPair::generate()?;
         let mut leaf_params = CertificateParams::new(Vec::<String>::new())?;
-        leaf_params.distinguished_name.push(DnType::CommonName, serial);
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, serial);
         let leaf_cert = leaf_params.signed_by(&leaf_key, &issuer)?;
         Ok(Self {
             serial: serial.to_string(),

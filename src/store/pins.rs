@@ -69,3 +69,20 @@ impl Store {
         Ok(true)
     }
 }
+
+/// The Bambu link pins printer certificates in this database.
+impl crate::printer::bambu::tls::PinStore for Store {
+    fn pinned(&self, serial: &str) -> Option<String> {
+        match self.pinned_fingerprint(serial) {
+            Ok(fp) => fp,
+            Err(e) => {
+                tracing::error!("reading the pinned certificate of {serial}: {e}");
+                None
+            }
+        }
+    }
+    fn store_pin(&self, serial: &str, fingerprint: &str) -> Result<(), String> {
+        self.store_fingerprint(serial, fingerprint)
+            .map_err(|e| e.to_string())
+    }
+}

@@ -64,10 +64,12 @@ pub fn printer_view(
         bed_temp: st.and_then(|s| s.bed_temp),
         bed_target: st.and_then(|s| s.bed_target),
         chamber_temp: st.and_then(|s| s.chamber_temp),
-        job_name: st.and_then(|s| s.subtask_name.clone()).filter(|n| !n.is_empty()),
-        print_error: st.filter(|s| s.print_error != 0).map(|s| {
-            format!("{:04X}_{:04X}", s.print_error >> 16, s.print_error & 0xFFFF)
-        }),
+        job_name: st
+            .and_then(|s| s.subtask_name.clone())
+            .filter(|n| !n.is_empty()),
+        print_error: st
+            .filter(|s| s.print_error != 0)
+            .map(|s| format!("{:04X}_{:04X}", s.print_error >> 16, s.print_error & 0xFFFF)),
         hms: st
             .map(|s| {
                 s.hms
