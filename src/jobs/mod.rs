@@ -1,1 +1,8 @@
-//! Jobs: stored print files, the job queue, plate state and the plate-clear dispatcher.
+//! Jobs: the job model, plate state and the plate-clear dispatcher (pure decision core in
+//! `dispatcher`, checked by the seeded simulation in `simulation`). Persistence lives in
+//! `store::jobs`; the effect runner that executes the dispatcher's actions is built in `lib.rs`.
+
+pub mod dispatcher;
+pub mod model;
+pub mod plate;
+pub mod simulation;
