@@ -4,7 +4,10 @@
 use rusqlite_migration::{M, Migrations};
 
 /// The migrations in order. Append; never edit a released one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/001_foundation.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/001_foundation.sql"),
+    include_str!("migrations/003_jobs.sql"),
+];
 
 pub(super) fn apply(conn: &mut rusqlite::Connection) -> Result<(), super::StoreError> {
     let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());

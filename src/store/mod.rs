@@ -2,6 +2,7 @@
 //! (one file per area: printers, events, files, jobs, …). One connection behind a mutex: the
 //! gateway is small and every statement is short.
 
+pub mod jobs;
 mod migrations;
 
 use std::path::Path;
