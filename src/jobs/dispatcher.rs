@@ -36,7 +36,7 @@ pub const HMS_VERIFICATION_FAILED: (u32, u32) = (0x0500_0500, 0x0001_0007);
 /// Failed uploads of one job before it is marked failed (I8).
 pub const MAX_STAGE_FAILURES: u32 = 3;
 /// How many recent tap ids per printer are remembered to drop re-submitted taps (I7).
-const RECENT_TAPS: usize = 32;
+pub const RECENT_TAPS: usize = 32;
 
 /// Dispatcher timings in milliseconds (from [`DispatchConfig`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,8 +168,11 @@ pub struct PrinterRuntime {
     pub paused: bool,
     /// Persisted.
     pub plate: PlateState,
-    /// In memory: the last report summary (kept across a link drop to compare job ids).
+    /// In memory: the last report summary.
     pub report: Option<ReportSummary>,
+    /// In memory: the last report with a known job state (after a full report), kept across link
+    /// drops; new reports are compared with it to detect print activity.
+    pub last_known: Option<ReportSummary>,
     /// In memory.
     pub link_online: bool,
     /// In memory: connection epoch of the last report.
@@ -190,6 +193,7 @@ impl PrinterRuntime {
             paused: false,
             plate: PlateState::Unknown,
             report: None,
+            last_known: None,
             link_online: false,
             epoch: None,
             last_pushall_at: None,
@@ -370,6 +374,13 @@ pub enum Action {
     RecordTap {
         printer: String,
         tap: Tap,
+    },
+    /// A tap that was not accepted; recorded (voided) so that a re-submitted copy of the same
+    /// form is recognised and dropped later (I7).
+    RejectTap {
+        printer: String,
+        tap: Tap,
+        reason: String,
     },
     /// The tap timed out or was voided: plate `Unknown`.
     ExpireTap {
@@ -681,9 +692,8 @@ impl Ctx {
         let Some(p) = self.s.printers.get(&printer) else {
             return;
         };
-        let prev = p.report.clone();
         let plate_occupied = p.plate == PlateState::Occupied;
-        let activity = observed_activity(prev.as_ref(), &report);
+        let activity = observed_activity(p.last_known.as_ref(), &report);
         self.emit(Action::ObserveReport {
             printer: printer.clone(),
             report: report.clone(),
@@ -853,38 +863,44 @@ impl Ctx {
         {
             return; // re-submitted form (I7)
         }
-        if p.report.as_ref().is_some_and(|r| r.gcode_state.is_active()) {
-            self.notify(
-                Some(&printer),
-                None,
-                format!(
-                    "plate-clear tap by {user} not accepted: {printer} is printing; remove the print when it has finished, then tap again"
-                ),
-            );
-            return;
+        let known = p.link_online
+            && p.report.as_ref().is_some_and(|r| {
+                r.link_online && r.have_full_report && p.epoch == Some(r.connection_epoch)
+            });
+        let refusal = if !known {
+            Some(format!(
+                "the state of {printer} is not known right now (offline or no full report yet); tap Plate clear again when it shows online"
+            ))
+        } else if p.report.as_ref().is_some_and(|r| r.gcode_state.is_active()) {
+            Some(format!(
+                "{printer} is printing; remove the print when it has finished, then tap again"
+            ))
+        } else {
+            self.s
+                .slot_job(&printer)
+                .filter(|j| matches!(j.state, JobState::Starting | JobState::Printing))
+                .map(|j| format!("job {:?} is {} on {printer}", j.name, j.state.as_str()))
+        };
+        let tap = Tap {
+            tap_id,
+            by: user.clone(),
+            at: now,
+        };
+        match refusal {
+            Some(reason) => {
+                self.emit(Action::RejectTap {
+                    printer: printer.clone(),
+                    tap,
+                    reason: reason.clone(),
+                });
+                self.notify(
+                    Some(&printer),
+                    None,
+                    format!("plate-clear tap by {user} not accepted: {reason}"),
+                );
+            }
+            None => self.emit(Action::RecordTap { printer, tap }),
         }
-        if let Some(j) = self.s.slot_job(&printer)
-            && matches!(j.state, JobState::Starting | JobState::Printing)
-        {
-            self.notify(
-                Some(&printer),
-                Some(j.id),
-                format!(
-                    "plate-clear tap by {user} not accepted: job {:?} is {} on {printer}",
-                    j.name,
-                    j.state.as_str()
-                ),
-            );
-            return;
-        }
-        self.emit(Action::RecordTap {
-            printer,
-            tap: Tap {
-                tap_id,
-                by: user,
-                at: now,
-            },
-        });
     }
 
     fn on_cancel(&mut self, job: JobId, user: String) {
@@ -1175,13 +1191,21 @@ impl Ctx {
 
     // ------------------------------------------------------------------ planning
 
+    /// Apply the time- and state-driven rules until nothing changes (a bounded fixpoint), so
+    /// that a repeated event or an immediate `Tick` finds nothing left to do (I7).
     fn plan(&mut self) {
-        self.expire_taps();
-        self.expire_deadlines();
-        self.watch_windows();
-        self.start_decisions();
-        self.publish_or_refresh();
-        self.staging();
+        for _ in 0..8 {
+            let before = self.out.len();
+            self.expire_taps();
+            self.expire_deadlines();
+            self.watch_windows();
+            self.start_decisions();
+            self.publish_or_refresh();
+            self.staging();
+            if self.out.len() == before {
+                break;
+            }
+        }
     }
 
     fn expire_taps(&mut self) {
@@ -1528,8 +1552,11 @@ fn apply_action(s: &mut DispatchState, action: &Action) {
             at,
         } => {
             if let Some(p) = s.printers.get_mut(printer) {
-                if observed_activity(p.report.as_ref(), report).is_some() {
+                if observed_activity(p.last_known.as_ref(), report).is_some() {
                     p.last_activity_at = Some(*at);
+                }
+                if report.have_full_report && report.gcode_state != GcodeState::Unknown {
+                    p.last_known = Some(report.clone());
                 }
                 p.link_online = report.link_online;
                 p.epoch = Some(report.connection_epoch);
@@ -1559,6 +1586,14 @@ fn apply_action(s: &mut DispatchState, action: &Action) {
         RecordTap { printer, tap } => {
             if let Some(p) = s.printers.get_mut(printer) {
                 p.plate = PlateState::Clear(tap.clone());
+                p.recent_tap_ids.push_back(tap.tap_id.clone());
+                while p.recent_tap_ids.len() > RECENT_TAPS {
+                    p.recent_tap_ids.pop_front();
+                }
+            }
+        }
+        RejectTap { printer, tap, .. } => {
+            if let Some(p) = s.printers.get_mut(printer) {
                 p.recent_tap_ids.push_back(tap.tap_id.clone());
                 while p.recent_tap_ids.len() > RECENT_TAPS {
                     p.recent_tap_ids.pop_front();
@@ -1639,9 +1674,12 @@ fn apply_action(s: &mut DispatchState, action: &Action) {
             }
         }
         MarkPublishing { job, epoch, at } => {
-            if let Some(a) = s.jobs.get_mut(job).and_then(|j| j.start.as_mut()) {
+            if let Some(j) = s.jobs.get_mut(job)
+                && let Some(a) = j.start.as_mut()
+            {
                 a.publish_attempted_at = Some(*at);
                 a.publish_epoch = Some(*epoch);
+                j.updated_at = *at;
             }
         }
         MarkPublished {
@@ -1649,9 +1687,12 @@ fn apply_action(s: &mut DispatchState, action: &Action) {
             sequence_id,
             at,
         } => {
-            if let Some(a) = s.jobs.get_mut(job).and_then(|j| j.start.as_mut()) {
+            if let Some(j) = s.jobs.get_mut(job)
+                && let Some(a) = j.start.as_mut()
+            {
                 a.sequence_id = Some(sequence_id.clone());
                 a.published_at = Some(*at);
+                j.updated_at = *at;
             }
         }
         ReturnToQueued {
@@ -1737,7 +1778,7 @@ fn apply_action(s: &mut DispatchState, action: &Action) {
             j.deadline = None;
             j.start_again_at = Some(*at);
             j.updated_at = *at;
-            j.message = Some(format!("start again requested by {by}; waiting for a new plate-clear tap"));
+            j.message = Some(start_again_message(by));
             s.stage_retry_at.remove(&j.id);
             s.jobs.insert(j.id, j);
         }
@@ -1748,6 +1789,11 @@ fn apply_action(s: &mut DispatchState, action: &Action) {
         }
         Stage { .. } | Publish { .. } | Notify { .. } => {}
     }
+}
+
+/// The job message after "start again".
+pub fn start_again_message(by: &str) -> String {
+    format!("start again requested by {by}; waiting for a new plate-clear tap")
 }
 
 /// Move a job to `state`; terminal jobs leave the in-memory state.

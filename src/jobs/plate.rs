@@ -63,11 +63,12 @@ pub fn meaningful_id(id: Option<&str>) -> Option<&str> {
 }
 
 /// Evidence in a report that something printed or is printing on this printer, compared with the
-/// previous report of the same printer. Returns a reason for people, or `None`.
+/// last report of the same printer whose job state was known (`prev`, kept across link drops so
+/// that what happened during an outage is noticed). Returns a reason for people, or `None`.
 ///
-/// Activity: an active `gcode_state`; a job id different from the previous one; a change *into*
-/// FINISH or FAILED (a print ended, possibly while we were not watching). `FINISH → IDLE` is a
-/// person dismissing the screen dialog and is not activity.
+/// Activity: an active `gcode_state`; a job id or job file different from the previous one; a
+/// change *into* FINISH or FAILED (a print ended, possibly while we were not watching).
+/// `FINISH → IDLE` is a person dismissing the screen dialog and is not activity.
 pub fn observed_activity(prev: Option<&ReportSummary>, new: &ReportSummary) -> Option<String> {
     if new.gcode_state.is_active() {
         return Some(format!("printer reports {}", new.gcode_state.as_str()));
@@ -78,6 +79,12 @@ pub fn observed_activity(prev: Option<&ReportSummary>, new: &ReportSummary) -> O
         && meaningful_id(prev.subtask_id.as_deref()) != Some(id)
     {
         return Some(format!("printer reports a new job id {id}"));
+    }
+    let new_file = new.gcode_file.as_deref().filter(|f| !f.is_empty());
+    if let Some(file) = new_file
+        && prev.gcode_file.as_deref().filter(|f| !f.is_empty()) != Some(file)
+    {
+        return Some(format!("printer reports a new job file {file}"));
     }
     let ended = matches!(new.gcode_state, GcodeState::Finish | GcodeState::Failed);
     if ended && prev.gcode_state != new.gcode_state && prev.gcode_state != GcodeState::Unknown {

@@ -5,7 +5,10 @@
 //! exactly one start, a published job never returns to the queue).
 
 use super::{Store, StoreError};
-use crate::jobs::dispatcher::{Action, ActionKind, DispatchState, DispatchTimings, PrinterRuntime};
+use crate::jobs::dispatcher::{
+    Action, ActionKind, DispatchState, DispatchTimings, PrinterRuntime, RECENT_TAPS,
+    start_again_message,
+};
 use crate::jobs::model::{
     Job, JobId, JobState, MAX_SUBTASK_ID, Millis, NewJob, StartAttempt, Target,
 };
@@ -119,7 +122,11 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     let tap_id: Option<String> = r.get(17)?;
     let decided_at = ms(r.get(18)?);
     let start = match (tap_id, decided_at, state) {
-        (Some(tap_id), Some(decided_at), JobState::Starting | JobState::Unconfirmed) => {
+        (
+            Some(tap_id),
+            Some(decided_at),
+            JobState::Starting | JobState::Printing | JobState::Unconfirmed,
+        ) => {
             Some(StartAttempt {
                 tap: Tap {
                     tap_id,
@@ -479,6 +486,13 @@ impl Store {
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()?;
+            let mut stmt = conn.prepare(
+                "SELECT tap_id FROM (SELECT tap_id, tapped_at_ms, rowid AS r FROM plate_taps WHERE printer = ?1
+                     ORDER BY tapped_at_ms DESC, r DESC LIMIT ?2) ORDER BY tapped_at_ms, r",
+            )?;
+            let recent = stmt.query_map(params![p.name, RECENT_TAPS as i64], |r| r.get(0))?;
+            p.recent_tap_ids = recent.collect::<Result<_, _>>()?;
+            drop(stmt);
             p.plate = match plate {
                 Some((s, Some(tap_id), Some(by), Some(at))) if s == "clear" => {
                     PlateState::Clear(Tap {
@@ -676,15 +690,11 @@ fn start_job_in(
         Some("reserved by a starting job"),
     )?;
     tx.execute(
-        &format!(
-            "UPDATE jobs SET state = 'starting', assigned_printer = ?2, {CLEAR_ATTEMPT}, message = NULL,
-                 updated_at_ms = ?3 WHERE id = ?1"
-        ),
-        params![job, printer, sql_ms(now)],
-    )?;
-    tx.execute(
-        "UPDATE jobs SET tap_id = ?2, decided_at_ms = ?3, window_deadline_ms = ?4 WHERE id = ?1",
-        params![job, tap_id, sql_ms(now), sql_ms(window_deadline)],
+        "UPDATE jobs SET state = 'starting', assigned_printer = ?2, tap_id = ?3, decided_at_ms = ?4,
+             window_deadline_ms = ?5, publish_attempted_at_ms = NULL, publish_epoch = NULL,
+             sequence_id = NULL, published_at_ms = NULL, message = NULL, updated_at_ms = ?4
+         WHERE id = ?1",
+        params![job, printer, tap_id, sql_ms(now), sql_ms(window_deadline)],
     )?;
     event_row(
         tx,
@@ -730,6 +740,18 @@ fn apply_in(
             )?;
             set_plate(tx, printer, "clear", Some(&tap.tap_id), tap.at, None)?;
             event_row(tx, None, Some(printer), tap.at, &tap.by, "plate clear", Some(&tap.tap_id))?;
+        }
+        RejectTap {
+            printer,
+            tap,
+            reason,
+        } => {
+            tx.execute(
+                "INSERT INTO plate_taps (tap_id, printer, tapped_by, tapped_at_ms, voided_at_ms, void_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+                params![tap.tap_id, printer, tap.by, sql_ms(tap.at), format!("not accepted: {reason}")],
+            )?;
+            event_row(tx, None, Some(printer), tap.at, &tap.by, "plate clear refused", Some(reason))?;
         }
         ExpireTap {
             printer,
@@ -992,10 +1014,15 @@ fn apply_in(
                     "UPDATE jobs SET state = 'queued', assigned_printer = NULL, {CLEAR_ATTEMPT},
                          subtask_id = ?2, stage_failures = 0, deadline_ms = NULL,
                          start_again_at_ms = ?3, updated_at_ms = ?3,
-                         message = 'start again requested; waiting for a new plate-clear tap'
+                         message = ?4
                      WHERE id = ?1 AND state IN ('unconfirmed', 'failed', 'expired')"
                 ),
-                &[&job.id, new_subtask_id, &sql_ms(*at)],
+                &[
+                    &job.id,
+                    new_subtask_id,
+                    &sql_ms(*at),
+                    &start_again_message(by),
+                ],
             )?;
             event_row(tx, Some(job.id), None, *at, by, "start again", None)?;
         }
