@@ -19,7 +19,12 @@ fn thousands_of_schedules_keep_every_invariant() {
     }
     eprintln!("{:?}", summary.stats);
     assert_eq!(summary.schedules, seeds);
-    assert_eq!(summary.violations, 0, "first failures: {:?}", &summary.failures[..summary.failures.len().min(5)]);
+    assert_eq!(
+        summary.violations,
+        0,
+        "first failures: {:?}",
+        &summary.failures[..summary.failures.len().min(5)]
+    );
     // The schedules really exercise starts, confirmations, doubts and refusals.
     let st = &summary.stats;
     assert!(st.publishes_sent > seeds / 4, "{st:?}");

@@ -745,7 +745,10 @@ impl Ctx {
                     return;
                 }
                 if active && ours {
-                    self.emit(Action::MarkPrinting { job: job.id, at: now });
+                    self.emit(Action::MarkPrinting {
+                        job: job.id,
+                        at: now,
+                    });
                 } else if is_refusal_error(report.print_error) {
                     self.emit(Action::MarkFailed {
                         job: job.id,
@@ -766,7 +769,10 @@ impl Ctx {
                     });
                 } else {
                     if ours && attempt.id_echoed_at.is_none() {
-                        self.emit(Action::NoteIdEchoed { job: job.id, at: now });
+                        self.emit(Action::NoteIdEchoed {
+                            job: job.id,
+                            at: now,
+                        });
                     }
                     let epoch_changed = attempt
                         .publish_epoch
@@ -817,7 +823,10 @@ impl Ctx {
                 }
             }
             JobState::Unconfirmed if active && ours => {
-                self.emit(Action::MarkPrinting { job: job.id, at: now });
+                self.emit(Action::MarkPrinting {
+                    job: job.id,
+                    at: now,
+                });
             }
             _ => {}
         }
@@ -1006,8 +1015,7 @@ impl Ctx {
         let Some(j) = self.s.jobs.get(&job) else {
             return;
         };
-        if j.state != JobState::Queued || j.assigned_printer.as_deref() != Some(printer.as_str())
-        {
+        if j.state != JobState::Queued || j.assigned_printer.as_deref() != Some(printer.as_str()) {
             return;
         }
         let failures = j.stage_failures + 1;
@@ -1137,7 +1145,11 @@ impl Ctx {
                 _ => {}
             }
         }
-        self.notify(None, None, format!("safety trip: {reason}; no job will start"));
+        self.notify(
+            None,
+            None,
+            format!("safety trip: {reason}; no job will start"),
+        );
     }
 
     fn on_restart(&mut self) {
@@ -1264,14 +1276,19 @@ impl Ctx {
                     self.emit(Action::ReturnToQueued {
                         job: j.id,
                         restore_tap,
-                        reason: "the start could not be sent within the start window; nothing was sent".into(),
+                        reason:
+                            "the start could not be sent within the start window; nothing was sent"
+                                .into(),
                         at: now,
                     });
                 }
-                (Some(attempted), None, _) if now >= attempted.saturating_add(t.start_window_ms) => {
+                (Some(attempted), None, _)
+                    if now >= attempted.saturating_add(t.start_window_ms) =>
+                {
                     self.emit(Action::MarkUnconfirmed {
                         job: j.id,
-                        reason: "the link never said whether the start was sent; check the printer".into(),
+                        reason: "the link never said whether the start was sent; check the printer"
+                            .into(),
                         at: now,
                     });
                 }
@@ -1343,9 +1360,8 @@ impl Ctx {
         };
         p.report.as_ref().is_some_and(|r| {
             r.have_full_report
-                && r.full_report_at.is_some_and(|t| {
-                    self.now.saturating_sub(t) < self.s.timings.report_max_age_ms
-                })
+                && r.full_report_at
+                    .is_some_and(|t| self.now.saturating_sub(t) < self.s.timings.report_max_age_ms)
         })
     }
 
@@ -1515,7 +1531,12 @@ impl Ctx {
             if head.target == Target::AnyCompatible && !clear {
                 continue;
             }
-            if self.s.stage_retry_at.get(&head.id).is_some_and(|&t| now < t) {
+            if self
+                .s
+                .stage_retry_at
+                .get(&head.id)
+                .is_some_and(|&t| now < t)
+            {
                 continue;
             }
             self.emit(Action::Assign {
@@ -1797,7 +1818,13 @@ pub fn start_again_message(by: &str) -> String {
 }
 
 /// Move a job to `state`; terminal jobs leave the in-memory state.
-fn set_state(s: &mut DispatchState, job: JobId, state: JobState, at: Millis, message: Option<&str>) {
+fn set_state(
+    s: &mut DispatchState,
+    job: JobId,
+    state: JobState,
+    at: Millis,
+    message: Option<&str>,
+) {
     if state.is_terminal() {
         s.jobs.remove(&job);
         s.stage_retry_at.remove(&job);
@@ -1809,5 +1836,422 @@ fn set_state(s: &mut DispatchState, job: JobId, state: JobState, at: Millis, mes
         if let Some(m) = message {
             j.message = Some(m.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::model::Job;
+
+    const T0: Millis = 1_700_000_000_000;
+
+    /// The decision core plus in-memory application, driven by hand.
+    struct H {
+        s: DispatchState,
+        now: Millis,
+        log: Vec<Action>,
+    }
+
+    impl H {
+        fn new() -> H {
+            let mut s = DispatchState::new(DispatchTimings::default());
+            s.printers
+                .insert("p".into(), PrinterRuntime::new("p", "C12"));
+            H {
+                s,
+                now: T0,
+                log: Vec::new(),
+            }
+        }
+        fn ev(&mut self, e: Event) -> Vec<Action> {
+            let actions = decide(&self.s, e, self.now);
+            for a in &actions {
+                self.s.apply(a);
+            }
+            self.log.extend(actions.clone());
+            actions
+        }
+        fn at(&mut self, ms: Millis) -> &mut H {
+            self.now += ms;
+            self
+        }
+        fn report(&mut self, state: GcodeState, id: &str, full_age: Option<Millis>) -> Vec<Action> {
+            let r = ReportSummary {
+                link_online: true,
+                connection_epoch: 1,
+                have_full_report: true,
+                full_report_at: Some(self.now - full_age.unwrap_or(0)),
+                gcode_state: state,
+                subtask_id: Some(id.into()),
+                gcode_file: Some(String::new()),
+                control: ControlState::Ok,
+                ..ReportSummary::default()
+            };
+            self.ev(Event::PrinterReport {
+                printer: "p".into(),
+                report: r,
+            })
+        }
+        fn tap(&mut self, id: &str) -> Vec<Action> {
+            self.ev(Event::Tap {
+                printer: "p".into(),
+                user: "ann".into(),
+                tap_id: id.into(),
+            })
+        }
+        fn job(&self) -> &Job {
+            self.s.jobs.get(&1).expect("job 1")
+        }
+        /// Idle printer, one job staged, fresh tap: the job is published.
+        fn published() -> H {
+            let mut h = H::new();
+            h.report(GcodeState::Idle, "0", None);
+            h.ev(Event::JobQueued(Box::new(job(1))));
+            h.ev(Event::StageComplete {
+                job: 1,
+                printer: "p".into(),
+            });
+            h.tap("t1");
+            h.report(GcodeState::Idle, "0", None);
+            assert!(h.log.iter().any(|a| matches!(a, Action::Publish { .. })));
+            h.ev(Event::PublishResult {
+                job: 1,
+                outcome: PublishOutcome::Published {
+                    sequence_id: "21010".into(),
+                },
+            });
+            h
+        }
+    }
+
+    fn job(id: JobId) -> Job {
+        Job {
+            id,
+            idempotency_key: format!("k{id}"),
+            target: Target::Printer("p".into()),
+            model_code: "C12".into(),
+            file_sha256: "f".into(),
+            plate: 1,
+            name: format!("job {id}"),
+            position: id,
+            deadline: None,
+            created_by: "ann".into(),
+            created_at: T0,
+            updated_at: T0,
+            state: JobState::Queued,
+            assigned_printer: None,
+            subtask_id: 1000 + id as u32,
+            stage_failures: 0,
+            start_again_at: None,
+            start: None,
+            message: None,
+        }
+    }
+
+    fn count(actions: &[Action], f: impl Fn(&Action) -> bool) -> usize {
+        actions.iter().filter(|a| f(a)).count()
+    }
+
+    #[test]
+    fn happy_path_orders_database_actions_before_effects() {
+        let h = H::published();
+        let consume = h
+            .log
+            .iter()
+            .position(|a| matches!(a, Action::ConsumeTapAndMarkStarting { .. }));
+        let publishing = h
+            .log
+            .iter()
+            .position(|a| matches!(a, Action::MarkPublishing { .. }));
+        let publish = h
+            .log
+            .iter()
+            .position(|a| matches!(a, Action::Publish { .. }));
+        assert!(consume < publishing && publishing < publish);
+        assert_eq!(h.job().state, JobState::Starting);
+        assert_eq!(h.s.printers["p"].plate, PlateState::Occupied);
+    }
+
+    #[test]
+    fn lost_ack_and_no_evidence_becomes_unconfirmed_never_resent() {
+        let mut h = H::published();
+        h.at(89_000).ev(Event::Tick);
+        assert_eq!(h.job().state, JobState::Starting);
+        let a = h.at(2_000).ev(Event::Tick);
+        assert!(matches!(
+            a.as_slice(),
+            [Action::MarkUnconfirmed { job: 1, .. }]
+        ));
+        h.tap("t2");
+        h.at(1_000).report(GcodeState::Idle, "0", None);
+        assert_eq!(count(&h.log, |a| matches!(a, Action::Publish { .. })), 1);
+    }
+
+    #[test]
+    fn id_echo_extends_to_phase_b_and_active_state_confirms() {
+        let mut h = H::published();
+        h.at(10_000).report(GcodeState::Finish, "1001", None);
+        h.at(85_000).ev(Event::Tick);
+        h.at(85_000).ev(Event::Tick);
+        assert_eq!(
+            h.job().state,
+            JobState::Starting,
+            "phase B: 180 s after the echo"
+        );
+        let a = h.at(5_000).report(GcodeState::Prepare, "1001", None);
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::MarkPrinting { job: 1, .. }))
+        );
+    }
+
+    #[test]
+    fn finish_to_idle_is_not_evidence() {
+        let mut h = H::published();
+        h.at(1_000).report(GcodeState::Finish, "0", None);
+        h.at(1_000).report(GcodeState::Idle, "0", None);
+        assert_eq!(h.job().state, JobState::Starting);
+    }
+
+    #[test]
+    fn duplicate_ack_changes_once() {
+        let mut h = H::published();
+        let ack = Event::Ack {
+            printer: "p".into(),
+            sequence_id: "21010".into(),
+            success: Some(false),
+            reason: Some("busy".into()),
+        };
+        let first = h.ev(ack.clone());
+        assert!(matches!(
+            first.as_slice(),
+            [Action::MarkFailed { job: 1, .. }]
+        ));
+        assert!(h.ev(ack).is_empty());
+        let ok = h.ev(Event::Ack {
+            printer: "p".into(),
+            sequence_id: "21010".into(),
+            success: Some(true),
+            reason: None,
+        });
+        assert!(ok.is_empty(), "a success ack is not evidence");
+    }
+
+    #[test]
+    fn busy_refusal_fails_and_is_never_retried() {
+        let mut h = H::published();
+        let mut r = ReportSummary {
+            link_online: true,
+            connection_epoch: 1,
+            have_full_report: true,
+            full_report_at: Some(h.now),
+            gcode_state: GcodeState::Running,
+            subtask_id: Some("555".into()),
+            print_error: ERROR_BUSY,
+            control: ControlState::Ok,
+            ..ReportSummary::default()
+        };
+        let a = h.ev(Event::PrinterReport {
+            printer: "p".into(),
+            report: r.clone(),
+        });
+        let failed = a.iter().find_map(|a| match a {
+            Action::MarkFailed { reason, .. } => Some(reason.clone()),
+            _ => None,
+        });
+        assert!(failed.is_some_and(|r| r.contains("0500_4004") && r.contains("never retries")));
+        r.gcode_state = GcodeState::Idle;
+        r.print_error = 0;
+        h.at(600_000).ev(Event::PrinterReport {
+            printer: "p".into(),
+            report: r,
+        });
+        assert_eq!(count(&h.log, |a| matches!(a, Action::Publish { .. })), 1);
+    }
+
+    #[test]
+    fn screen_start_occupies_the_plate_and_the_queue_waits() {
+        let mut h = H::new();
+        h.report(GcodeState::Idle, "0", None);
+        h.tap("t1");
+        let a = h.at(1_000).report(GcodeState::Prepare, "777", None);
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::MarkPlateOccupied { .. }))
+        );
+        h.ev(Event::JobQueued(Box::new(job(1))));
+        h.ev(Event::StageComplete {
+            job: 1,
+            printer: "p".into(),
+        });
+        h.at(600_000).report(GcodeState::Finish, "777", None);
+        assert_eq!(h.job().state, JobState::Staged);
+        assert_eq!(count(&h.log, |a| matches!(a, Action::Publish { .. })), 0);
+        assert!(
+            !h.tap("t2").is_empty(),
+            "after the print a new tap is accepted"
+        );
+        h.report(GcodeState::Finish, "777", None);
+        assert_eq!(count(&h.log, |a| matches!(a, Action::Publish { .. })), 1);
+    }
+
+    #[test]
+    fn stale_report_asks_for_pushall_instead_of_publishing() {
+        let mut h = H::new();
+        h.report(GcodeState::Idle, "0", Some(0));
+        h.ev(Event::JobQueued(Box::new(job(1))));
+        h.ev(Event::StageComplete {
+            job: 1,
+            printer: "p".into(),
+        });
+        let a = h.at(30_000).tap("t1");
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::ConsumeTapAndMarkStarting { .. }))
+        );
+        assert!(a.iter().any(|a| matches!(a, Action::RequestPushall { .. })));
+        assert!(!a.iter().any(|a| matches!(a, Action::Publish { .. })));
+        let a = h.at(1_000).report(GcodeState::Idle, "0", None);
+        assert!(a.iter().any(|a| matches!(a, Action::Publish { .. })));
+    }
+
+    #[test]
+    fn offline_printer_gets_nothing_and_the_tap_comes_back() {
+        let mut h = H::new();
+        h.report(GcodeState::Idle, "0", Some(0));
+        h.ev(Event::JobQueued(Box::new(job(1))));
+        h.ev(Event::StageComplete {
+            job: 1,
+            printer: "p".into(),
+        });
+        h.at(30_000).tap("t1"); // decided, waiting for a fresh report
+        let a = h.ev(Event::LinkDown {
+            printer: "p".into(),
+        });
+        assert!(matches!(
+            a.as_slice(),
+            [
+                Action::ObserveLinkDown { .. },
+                Action::ReturnToQueued {
+                    restore_tap: true,
+                    ..
+                }
+            ]
+        ));
+        assert!(matches!(h.s.printers["p"].plate, PlateState::Clear(_)));
+        let a = h.at(1_000).ev(Event::Tick);
+        assert!(a.is_empty(), "nothing for an offline printer: {a:?}");
+    }
+
+    #[test]
+    fn tap_expires_after_ttl() {
+        let mut h = H::new();
+        h.report(GcodeState::Idle, "0", None);
+        h.tap("t1");
+        let ttl = h.s.timings.plate_clear_ttl_ms;
+        let a = h.at(ttl).ev(Event::Tick);
+        assert!(matches!(a.as_slice(), [Action::ExpireTap { .. }]));
+        assert_eq!(h.s.printers["p"].plate, PlateState::Unknown);
+    }
+
+    #[test]
+    fn start_window_returns_the_job_and_restores_the_tap_only_if_unpublished() {
+        let mut h = H::new();
+        h.report(GcodeState::Idle, "0", Some(0));
+        h.ev(Event::JobQueued(Box::new(job(1))));
+        h.ev(Event::StageComplete {
+            job: 1,
+            printer: "p".into(),
+        });
+        h.at(20_000).tap("t1"); // decided on a stale report; the pushall is never answered
+        let a = h.at(60_000).ev(Event::Tick);
+        assert!(
+            a.iter().any(|a| matches!(
+                a,
+                Action::ReturnToQueued {
+                    restore_tap: true,
+                    ..
+                }
+            )),
+            "{a:?}"
+        );
+
+        let mut h = H::published();
+        // After a publish the window never requeues: only unconfirmed.
+        h.at(200_000).ev(Event::Tick);
+        assert_eq!(h.job().state, JobState::Unconfirmed);
+        assert!(
+            !h.log
+                .iter()
+                .any(|a| matches!(a, Action::ReturnToQueued { .. }))
+        );
+
+        // Publish failed before sending: back to the queue with the tap.
+        let mut h = H::new();
+        h.report(GcodeState::Idle, "0", None);
+        h.ev(Event::JobQueued(Box::new(job(1))));
+        h.ev(Event::StageComplete {
+            job: 1,
+            printer: "p".into(),
+        });
+        h.tap("t1");
+        let a = h.ev(Event::PublishResult {
+            job: 1,
+            outcome: PublishOutcome::NotConnected,
+        });
+        assert!(a.iter().any(|a| matches!(
+            a,
+            Action::ReturnToQueued {
+                restore_tap: true,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn restart_makes_starting_unconfirmed_and_forgets_taps() {
+        let mut h = H::published();
+        let a = h.ev(Event::Restart);
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::MarkUnconfirmed { job: 1, .. }))
+        );
+        assert_eq!(h.job().state, JobState::Unconfirmed);
+    }
+
+    #[test]
+    fn start_again_needs_a_tap_recorded_after_it() {
+        let mut h = H::published();
+        h.at(100_000).ev(Event::Tick);
+        assert_eq!(h.job().state, JobState::Unconfirmed);
+        h.at(1_000).report(GcodeState::Idle, "0", None);
+        h.tap("t2"); // before "start again": does not count
+        let again = h.job().clone();
+        h.at(1_000).ev(Event::StartAgain {
+            job: Box::new(again),
+            user: "ann".into(),
+            new_subtask_id: 4242,
+        });
+        h.ev(Event::StageComplete {
+            job: 1,
+            printer: "p".into(),
+        });
+        h.at(1_000).report(GcodeState::Idle, "0", None);
+        assert_eq!(h.job().state, JobState::Staged);
+        assert_eq!(count(&h.log, |a| matches!(a, Action::Publish { .. })), 1);
+        h.at(1_000).tap("t3");
+        assert_eq!(count(&h.log, |a| matches!(a, Action::Publish { .. })), 2);
+        assert_eq!(h.job().subtask_id, 4242);
+    }
+
+    #[test]
+    fn duplicate_tap_and_job_are_ignored() {
+        let mut h = H::new();
+        h.report(GcodeState::Idle, "0", None);
+        assert!(!h.tap("t1").is_empty());
+        assert!(h.tap("t1").is_empty());
+        assert!(!h.ev(Event::JobQueued(Box::new(job(1)))).is_empty());
+        assert!(h.ev(Event::JobQueued(Box::new(job(1)))).is_empty());
     }
 }

@@ -160,7 +160,13 @@ pub fn simulate_cli(seeds: u64, seed: Option<u64>) -> i32 {
     let first = seed.unwrap_or(1);
     let opts = SimOptions::default();
     if seeds == 1 {
-        let r = run_schedule(first, &SimOptions { trace: true, ..opts.clone() });
+        let r = run_schedule(
+            first,
+            &SimOptions {
+                trace: true,
+                ..opts.clone()
+            },
+        );
         for line in &r.trace {
             println!("{line}");
         }
@@ -184,7 +190,10 @@ pub fn simulate_cli(seeds: u64, seed: Option<u64>) -> i32 {
         total.stats.add(&part.stats);
         done += n;
         if seeds > chunk {
-            println!("{done}/{seeds} schedules, {} violations so far", total.violations);
+            println!(
+                "{done}/{seeds} schedules, {} violations so far",
+                total.violations
+            );
         }
     }
     let st = &total.stats;
@@ -201,7 +210,10 @@ pub fn simulate_cli(seeds: u64, seed: Option<u64>) -> i32 {
         st.restarts,
         st.screen_starts
     );
-    println!("{} schedules, {} violations", total.schedules, total.violations);
+    println!(
+        "{} schedules, {} violations",
+        total.schedules, total.violations
+    );
     i32::from(total.violations > 0)
 }
 
@@ -262,8 +274,8 @@ fn independent_activity(prev: Option<&ReportSummary>, new: &ReportSummary) -> bo
         return true;
     }
     let Some(prev) = prev else { return false };
-    let id_changed = meaningful_id(new.subtask_id.as_deref()).is_some()
-        && new.subtask_id != prev.subtask_id;
+    let id_changed =
+        meaningful_id(new.subtask_id.as_deref()).is_some() && new.subtask_id != prev.subtask_id;
     let file_changed = new.gcode_file.as_deref().is_some_and(|f| !f.is_empty())
         && new.gcode_file != prev.gcode_file;
     let ended = matches!(new.gcode_state, GcodeState::Finish | GcodeState::Failed)
@@ -355,13 +367,14 @@ impl InvariantChecker {
     /// The actions of one batch that were committed (all of them, or the prefix before a failed
     /// database action).
     pub fn observe_batch(&mut self, actions: &[Action], now: Millis) {
-        let first_effect = actions
-            .iter()
-            .position(|a| a.kind() == ActionKind::Effect);
+        let first_effect = actions.iter().position(|a| a.kind() == ActionKind::Effect);
         if let Some(i) = first_effect
             && actions[i..].iter().any(|a| a.kind() != ActionKind::Effect)
         {
-            self.violation(now, "I6: a database action comes after an effect in one batch".into());
+            self.violation(
+                now,
+                "I6: a database action comes after an effect in one batch".into(),
+            );
         }
         for a in actions {
             self.observe_action(a, now);
@@ -376,7 +389,10 @@ impl InvariantChecker {
         {
             let start_again = matches!(a, Action::StartAgain { .. });
             if from != to && !from.can_transition_to(to) {
-                self.violation(now, format!("job {job}: illegal transition {from:?} → {to:?}"));
+                self.violation(
+                    now,
+                    format!("job {job}: illegal transition {from:?} → {to:?}"),
+                );
             }
             // A person may cancel an unconfirmed job or ask to start any job again (with a new
             // tap); only the gateway's own moves are restricted.
@@ -427,7 +443,9 @@ impl InvariantChecker {
                 }
             },
             Action::RecordTap { printer, tap } => {
-                let Some(p) = self.printers.get_mut(printer) else { return };
+                let Some(p) = self.printers.get_mut(printer) else {
+                    return;
+                };
                 let duplicate = p.taps.contains_key(&tap.tap_id);
                 for t in p.taps.values_mut() {
                     if t.consumed_by.is_none() {
@@ -515,7 +533,10 @@ impl InvariantChecker {
                     None => true,
                 };
                 if bad {
-                    self.violation(now, format!("I2: job {job} marked publishing while not a fresh start"));
+                    self.violation(
+                        now,
+                        format!("I2: job {job} marked publishing while not a fresh start"),
+                    );
                 }
                 if let Some(j) = self.jobs.get_mut(job) {
                     j.publishing = true;
@@ -555,10 +576,15 @@ impl InvariantChecker {
 
     fn restore(&mut self, job: JobId, tap: Option<(String, String)>, now: Millis) {
         let Some((printer, tap_id)) = tap else {
-            self.violation(now, format!("I3: job {job} restored a tap it never consumed"));
+            self.violation(
+                now,
+                format!("I3: job {job} restored a tap it never consumed"),
+            );
             return;
         };
-        let Some(p) = self.printers.get_mut(&printer) else { return };
+        let Some(p) = self.printers.get_mut(&printer) else {
+            return;
+        };
         let activity = p.activity_seq;
         let mut problem = None;
         if let Some(t) = p.taps.get_mut(&tap_id) {
@@ -575,7 +601,14 @@ impl InvariantChecker {
         }
     }
 
-    fn check_publish(&mut self, job: JobId, printer: &str, epoch: u64, deadline: Millis, now: Millis) {
+    fn check_publish(
+        &mut self,
+        job: JobId,
+        printer: &str,
+        epoch: u64,
+        deadline: Millis,
+        now: Millis,
+    ) {
         let mut problems: Vec<String> = Vec::new();
         let window = self.timings.start_window_ms;
         let max_age = self.timings.report_max_age_ms;
@@ -605,7 +638,9 @@ impl InvariantChecker {
                     _ => problems.push("I1: no consumed tap for this printer".into()),
                 }
                 if now >= deadline || deadline > j.decided_at.saturating_add(window) {
-                    problems.push(format!("I3: published outside its window (deadline {deadline})"));
+                    problems.push(format!(
+                        "I3: published outside its window (deadline {deadline})"
+                    ));
                 }
             }
         }
@@ -628,7 +663,8 @@ impl InvariantChecker {
                             problems.push("I4: report from another connection".into());
                         }
                         let fresh = r.have_full_report
-                            && r.full_report_at.is_some_and(|t| now.saturating_sub(t) < max_age);
+                            && r.full_report_at
+                                .is_some_and(|t| now.saturating_sub(t) < max_age);
                         if !fresh {
                             problems.push("I4: no fresh full report".into());
                         }
@@ -909,7 +945,9 @@ impl Sim {
             self.safety_latched,
         ) {
             Ok(s) => self.state = s,
-            Err(e) => self.violations.push(format!("loading the state failed: {e}")),
+            Err(e) => self
+                .violations
+                .push(format!("loading the state failed: {e}")),
         }
         if self
             .state
@@ -941,8 +979,7 @@ impl Sim {
                 _ => {}
             }
         }
-        let (committed, effects) = match self.store.commit_batch(&mut self.state, actions.clone())
-        {
+        let (committed, effects) = match self.store.commit_batch(&mut self.state, actions.clone()) {
             Ok(effects) => (actions, effects),
             Err(e) => {
                 self.violations.push(format!(
@@ -979,9 +1016,8 @@ impl Sim {
                     )
             }) {
                 let now = self.now;
-                self.violations.push(format!(
-                    "t={now}: I7: a duplicated {event:?} caused {a:?}"
-                ));
+                self.violations
+                    .push(format!("t={now}: I7: a duplicated {event:?} caused {a:?}"));
             }
             self.deliver(event);
         }
@@ -1091,10 +1127,11 @@ impl Sim {
 
     fn schedule(&mut self, delay: Millis, what: Pending) {
         self.pending_seq += 1;
-        self.pending.push((self.now + delay, self.pending_seq, what));
+        self.pending
+            .push((self.now + delay, self.pending_seq, what));
     }
 
-    fn from_printer(&mut self, p: usize, delay: Millis, what: FromPrinter) {
+    fn send_from_printer(&mut self, p: usize, delay: Millis, what: FromPrinter) {
         let epoch = self.printers[p].epoch;
         self.schedule(
             delay,
@@ -1110,7 +1147,9 @@ impl Sim {
         let now = self.now;
         match effect {
             Action::Stage { job, printer, .. } => {
-                let ok = self.index(&printer).is_some_and(|i| self.printers[i].online)
+                let ok = self
+                    .index(&printer)
+                    .is_some_and(|i| self.printers[i].online)
                     && self.rng.chance(90);
                 let delay = self.rng.range(500, 20_000);
                 let event = if ok {
@@ -1129,7 +1168,7 @@ impl Sim {
                     && self.printers[i].talks()
                 {
                     let delay = self.rng.range(100, 3_000);
-                    self.from_printer(i, delay, FromPrinter::FullReport);
+                    self.send_from_printer(i, delay, FromPrinter::FullReport);
                 }
             }
             Action::Publish {
@@ -1141,7 +1180,9 @@ impl Sim {
                 deadline,
                 ..
             } => {
-                let Some(i) = self.index(&printer) else { return };
+                let Some(i) = self.index(&printer) else {
+                    return;
+                };
                 let outcome = if now >= deadline {
                     PublishOutcome::FailedBeforeSend("the start window passed".into())
                 } else if !self.printers[i].online || self.printers[i].epoch != epoch {
@@ -1149,6 +1190,11 @@ impl Sim {
                 } else if self.rng.chance(3) {
                     PublishOutcome::FailedBeforeSend("simulated: file missing".into())
                 } else {
+                    if self.rng.chance(4) {
+                        // Someone at the printer starts a print from its screen just before our
+                        // command arrives: the printer is busy and must refuse ours.
+                        self.screen_start(i);
+                    }
                     self.next_sequence += 1;
                     let sequence_id = self.next_sequence.to_string();
                     self.printer_receives_start(i, subtask_id, remote_name, sequence_id.clone());
@@ -1159,7 +1205,10 @@ impl Sim {
                     _ => self.stats.publishes_not_sent += 1,
                 }
                 let delay = self.rng.range(0, 500);
-                self.schedule(delay, Pending::Runner(Event::PublishResult { job, outcome }));
+                self.schedule(
+                    delay,
+                    Pending::Runner(Event::PublishResult { job, outcome }),
+                );
             }
             _ => {}
         }
@@ -1197,7 +1246,7 @@ impl Sim {
             p.error_clears_at = Some(now + 8_000);
             if self.rng.chance(70) {
                 let d = self.rng.range(100, 2_000);
-                self.from_printer(
+                self.send_from_printer(
                     i,
                     d,
                     FromPrinter::Ack {
@@ -1207,7 +1256,7 @@ impl Sim {
                 );
             }
             let d = self.rng.range(100, 1_500);
-            self.from_printer(i, d, FromPrinter::DeltaReport);
+            self.send_from_printer(i, d, FromPrinter::DeltaReport);
             return;
         }
         if self.printers[i].object_on_plate {
@@ -1220,7 +1269,7 @@ impl Sim {
         if ack < 70 {
             let success = if ack < 60 { Some(true) } else { None };
             let d = self.rng.range(100, 10_000);
-            self.from_printer(
+            self.send_from_printer(
                 i,
                 d,
                 FromPrinter::Ack {
@@ -1230,7 +1279,14 @@ impl Sim {
             );
             if self.rng.chance(15) {
                 let d = self.rng.range(100, 10_000);
-                self.from_printer(i, d, FromPrinter::Ack { sequence_id, success });
+                self.send_from_printer(
+                    i,
+                    d,
+                    FromPrinter::Ack {
+                        sequence_id,
+                        success,
+                    },
+                );
             }
         }
         let id = subtask_id.to_string();
@@ -1251,7 +1307,7 @@ impl Sim {
             p.start_at = Some((now + d, id, remote_name));
         }
         let d = self.rng.range(100, 1_000);
-        self.from_printer(i, d, FromPrinter::DeltaReport);
+        self.send_from_printer(i, d, FromPrinter::DeltaReport);
     }
 
     fn printer_timer(&mut self, i: usize) {
@@ -1312,7 +1368,7 @@ impl Sim {
         } else {
             FromPrinter::DeltaReport
         };
-        self.from_printer(i, d, what);
+        self.send_from_printer(i, d, what);
     }
 
     fn report_of(&mut self, i: usize, full: bool) -> ReportSummary {
@@ -1355,10 +1411,10 @@ impl Sim {
         if self.rng.chance(30) {
             // A delta before the first full report of the session.
             let d = self.rng.range(50, 400);
-            self.from_printer(i, d, FromPrinter::DeltaReport);
+            self.send_from_printer(i, d, FromPrinter::DeltaReport);
         }
         let d = self.rng.range(400, 2_000);
-        self.from_printer(i, d, FromPrinter::FullReport);
+        self.send_from_printer(i, d, FromPrinter::FullReport);
     }
 
     // ------------------------------------------------------------ time
@@ -1507,10 +1563,13 @@ impl Sim {
                     self.deliver(ack);
                 }
             }
-            74..=76 => self.user_on_job(|_| true, |job, _| Event::Cancel {
-                job,
-                user: "bob".into(),
-            }),
+            74..=76 => self.user_on_job(
+                |_| true,
+                |job, _| Event::Cancel {
+                    job,
+                    user: "bob".into(),
+                },
+            ),
             77..=79 => {
                 let up = self.rng.chance(50);
                 self.user_on_job(
@@ -1555,7 +1614,7 @@ impl Sim {
             _ => {
                 // A fresh full report now (X1-style periodic full push).
                 if self.printers[i].talks() {
-                    self.from_printer(i, 0, FromPrinter::FullReport);
+                    self.send_from_printer(i, 0, FromPrinter::FullReport);
                 }
                 self.advance(1);
             }
@@ -1610,8 +1669,9 @@ impl Sim {
         self.submit(&new);
         if self.job_count() != before {
             let now = self.now;
-            self.violations
-                .push(format!("t={now}: I7: a resubmitted request created a second job"));
+            self.violations.push(format!(
+                "t={now}: I7: a resubmitted request created a second job"
+            ));
         }
     }
 
@@ -1647,7 +1707,10 @@ impl Sim {
         if changed {
             self.push_report(i);
         }
-        let (name, object) = (self.printers[i].name.clone(), self.printers[i].object_on_plate);
+        let (name, object) = (
+            self.printers[i].name.clone(),
+            self.printers[i].object_on_plate,
+        );
         self.note(|| format!("person at {name} (print on plate: {object})"));
         if self.rng.chance(80) {
             self.next_tap += 1;
@@ -1724,7 +1787,9 @@ impl Sim {
                 user: "ann".into(),
                 new_subtask_id,
             }),
-            Err(e) => self.violations.push(format!("allocate_subtask_id failed: {e}")),
+            Err(e) => self
+                .violations
+                .push(format!("allocate_subtask_id failed: {e}")),
         }
     }
 
@@ -1891,7 +1956,11 @@ mod tests {
             ],
             2_000,
         );
-        assert!(c.violations.iter().any(|v| v.contains("I2")), "{:?}", c.violations);
+        assert!(
+            c.violations.iter().any(|v| v.contains("I2")),
+            "{:?}",
+            c.violations
+        );
 
         // Requeueing a job whose start may have been sent.
         let mut c = ok.clone();
@@ -1904,7 +1973,11 @@ mod tests {
             }],
             2_000,
         );
-        assert!(c.violations.iter().any(|v| v.contains("I2")), "{:?}", c.violations);
+        assert!(
+            c.violations.iter().any(|v| v.contains("I2")),
+            "{:?}",
+            c.violations
+        );
 
         // Publishing on a report older than report_max_age.
         let mut c = InvariantChecker::new(t.clone(), &["p0".into()]);
@@ -1941,7 +2014,11 @@ mod tests {
             ],
             20_000,
         );
-        assert!(c.violations.iter().any(|v| v.contains("I4")), "{:?}", c.violations);
+        assert!(
+            c.violations.iter().any(|v| v.contains("I4")),
+            "{:?}",
+            c.violations
+        );
 
         // Starting on a tap that predates print activity.
         let mut c = InvariantChecker::new(t.clone(), &["p0".into()]);
@@ -1972,7 +2049,11 @@ mod tests {
             }],
             1_300,
         );
-        assert!(c.violations.iter().any(|v| v.contains("I1")), "{:?}", c.violations);
+        assert!(
+            c.violations.iter().any(|v| v.contains("I1")),
+            "{:?}",
+            c.violations
+        );
 
         // An effect before a database action in one batch.
         let mut c = InvariantChecker::new(t, &["p0".into()]);
@@ -1989,7 +2070,11 @@ mod tests {
             ],
             0,
         );
-        assert!(c.violations.iter().any(|v| v.contains("I6")), "{:?}", c.violations);
+        assert!(
+            c.violations.iter().any(|v| v.contains("I6")),
+            "{:?}",
+            c.violations
+        );
     }
 
     #[test]

@@ -99,6 +99,9 @@ const JOB_COLUMNS: &str = "j.id, j.idempotency_key, j.target_printer, j.model_co
     j.decided_at_ms, j.window_deadline_ms, j.publish_attempted_at_ms, j.publish_epoch, \
     j.sequence_id, j.published_at_ms, j.message, t.tapped_by, t.tapped_at_ms";
 
+/// state, tap id, tapped by, tapped at.
+type PlateRow = (String, Option<String>, Option<String>, Option<i64>);
+
 const JOB_FROM: &str = "FROM jobs j LEFT JOIN plate_taps t ON t.tap_id = j.tap_id";
 
 fn ms(v: Option<i64>) -> Option<Millis> {
@@ -126,22 +129,20 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
             Some(tap_id),
             Some(decided_at),
             JobState::Starting | JobState::Printing | JobState::Unconfirmed,
-        ) => {
-            Some(StartAttempt {
-                tap: Tap {
-                    tap_id,
-                    by: r.get::<_, Option<String>>(25)?.unwrap_or_default(),
-                    at: ms(r.get(26)?).unwrap_or_default(),
-                },
-                decided_at,
-                window_deadline: ms(r.get(19)?).unwrap_or(decided_at),
-                publish_attempted_at: ms(r.get(20)?),
-                publish_epoch: ms(r.get(21)?),
-                sequence_id: r.get(22)?,
-                published_at: ms(r.get(23)?),
-                id_echoed_at: None,
-            })
-        }
+        ) => Some(StartAttempt {
+            tap: Tap {
+                tap_id,
+                by: r.get::<_, Option<String>>(25)?.unwrap_or_default(),
+                at: ms(r.get(26)?).unwrap_or_default(),
+            },
+            decided_at,
+            window_deadline: ms(r.get(19)?).unwrap_or(decided_at),
+            publish_attempted_at: ms(r.get(20)?),
+            publish_epoch: ms(r.get(21)?),
+            sequence_id: r.get(22)?,
+            published_at: ms(r.get(23)?),
+            id_echoed_at: None,
+        }),
         _ => None,
     };
     Ok(Job {
@@ -272,11 +273,10 @@ impl Store {
             return Ok((job, false));
         }
         let subtask_id = allocate_subtask_id_tx(&tx, now)?;
-        let position: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(position), 0) + 1 FROM jobs",
-            [],
-            |r| r.get(0),
-        )?;
+        let position: i64 =
+            tx.query_row("SELECT COALESCE(MAX(position), 0) + 1 FROM jobs", [], |r| {
+                r.get(0)
+            })?;
         let target = match &new.target {
             Target::Printer(p) => Some(p.as_str()),
             Target::AnyCompatible => None,
@@ -301,8 +301,8 @@ impl Store {
         )?;
         let id = tx.last_insert_rowid();
         event_row(&tx, Some(id), target, now, &new.created_by, "queued", None)?;
-        let job = load_job(&tx, id)?
-            .ok_or_else(|| StoreError::Other(format!("job {id} vanished")))?;
+        let job =
+            load_job(&tx, id)?.ok_or_else(|| StoreError::Other(format!("job {id} vanished")))?;
         tx.commit()?;
         Ok((job, true))
     }
@@ -403,8 +403,9 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let ids: Vec<(JobId, Option<String>)> = {
-            let mut stmt =
-                tx.prepare("SELECT id, assigned_printer FROM jobs WHERE state = 'starting' ORDER BY id")?;
+            let mut stmt = tx.prepare(
+                "SELECT id, assigned_printer FROM jobs WHERE state = 'starting' ORDER BY id",
+            )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<Result<Vec<_>, _>>()?
         };
@@ -414,7 +415,15 @@ impl Store {
                 "UPDATE jobs SET state = 'unconfirmed', message = ?2, updated_at_ms = ?3 WHERE id = ?1",
                 params![id, reason, sql_ms(now)],
             )?;
-            event_row(&tx, Some(*id), printer.as_deref(), now, "gateway", "unconfirmed", Some(reason))?;
+            event_row(
+                &tx,
+                Some(*id),
+                printer.as_deref(),
+                now,
+                "gateway",
+                "unconfirmed",
+                Some(reason),
+            )?;
         }
         let voided = tx.execute(
             "UPDATE plate_taps SET voided_at_ms = ?1, void_reason = 'gateway restarted'
@@ -478,7 +487,7 @@ impl Store {
                 )
                 .optional()?
                 .unwrap_or(false);
-            let plate: Option<(String, Option<String>, Option<String>, Option<i64>)> = conn
+            let plate: Option<PlateRow> = conn
                 .query_row(
                     "SELECT p.state, p.tap_id, t.tapped_by, t.tapped_at_ms FROM plates p
                      LEFT JOIN plate_taps t ON t.tap_id = p.tap_id WHERE p.printer = ?1",
@@ -517,7 +526,9 @@ impl Store {
                 a.id_echoed_at = Some(at);
             }
         }
-        state.stage_retry_at.retain(|id, _| state.jobs.contains_key(id));
+        state
+            .stage_retry_at
+            .retain(|id, _| state.jobs.contains_key(id));
         Ok(())
     }
 
@@ -739,7 +750,15 @@ fn apply_in(
                 params![tap.tap_id, printer, tap.by, sql_ms(tap.at)],
             )?;
             set_plate(tx, printer, "clear", Some(&tap.tap_id), tap.at, None)?;
-            event_row(tx, None, Some(printer), tap.at, &tap.by, "plate clear", Some(&tap.tap_id))?;
+            event_row(
+                tx,
+                None,
+                Some(printer),
+                tap.at,
+                &tap.by,
+                "plate clear",
+                Some(&tap.tap_id),
+            )?;
         }
         RejectTap {
             printer,
@@ -751,7 +770,15 @@ fn apply_in(
                  VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
                 params![tap.tap_id, printer, tap.by, sql_ms(tap.at), format!("not accepted: {reason}")],
             )?;
-            event_row(tx, None, Some(printer), tap.at, &tap.by, "plate clear refused", Some(reason))?;
+            event_row(
+                tx,
+                None,
+                Some(printer),
+                tap.at,
+                &tap.by,
+                "plate clear refused",
+                Some(reason),
+            )?;
         }
         ExpireTap {
             printer,
@@ -769,7 +796,15 @@ fn apply_in(
                  WHERE printer = ?1 AND tap_id = ?2",
                 params![printer, tap_id, sql_ms(*at), reason],
             )?;
-            event_row(tx, None, Some(printer), *at, dispatcher, "tap expired", Some(reason))?;
+            event_row(
+                tx,
+                None,
+                Some(printer),
+                *at,
+                dispatcher,
+                "tap expired",
+                Some(reason),
+            )?;
         }
         MarkPlateOccupied {
             printer,
@@ -778,7 +813,15 @@ fn apply_in(
         } => {
             void_open_taps(tx, printer, *at, reason)?;
             set_plate(tx, printer, "occupied", None, *at, Some(reason))?;
-            event_row(tx, None, Some(printer), *at, dispatcher, "plate occupied", Some(reason))?;
+            event_row(
+                tx,
+                None,
+                Some(printer),
+                *at,
+                dispatcher,
+                "plate occupied",
+                Some(reason),
+            )?;
         }
         SetQueuePaused { printer, paused } => {
             tx.execute(
@@ -796,7 +839,15 @@ fn apply_in(
                  WHERE id = ?1 AND state = 'queued' AND assigned_printer IS NULL",
                 &[job, printer, &sql_ms(*at)],
             )?;
-            event_row(tx, Some(*job), Some(printer), *at, dispatcher, "uploading", None)?;
+            event_row(
+                tx,
+                Some(*job),
+                Some(printer),
+                *at,
+                dispatcher,
+                "uploading",
+                None,
+            )?;
         }
         MarkStaged { job, printer, at } => {
             guarded(
@@ -807,7 +858,15 @@ fn apply_in(
                  WHERE id = ?1 AND state = 'queued' AND assigned_printer = ?2",
                 &[job, printer, &sql_ms(*at)],
             )?;
-            event_row(tx, Some(*job), Some(printer), *at, dispatcher, "staged", None)?;
+            event_row(
+                tx,
+                Some(*job),
+                Some(printer),
+                *at,
+                dispatcher,
+                "staged",
+                None,
+            )?;
         }
         Unassign {
             job,
@@ -825,7 +884,15 @@ fn apply_in(
                  WHERE id = ?1 AND state IN ('queued', 'staged')",
                 &[job, reason, &i64::from(*stage_failed), &sql_ms(*at)],
             )?;
-            event_row(tx, Some(*job), printer.as_deref(), *at, dispatcher, "queued", Some(reason))?;
+            event_row(
+                tx,
+                Some(*job),
+                printer.as_deref(),
+                *at,
+                dispatcher,
+                "queued",
+                Some(reason),
+            )?;
         }
         ConsumeTapAndMarkStarting {
             job,
@@ -852,7 +919,15 @@ fn apply_in(
                 &[job, &sql_ms(*at), &sql_ms(*epoch)],
             )?;
             let printer = job_printer(tx, *job)?;
-            event_row(tx, Some(*job), printer.as_deref(), *at, dispatcher, "publishing", None)?;
+            event_row(
+                tx,
+                Some(*job),
+                printer.as_deref(),
+                *at,
+                dispatcher,
+                "publishing",
+                None,
+            )?;
         }
         MarkPublished {
             job,
@@ -869,7 +944,15 @@ fn apply_in(
                 &[job, sequence_id, &sql_ms(*at)],
             )?;
             let printer = job_printer(tx, *job)?;
-            event_row(tx, Some(*job), printer.as_deref(), *at, dispatcher, "published", Some(sequence_id))?;
+            event_row(
+                tx,
+                Some(*job),
+                printer.as_deref(),
+                *at,
+                dispatcher,
+                "published",
+                Some(sequence_id),
+            )?;
         }
         ReturnToQueued {
             job,
@@ -892,11 +975,16 @@ fn apply_in(
                 ),
                 &[job, reason, &sql_ms(*at)],
             )?;
-            let outcome = format!(
-                "{reason}{}",
-                if *restore { " (tap restored)" } else { "" }
-            );
-            event_row(tx, Some(*job), printer.as_deref(), *at, dispatcher, "queued", Some(&outcome))?;
+            let outcome = format!("{reason}{}", if *restore { " (tap restored)" } else { "" });
+            event_row(
+                tx,
+                Some(*job),
+                printer.as_deref(),
+                *at,
+                dispatcher,
+                "queued",
+                Some(&outcome),
+            )?;
         }
         MarkPrinting { job, at } => {
             guarded(
@@ -908,7 +996,15 @@ fn apply_in(
                 &[job, &sql_ms(*at)],
             )?;
             let printer = job_printer(tx, *job)?;
-            event_row(tx, Some(*job), printer.as_deref(), *at, dispatcher, "printing", None)?;
+            event_row(
+                tx,
+                Some(*job),
+                printer.as_deref(),
+                *at,
+                dispatcher,
+                "printing",
+                None,
+            )?;
         }
         MarkUnconfirmed { job, reason, at } => {
             guarded(
@@ -920,7 +1016,15 @@ fn apply_in(
                 &[job, reason, &sql_ms(*at)],
             )?;
             let printer = job_printer(tx, *job)?;
-            event_row(tx, Some(*job), printer.as_deref(), *at, dispatcher, "unconfirmed", Some(reason))?;
+            event_row(
+                tx,
+                Some(*job),
+                printer.as_deref(),
+                *at,
+                dispatcher,
+                "unconfirmed",
+                Some(reason),
+            )?;
         }
         MarkFinished { job, outcome, at } => {
             guarded(
@@ -932,7 +1036,15 @@ fn apply_in(
                 &[job, outcome, &sql_ms(*at)],
             )?;
             let printer = job_printer(tx, *job)?;
-            event_row(tx, Some(*job), printer.as_deref(), *at, dispatcher, "finished", Some(outcome))?;
+            event_row(
+                tx,
+                Some(*job),
+                printer.as_deref(),
+                *at,
+                dispatcher,
+                "finished",
+                Some(outcome),
+            )?;
         }
         MarkFailed { job, reason, at } => {
             guarded(
@@ -944,7 +1056,15 @@ fn apply_in(
                 &[job, reason, &sql_ms(*at)],
             )?;
             let printer = job_printer(tx, *job)?;
-            event_row(tx, Some(*job), printer.as_deref(), *at, dispatcher, "failed", Some(reason))?;
+            event_row(
+                tx,
+                Some(*job),
+                printer.as_deref(),
+                *at,
+                dispatcher,
+                "failed",
+                Some(reason),
+            )?;
         }
         MarkCancelled {
             job,
@@ -965,7 +1085,15 @@ fn apply_in(
                      OR (state = 'starting' AND publish_attempted_at_ms IS NULL))",
                 &[job, &format!("cancelled by {by}"), &sql_ms(*at)],
             )?;
-            event_row(tx, Some(*job), printer.as_deref(), *at, by, "cancelled", None)?;
+            event_row(
+                tx,
+                Some(*job),
+                printer.as_deref(),
+                *at,
+                by,
+                "cancelled",
+                None,
+            )?;
         }
         MarkExpired { job, at } => {
             guarded(
@@ -1029,4 +1157,156 @@ fn apply_in(
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::dispatcher::{Event, ReportSummary, decide};
+    use crate::printer::{ControlState, GcodeState};
+
+    const T0: Millis = 1_700_000_000_000;
+
+    fn new_job(key: &str) -> NewJob {
+        NewJob {
+            idempotency_key: key.into(),
+            target: Target::Printer("p".into()),
+            model_code: "C12".into(),
+            file_sha256: "ab".repeat(32),
+            plate: 1,
+            name: "lid".into(),
+            deadline: None,
+            created_by: "ann".into(),
+        }
+    }
+
+    fn tap(store: &Store, id: &str, at: Millis) {
+        store
+            .apply_dispatch_action(
+                &Action::RecordTap {
+                    printer: "p".into(),
+                    tap: Tap {
+                        tap_id: id.into(),
+                        by: "ann".into(),
+                        at,
+                    },
+                },
+                &DispatchTimings::default(),
+            )
+            .expect("tap");
+    }
+
+    #[test]
+    fn idempotency_key_returns_the_same_job() {
+        let store = Store::open_in_memory().expect("store");
+        let (a, created_a) = store.create_job(&new_job("k1"), T0).expect("create");
+        let (b, created_b) = store.create_job(&new_job("k1"), T0 + 5).expect("create");
+        let (c, _) = store.create_job(&new_job("k2"), T0).expect("create");
+        assert!(created_a && !created_b);
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.subtask_id, c.subtask_id);
+        assert!(c.position > a.position);
+        assert!((1..=MAX_SUBTASK_ID).contains(&a.subtask_id));
+    }
+
+    #[test]
+    fn a_tap_starts_exactly_one_job() {
+        let store = Store::open_in_memory().expect("store");
+        let (a, _) = store.create_job(&new_job("k1"), T0).expect("create");
+        let (b, _) = store.create_job(&new_job("k2"), T0).expect("create");
+        tap(&store, "t1", T0);
+        let ttl = DispatchTimings::default().plate_clear_ttl_ms;
+        store
+            .start_job_tx(a.id, "p", "t1", T0 + 1, ttl, T0 + 60_000)
+            .expect("first start");
+        assert_eq!(
+            store.start_job_tx(b.id, "p", "t1", T0 + 2, ttl, T0 + 60_000),
+            Err(StartConflict::TapConsumed(a.id))
+        );
+        assert_eq!(store.tap_consumer("t1").expect("q"), Some(a.id));
+        tap(&store, "t2", T0 + 3);
+        assert_eq!(
+            store.start_job_tx(b.id, "p", "t2", T0 + 3 + ttl, ttl, T0 + 60_000),
+            Err(StartConflict::TapExpired)
+        );
+        let events = store.job_events(a.id).expect("events");
+        assert_eq!(
+            events.iter().map(|e| e.what.as_str()).collect::<Vec<_>>(),
+            ["queued", "starting"]
+        );
+    }
+
+    #[test]
+    fn restart_recovery_and_reload() {
+        let store = Store::open_in_memory().expect("store");
+        let timings = DispatchTimings::default();
+        let printers = [("p".to_string(), "C12".to_string())];
+        let mut state = store
+            .load_dispatch_state(timings.clone(), &printers, false)
+            .expect("load");
+        let (job, _) = store.create_job(&new_job("k1"), T0).expect("create");
+        let report = ReportSummary {
+            link_online: true,
+            connection_epoch: 1,
+            have_full_report: true,
+            full_report_at: Some(T0),
+            gcode_state: GcodeState::Idle,
+            control: ControlState::Ok,
+            ..ReportSummary::default()
+        };
+        let events = [
+            Event::PrinterReport {
+                printer: "p".into(),
+                report,
+            },
+            Event::JobQueued(Box::new(job.clone())),
+            Event::StageComplete {
+                job: job.id,
+                printer: "p".into(),
+            },
+            Event::Tap {
+                printer: "p".into(),
+                user: "ann".into(),
+                tap_id: "t1".into(),
+            },
+        ];
+        let mut effects = Vec::new();
+        for e in events {
+            let actions = decide(&state, e, T0);
+            effects.extend(store.commit_batch(&mut state, actions).expect("commit"));
+        }
+        assert!(effects.iter().any(|a| matches!(a, Action::Publish { .. })));
+        let mut reloaded = store
+            .load_dispatch_state(timings.clone(), &printers, false)
+            .expect("reload");
+        reloaded.printers = state.printers.clone();
+        assert_eq!(reloaded.jobs, state.jobs);
+
+        let recovery = store.recover_after_restart(T0 + 10).expect("recover");
+        assert_eq!(recovery.unconfirmed, vec![job.id]);
+        let after = store
+            .load_dispatch_state(timings, &printers, false)
+            .expect("load");
+        assert_eq!(after.jobs[&job.id].state, JobState::Unconfirmed);
+        assert_eq!(after.printers["p"].plate, PlateState::Occupied);
+        // A second start of the same tap is refused by SQLite itself.
+        let refused = store.apply_dispatch_action(
+            &Action::ConsumeTapAndMarkStarting {
+                job: job.id,
+                printer: "p".into(),
+                tap: Tap {
+                    tap_id: "t1".into(),
+                    by: "ann".into(),
+                    at: T0,
+                },
+                decided_at: T0 + 20,
+                window_deadline: T0 + 60_000,
+            },
+            &DispatchTimings::default(),
+        );
+        assert!(matches!(
+            refused,
+            Err(DispatchDbError::Start(StartConflict::TapConsumed(_)))
+        ));
+    }
 }
