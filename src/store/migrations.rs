@@ -6,7 +6,7 @@ use rusqlite_migration::{M, Migrations};
 /// The migrations in order. Append; never edit a released one.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_foundation.sql"),
-    include_str!("migrations/003_jobs.sql"),
+    include_str!("migrations/004_jobs.sql"),
 ];
 
 pub(super) fn apply(conn: &mut rusqlite::Connection) -> Result<(), super::StoreError> {
