@@ -1,5 +1,152 @@
-//! Command-line entry point: parses arguments and hands over to the library.
+//! Command-line entry point: parses arguments (clap) and hands over to the library. Nothing else
+//! lives here, so `serve`, `demo` and the tests run the same code.
 
-fn main() {
-    println!("printgate");
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// printgate — a LAN gateway for Bambu Lab printers that never starts a print until a person
+/// has tapped "plate clear".
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with the printers of a config file.
+    Serve {
+        /// Path to printgate.toml (see deploy/printgate.example.toml).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0 if valid, 2 with one line per problem on stderr.
+    CheckConfig {
+        /// Path to printgate.toml.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Run simulated Bambu printers standalone (for measuring a gateway in another process).
+    /// Prints one line per printer: name model serial host mqtt_port ftps_port access_code
+    /// fingerprint.
+    Sim {
+        /// How many printers to simulate.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        printers: usize,
+        /// Comma-separated models, cycled over the printers (X1C, X1E, P1P, P1S, A1, A1MINI, P2S, H2D).
+        #[arg(long, value_name = "MODELS", value_delimiter = ',', default_value = "P1S")]
+        models: Vec<String>,
+        /// How much faster than real time the simulated prints run.
+        #[arg(long, value_name = "X", default_value_t = 1.0)]
+        time_scale: f64,
+    },
+    /// Run the gateway with three simulated printers (P1S, X1C, A1 mini) in one process.
+    Demo {
+        /// Address of the web interface (loopback only is recommended).
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Data directory; a fresh temporary one when omitted (deleted on exit).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// How much faster than real time the simulated printers run.
+        #[arg(long, value_name = "X", default_value_t = 60.0)]
+        time_scale: f64,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+/// Cancel `token` on SIGINT or SIGTERM.
+fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::CheckConfig { config } = &cli.command {
+        return ExitCode::from(printgate::config::check_config_cli(config) as u8);
+    }
+    init_logging();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<ExitCode> = runtime.block_on(async move {
+        let token = CancellationToken::new();
+        cancel_on_signals(token.clone());
+        match cli.command {
+            Command::Serve { config } => {
+                let config = match printgate::config::Config::load(&config) {
+                    Ok(c) => c,
+                    Err(errors) => {
+                        eprintln!("{} is not valid:\n{errors}", config.display());
+                        return Ok(ExitCode::from(2));
+                    }
+                };
+                printgate::start(config, token).await?.wait().await;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::CheckConfig { .. } => Ok(ExitCode::SUCCESS),
+            Command::Sim {
+                printers,
+                models,
+                time_scale,
+            } => {
+                let mut parsed = Vec::new();
+                for m in &models {
+                    match printgate::config::Model::parse(m) {
+                        Some(model) => parsed.push(model),
+                        None => anyhow::bail!(
+                            "unknown model {m:?}; use one of X1C, X1E, P1P, P1S, A1, A1MINI, P2S, H2D"
+                        ),
+                    }
+                }
+                printgate::sim::cli::run_sim_cli(printers, parsed, time_scale).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Demo {
+                listen,
+                data_dir,
+                time_scale,
+            } => printgate::sim::demo::run(listen, data_dir, time_scale, token)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

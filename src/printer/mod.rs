@@ -5,6 +5,7 @@
 //! [`PrinterLink`] and the [`PrinterSnapshot`] it publishes on a `watch` channel.
 
 pub mod bambu;
+pub mod events;
 pub mod state;
 
 pub use state::{ControlState, GcodeState, HmsEntry, LinkState, PrinterSnapshot, PrinterState};

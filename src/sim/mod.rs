@@ -1,5 +1,26 @@
 //! Protocol-faithful Bambu printer simulator (MQTT over TLS, FTPS, SSDP, print state machine),
 //! used by `printgate demo`, `printgate sim` and the tests. See BAMBU-LAN.md §12.
+//!
+//! Start one with [`SimPrinter::start`] (or several with [`SimFleet`]), tweak it through
+//! [`SimKnobs`], and check what it received with [`SimPrinter::command_log`] and what it is
+//! doing with [`SimPrinter::truth`].
 
+pub mod cli;
+pub mod demo;
+pub mod fixtures;
+pub mod ftps;
+pub mod knobs;
+pub mod log;
+pub mod machine;
+mod mqtt;
+pub mod printer;
+pub mod reports;
+pub mod ssdp;
 pub mod storage;
 pub mod tls;
+
+pub use knobs::{AuthRefusal, Heater, KnobValues, RefusalStyle, SecondClientPolicy, SimKnobs};
+pub use log::{LoggedCommand, SimTruth};
+pub use printer::{SimConfig, SimFleet, SimPrinter};
+pub use storage::SimStorage;
+pub use tls::SimIdentity;

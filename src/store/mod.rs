@@ -1,17 +1,79 @@
 //! SQLite store: schema migrations and every SQL statement of the gateway live in this module
-//! (one file per area: printers, events, files, jobs, …). One connection behind a mutex: the
-//! gateway is small and every statement is short.
+//! (one file per area: printers, events, pins, sequence ids, files, jobs, …). One connection
+//! behind a mutex: the gateway is small and every statement is short.
+//!
+//! The database file is treated as precious: before anything is written, [`Store::open`] checks
+//! that the file is a SQLite database, that it belongs to printgate, that it is intact and that
+//! no newer printgate wrote it. Any doubt leaves the file untouched and returns an error that
+//! says what to do.
 
+mod events;
+pub mod files;
 pub mod jobs;
 mod migrations;
+mod pins;
+mod printers;
+mod safety;
+mod sequence;
 
-use std::path::Path;
+pub use safety::SafetyAuditEntry;
+
+pub use events::{EventKind, EventRow};
+pub use printers::PrinterRow;
+pub use sequence::{FIRST_SEQUENCE_ID, LAST_SEQUENCE_ID};
+
+use rusqlite::OpenFlags;
+use rusqlite::config::DbConfig;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+
+/// SQLite `application_id` of printgate databases ("PrGt"), set by migration 001.
+pub const APPLICATION_ID: i64 = 0x5072_4774;
+
+/// The first 16 bytes of every SQLite 3 database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "cannot open the database {path}: {reason}; check that data_dir exists and printgate may read and write it"
+    )]
+    Open { path: PathBuf, reason: String },
+    #[error(
+        "{path} is not a printgate database or is damaged ({reason}); it was left untouched; restore from a backup or move it aside"
+    )]
+    NotPrintgateDatabase { path: PathBuf, reason: String },
+    #[error(
+        "{path} was written by a newer printgate (database schema version {found}, this printgate knows versions up to {known}); it was left untouched; run the newer printgate again, or restore a backup made with this version"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error(
+        "the database {path} is read-only; give the printgate user write access to it and to its directory"
+    )]
+    ReadOnly { path: PathBuf },
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("no printer named {0:?} is known; printers are added from printgate.toml at start")]
+    UnknownPrinter(String),
+    #[error(
+        "no printer with serial {0:?} is known; printers are added from printgate.toml at start"
+    )]
+    UnknownSerial(String),
+    #[error(
+        "printer {serial} already has a different pinned certificate fingerprint; accepting a new certificate needs an explicit re-pair (clear the pin first)"
+    )]
+    FingerprintAlreadyPinned { serial: String },
+    #[error(
+        "command sequence ids are used up (the next would exceed {LAST_SEQUENCE_ID}); reset the `sequence_next` entry in the meta table"
+    )]
+    SequenceIdsExhausted,
     #[error("{0}")]
     Other(String),
 }
@@ -22,9 +84,48 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open (creating if needed) the database file and bring its schema up to date.
+    /// Open the database file at `path`, creating it if it does not exist (its directory must),
+    /// and bring its schema up to date.
+    ///
+    /// An existing file is inspected before anything is written to it, and refused (left
+    /// byte-for-byte untouched) when:
+    /// - it is not a SQLite database, belongs to another program, or fails `PRAGMA quick_check`
+    ///   → [`StoreError::NotPrintgateDatabase`];
+    /// - its schema version is above the migrations this build knows (a newer printgate wrote
+    ///   it; printgate never migrates down) → [`StoreError::NewerSchema`];
+    /// - it cannot be written → [`StoreError::ReadOnly`].
+    ///
+    /// The connection uses WAL, `synchronous = FULL` (a commit is on disk when the call returns),
+    /// foreign keys and a 5 s busy timeout.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let conn = rusqlite::Connection::open(path)?;
+        let existing = read_header(path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn =
+            rusqlite::Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        if existing {
+            // A WAL left by another run may hold changes of a newer printgate: closing this
+            // connection after a refusal must not checkpoint them into the main file.
+            let wal = PathBuf::from(format!("{}-wal", path.display()));
+            let pending_wal = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+            if pending_wal {
+                conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+            }
+            inspect_existing(&conn, path)?;
+            if pending_wal {
+                conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)?;
+            }
+        }
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(StoreError::ReadOnly {
+                path: path.to_path_buf(),
+            });
+        }
         Self::init(conn)
     }
 
@@ -33,10 +134,18 @@ impl Store {
         Self::init(rusqlite::Connection::open_in_memory()?)
     }
 
+    /// The schema version this build writes.
+    pub fn schema_version() -> u32 {
+        migrations::latest_version()
+    }
+
     fn init(mut conn: rusqlite::Connection) -> Result<Store, StoreError> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // In-memory databases answer "memory"; files switch to WAL.
+        let _mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
         migrations::apply(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
@@ -48,4 +157,104 @@ impl Store {
     fn conn(&self) -> MutexGuard<'_, rusqlite::Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Current time in unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Whether `path` holds an existing, non-empty file, which must then start with the SQLite
+/// header. A missing or empty file is a new database. Reads only.
+fn read_header(path: &Path) -> Result<bool, StoreError> {
+    let open_error = |reason: String| StoreError::Open {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(open_error(e.to_string())),
+    };
+    let meta = file.metadata().map_err(|e| open_error(e.to_string()))?;
+    if meta.is_dir() {
+        return Err(open_error("it is a directory".into()));
+    }
+    if meta.len() == 0 {
+        return Ok(false);
+    }
+    let mut header = Vec::with_capacity(100);
+    file.take(100)
+        .read_to_end(&mut header)
+        .map_err(|e| open_error(e.to_string()))?;
+    if header.len() < 100 || !header.starts_with(SQLITE_HEADER) {
+        return Err(StoreError::NotPrintgateDatabase {
+            path: path.to_path_buf(),
+            reason: "it does not start with a SQLite database header".into(),
+        });
+    }
+    Ok(true)
+}
+
+/// Checks on an existing database before anything is written: intact, printgate's, not newer.
+fn inspect_existing(conn: &rusqlite::Connection, path: &Path) -> Result<(), StoreError> {
+    let refuse = |reason: String| StoreError::NotPrintgateDatabase {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let damaged = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            refuse(format!("SQLite: {e}"))
+        }
+        _ => StoreError::Sqlite(e),
+    };
+
+    let problems: Vec<String> = {
+        let mut stmt = conn.prepare("PRAGMA quick_check").map_err(damaged)?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(damaged)?;
+        let mut problems = Vec::new();
+        for row in rows.take(5) {
+            problems.push(row.map_err(damaged)?);
+        }
+        problems
+    };
+    if problems.first().map(String::as_str) != Some("ok") {
+        return Err(refuse(format!("integrity check: {}", problems.join("; "))));
+    }
+
+    let application_id: i64 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(damaged)?;
+    let user_version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(damaged)?;
+    let objects: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(damaged)?;
+
+    if application_id == 0 {
+        if user_version == 0 && objects == 0 {
+            return Ok(()); // an empty database: initialise it
+        }
+        return Err(refuse(
+            "it holds data of another program (no printgate application id)".into(),
+        ));
+    }
+    if application_id != APPLICATION_ID {
+        return Err(refuse(format!(
+            "its application id {application_id:#x} belongs to another program"
+        )));
+    }
+    let known = migrations::latest_version();
+    let found = u32::try_from(user_version).unwrap_or(u32::MAX);
+    if user_version < 0 || found > known {
+        return Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            known,
+        });
+    }
+    Ok(())
 }
