@@ -1,7 +1,9 @@
 //! The dispatcher's invariants over thousands of seeded random schedules, and proof that the
 //! checker is not blind (deliberately broken dispatcher output is caught).
 
-use printgate::jobs::simulation::{Mutation, SimOptions, run_simulation, run_simulation_with};
+use printgate::jobs::simulation::{
+    Mutation, SimOptions, run_simulation, run_simulation_with, simulate_cli,
+};
 
 fn seeds_from_env(default: u64) -> u64 {
     std::env::var("PRINTGATE_SIM_SEEDS")
@@ -60,4 +62,10 @@ fn forgetting_print_activity_is_caught() {
 #[test]
 fn requeueing_a_published_start_is_caught() {
     assert!(caught(Mutation::RequeueAfterPublish) > 0);
+}
+
+#[test]
+fn the_cli_entry_point_reports_success() {
+    assert_eq!(simulate_cli(20, Some(7)), 0);
+    assert_eq!(simulate_cli(1, Some(3)), 0);
 }

@@ -2007,6 +2007,20 @@ mod tests {
     }
 
     #[test]
+    fn late_prepare_after_finish_held_50s_is_still_confirmed() {
+        let mut h = H::published();
+        for _ in 0..10 {
+            h.at(5_000).report(GcodeState::Finish, "0", None);
+        }
+        assert_eq!(h.job().state, JobState::Starting);
+        let a = h.at(1_000).report(GcodeState::Prepare, "1001", None);
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::MarkPrinting { job: 1, .. }))
+        );
+    }
+
+    #[test]
     fn finish_to_idle_is_not_evidence() {
         let mut h = H::published();
         h.at(1_000).report(GcodeState::Finish, "0", None);
