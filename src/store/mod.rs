@@ -9,6 +9,7 @@
 
 mod events;
 pub mod files;
+pub mod jobs;
 mod migrations;
 mod pins;
 mod printers;
