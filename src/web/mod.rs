@@ -1,11 +1,13 @@
 //! Web: the axum router serving the server-rendered pages (askama templates in `templates/`),
 //! the static assets embedded in the binary, and the JSON API under `/api/v1/`.
 
+pub mod actor;
+pub mod queue;
 pub mod views;
 
 use crate::Gateway;
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -21,6 +23,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/static/style.css", get(style_css))
         .route("/api/v1/printers", get(api_printers))
         .route("/healthz", get(|| async { "ok" }))
+        .merge(queue::routes(gw.files.limits().max_file_bytes))
         .with_state(gw)
 }
 
@@ -28,6 +31,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 #[template(path = "status.html")]
 struct StatusPage {
     printers: Vec<PrinterView>,
+    jobs: Vec<queue::JobView>,
+    notice: Option<String>,
+    queue_paused: bool,
+    plate_ttl_minutes: u64,
     refresh_secs: u32,
 }
 
@@ -42,19 +49,40 @@ impl StatusPage {
 
 fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
     let now = Instant::now();
+    let dispatch = gw.dispatcher.state();
+    let clock_now = gw.dispatcher.now();
     gw.printers
         .iter()
         .map(|p| {
             let snap = p.link.subscribe().borrow().clone();
-            views::printer_view(&p.name, p.model, &snap, now, gw.hms_text)
+            let runtime = dispatch.printers.get(&p.name);
+            let plate = views::plate_view(
+                runtime.map(|r| &r.plate),
+                clock_now,
+                dispatch.timings.plate_clear_ttl_ms,
+            );
+            let paused = runtime.is_some_and(|r| r.paused);
+            views::printer_view(&p.name, p.model, &snap, now, gw.hms_text, plate, paused)
         })
         .collect()
 }
 
-async fn status_page(State(gw): State<Arc<Gateway>>) -> Response {
+#[derive(serde::Deserialize, Default)]
+struct StatusQuery {
+    notice: Option<String>,
+}
+
+async fn status_page(
+    State(gw): State<Arc<Gateway>>,
+    Query(q): Query<StatusQuery>,
+) -> Response {
     render(&StatusPage {
         printers: printer_views(&gw),
-        refresh_secs: 2,
+        jobs: queue::queue_views(&gw),
+        notice: q.notice.filter(|n| !n.is_empty()),
+        queue_paused: gw.dispatcher.state().queue_paused,
+        plate_ttl_minutes: gw.config.dispatch.plate_clear_ttl_secs / 60,
+        refresh_secs: 5,
     })
 }
 
@@ -70,6 +98,47 @@ async fn style_css() -> impl IntoResponse {
         ],
         include_str!("../../static/style.css"),
     )
+}
+
+/// An error answer of the JSON API: `{"error":{"code":…,"message":…}}` with a status.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "log in, or send an API token in the X-Api-Key header",
+        )
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
 }
 
 /// Render a template, or a plain 500 that says what failed.
