@@ -72,10 +72,7 @@ struct StatusQuery {
     notice: Option<String>,
 }
 
-async fn status_page(
-    State(gw): State<Arc<Gateway>>,
-    Query(q): Query<StatusQuery>,
-) -> Response {
+async fn status_page(State(gw): State<Arc<Gateway>>, Query(q): Query<StatusQuery>) -> Response {
     render(&StatusPage {
         printers: printer_views(&gw),
         jobs: queue::queue_views(&gw),

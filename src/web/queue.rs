@@ -26,8 +26,14 @@ pub fn routes(max_upload: u64) -> Router<Arc<Gateway>> {
     let upload_limit = DefaultBodyLimit::max(usize::try_from(max_upload).unwrap_or(usize::MAX));
     Router::new()
         .route("/jobs", post(upload_form).layer(upload_limit))
-        .route("/api/v1/jobs", get(api_jobs).post(api_upload).layer(upload_limit))
-        .route("/printers/{name}/plate-clear", get(plate_clear_page).post(plate_clear_form))
+        .route(
+            "/api/v1/jobs",
+            get(api_jobs).post(api_upload).layer(upload_limit),
+        )
+        .route(
+            "/printers/{name}/plate-clear",
+            get(plate_clear_page).post(plate_clear_form),
+        )
         .route("/api/v1/printers/{name}/plate-clear", post(api_plate_clear))
         .route("/jobs/{id}/{action}", post(job_action_form))
         .route("/api/v1/jobs/{id}/{action}", post(api_job_action))
@@ -210,7 +216,14 @@ async fn queue_upload(gw: &Gateway, form: UploadForm, user: &str) -> Result<(Job
             "no file in the upload; send the sliced .gcode.3mf in the form field \"file\"",
         ));
     };
-    let result = job_for_file(gw, &stored, &form.printer, form.plate, form.idempotency_key, user);
+    let result = job_for_file(
+        gw,
+        &stored,
+        &form.printer,
+        form.plate,
+        form.idempotency_key,
+        user,
+    );
     let outcome = match result {
         Ok(new) => gw
             .store
@@ -267,7 +280,10 @@ fn job_for_file(
             ),
         )
     })?;
-    let printer = printer.as_deref().map(str::trim).filter(|p| !p.is_empty() && *p != "any");
+    let printer = printer
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && *p != "any");
     let (target, model_code) = match printer {
         Some(name) => {
             let model = printer_model(gw, name).ok_or_else(|| {
@@ -278,7 +294,10 @@ fn job_for_file(
                 )
             })?;
             threemf::check_model(info, plate, model).map_err(file_error)?;
-            (Target::Printer(name.to_string()), model.model_code().to_string())
+            (
+                Target::Printer(name.to_string()),
+                model.model_code().to_string(),
+            )
         }
         None => {
             let code = plate_info.model_code.clone().ok_or_else(|| {
@@ -293,7 +312,9 @@ fn job_for_file(
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid_file",
-                    format!("the file was sliced for a {sliced}, and no configured printer is one; slice it for one of your printers"),
+                    format!(
+                        "the file was sliced for a {sliced}, and no configured printer is one; slice it for one of your printers"
+                    ),
                 ));
             }
             (Target::AnyCompatible, code)
@@ -379,7 +400,11 @@ struct PlateClearPage {
 
 async fn plate_clear_page(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
     if printer_model(&gw, &name).is_none() {
-        return (StatusCode::NOT_FOUND, format!("there is no printer called {name:?}")).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            format!("there is no printer called {name:?}"),
+        )
+            .into_response();
     }
     render(&PlateClearPage {
         printer: name,
@@ -393,7 +418,12 @@ struct TapForm {
     confirm: Option<String>,
 }
 
-async fn tap(gw: &Gateway, printer: &str, user: &str, tap_id: Option<String>) -> Result<Vec<Notice>, ApiError> {
+async fn tap(
+    gw: &Gateway,
+    printer: &str,
+    user: &str,
+    tap_id: Option<String>,
+) -> Result<Vec<Notice>, ApiError> {
     if printer_model(gw, printer).is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -401,7 +431,9 @@ async fn tap(gw: &Gateway, printer: &str, user: &str, tap_id: Option<String>) ->
             format!("there is no printer called {printer:?}"),
         ));
     }
-    let tap_id = tap_id.filter(|t| !t.trim().is_empty()).unwrap_or_else(new_id);
+    let tap_id = tap_id
+        .filter(|t| !t.trim().is_empty())
+        .unwrap_or_else(new_id);
     gw.dispatcher
         .submit(Event::Tap {
             printer: printer.to_string(),
@@ -463,7 +495,12 @@ async fn api_plate_clear(
 
 // ---------------------------------------------------------------- job and queue actions
 
-async fn job_action(gw: &Gateway, id: JobId, action: &str, user: &str) -> Result<Vec<Notice>, ApiError> {
+async fn job_action(
+    gw: &Gateway,
+    id: JobId,
+    action: &str,
+    user: &str,
+) -> Result<Vec<Notice>, ApiError> {
     let event = match action {
         "cancel" => Event::Cancel {
             job: id,
@@ -482,7 +519,13 @@ async fn job_action(gw: &Gateway, id: JobId, action: &str, user: &str) -> Result
                 .store
                 .job(id)
                 .map_err(|e| ApiError::internal(e.to_string()))?
-                .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_job", format!("there is no job {id}")))?;
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "unknown_job",
+                        format!("there is no job {id}"),
+                    )
+                })?;
             let new_subtask_id = gw
                 .store
                 .allocate_subtask_id(gw.dispatcher.now())
@@ -536,7 +579,11 @@ struct QueueQuery {
     printer: Option<String>,
 }
 
-async fn queue_action(gw: &Gateway, action: &str, printer: Option<String>) -> Result<Vec<Notice>, ApiError> {
+async fn queue_action(
+    gw: &Gateway,
+    action: &str,
+    printer: Option<String>,
+) -> Result<Vec<Notice>, ApiError> {
     let printer = printer.filter(|p| !p.is_empty());
     let event = match action {
         "pause" => Event::PauseQueue { printer },
@@ -636,7 +683,11 @@ async fn history_page(State(gw): State<Arc<Gateway>>) -> Response {
                         at: fmt_ms(at),
                         printer: e.printer.unwrap_or_default(),
                         what: format!("job {} {}", j.id, e.what),
-                        detail: format!("by {}{}", e.actor, e.outcome.map(|o| format!(": {o}")).unwrap_or_default()),
+                        detail: format!(
+                            "by {}{}",
+                            e.actor,
+                            e.outcome.map(|o| format!(": {o}")).unwrap_or_default()
+                        ),
                     },
                 ));
             }
