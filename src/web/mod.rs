@@ -2,6 +2,7 @@
 //! the static assets embedded in the binary, and the JSON API under `/api/v1/`.
 
 pub mod actor;
+pub mod live;
 pub mod octoprint;
 pub mod queue;
 pub mod views;
@@ -24,6 +25,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/static/style.css", get(style_css))
         .route("/api/v1/printers", get(api_printers))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/live", get(live::live))
+        .route("/static/app.js", get(app_js))
         .merge(queue::routes(gw.files.limits().max_file_bytes))
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
         .with_state(gw)
@@ -49,7 +52,7 @@ impl StatusPage {
     }
 }
 
-fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
+pub(crate) fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
     let now = Instant::now();
     let dispatch = gw.dispatcher.state();
     let clock_now = gw.dispatcher.now();
@@ -87,6 +90,16 @@ async fn status_page(State(gw): State<Arc<Gateway>>, Query(q): Query<StatusQuery
 
 async fn api_printers(State(gw): State<Arc<Gateway>>) -> Json<Vec<PrinterView>> {
     Json(printer_views(&gw))
+}
+
+async fn app_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../static/app.js"),
+    )
 }
 
 async fn style_css() -> impl IntoResponse {

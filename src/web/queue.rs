@@ -210,7 +210,11 @@ fn file_error(e: FileError) -> ApiError {
 }
 
 /// Check the file against the target and create the job (idempotent on the key, I7).
-pub(super) async fn queue_upload(gw: &Gateway, form: UploadForm, user: &str) -> Result<(Job, bool), ApiError> {
+pub(super) async fn queue_upload(
+    gw: &Gateway,
+    form: UploadForm,
+    user: &str,
+) -> Result<(Job, bool), ApiError> {
     let Some(stored) = form.stored else {
         return Err(ApiError::bad_request(
             "no file in the upload; send the sliced .gcode.3mf in the form field \"file\"",
