@@ -4,6 +4,7 @@
 pub mod actor;
 pub mod live;
 pub mod octoprint;
+pub mod printer_page;
 pub mod queue;
 pub mod views;
 
@@ -29,6 +30,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/static/app.js", get(app_js))
         .merge(queue::routes(gw.files.limits().max_file_bytes))
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
+        .merge(printer_page::routes())
         .with_state(gw)
 }
 
@@ -151,6 +153,18 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         (self.status, Json(body)).into_response()
     }
+}
+
+/// Percent-encode a path segment or query value.
+pub(crate) fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Render a template, or a plain 500 that says what failed.

@@ -106,20 +106,9 @@ fn back_to_dashboard(notice: &str) -> Response {
     let mut url = String::from("/");
     if !notice.is_empty() {
         url.push_str("?notice=");
-        url.push_str(&urlencode(notice));
+        url.push_str(&super::urlencode(notice));
     }
     Redirect::to(&url).into_response()
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn new_id() -> String {
