@@ -27,6 +27,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/api/v1/printers", get(api_printers))
         .route("/healthz", get(|| async { "ok" }))
         .route("/live", get(live::live))
+        .route("/thumbnails/{sha}/{plate}", get(thumbnail))
         .route("/static/app.js", get(app_js))
         .merge(queue::routes(gw.files.limits().max_file_bytes))
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
@@ -69,7 +70,17 @@ pub(crate) fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
                 dispatch.timings.plate_clear_ttl_ms,
             );
             let paused = runtime.is_some_and(|r| r.paused);
-            views::printer_view(&p.name, p.model, &snap, now, gw.hms_text, plate, paused)
+            let mut view =
+                views::printer_view(&p.name, p.model, &snap, now, gw.hms_text, plate, paused);
+            if view.plate.state != "clear" {
+                view.thumbnail_url = gw
+                    .store
+                    .last_started_job_on(&p.name)
+                    .ok()
+                    .flatten()
+                    .map(|j| format!("/thumbnails/{}/{}", j.file_sha256, j.plate));
+            }
+            view
         })
         .collect()
 }
@@ -92,6 +103,24 @@ async fn status_page(State(gw): State<Arc<Gateway>>, Query(q): Query<StatusQuery
 
 async fn api_printers(State(gw): State<Arc<Gateway>>) -> Json<Vec<PrinterView>> {
     Json(printer_views(&gw))
+}
+
+/// A plate thumbnail from a stored 3MF.
+async fn thumbnail(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Path((sha, plate)): axum::extract::Path<(String, u32)>,
+) -> Response {
+    match gw.files.thumbnail(&sha, plate).await {
+        Some(png) => (
+            [
+                (header::CONTENT_TYPE, "image/png"),
+                (header::CACHE_CONTROL, "private, max-age=86400"),
+            ],
+            png,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no thumbnail for this plate").into_response(),
+    }
 }
 
 async fn app_js() -> impl IntoResponse {
