@@ -67,7 +67,10 @@ pub async fn start_simulators(
     }
     let config = Config {
         data_dir,
-        web: WebConfig { listen },
+        web: WebConfig {
+            listen,
+            ..WebConfig::default()
+        },
         link: LinkConfig::default(),
         dispatch: DispatchConfig::default(),
         printers,

@@ -1,6 +1,7 @@
 //! Web: the axum router serving the server-rendered pages (askama templates in `templates/`),
 //! the static assets embedded in the binary, and the JSON API under `/api/v1/`.
 
+pub mod auth;
 pub mod views;
 
 use crate::Gateway;
@@ -16,12 +17,16 @@ use views::{PrinterView, fmt_minutes, fmt_temp};
 
 /// Build the router for one gateway.
 pub fn router(gw: Arc<Gateway>) -> Router {
-    Router::new()
+    let app = Router::new()
         .route("/", get(status_page))
         .route("/static/style.css", get(style_css))
         .route("/api/v1/printers", get(api_printers))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(gw)
+        .route("/healthz", get(|| async { "ok" }));
+    // ---- auth (src/web/auth.rs): add routes above this line. Every route added before
+    // `auth::protect` needs a signed-in user or an API token, except auth::PUBLIC_PATHS;
+    // handlers take `auth::CurrentUser`. ----
+    let app = auth::protect(app.merge(auth::routes()), &gw);
+    app.with_state(gw)
 }
 
 #[derive(Template)]
