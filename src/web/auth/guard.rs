@@ -370,7 +370,13 @@ pub(super) async fn guard(
             if let Err(why) = check_origin(req.headers()) {
                 return deny(StatusCode::FORBIDDEN, "forbidden", why, html);
             }
-            if let Some(AuthVia::Session { csrf, .. }) = user.as_ref().map(|u| &u.via) {
+            // The sign-in forms are public: they are covered by the origin check (a session
+            // the browser may still have is replaced on success).
+            let session_csrf = match user.as_ref().map(|u| &u.via) {
+                Some(AuthVia::Session { csrf, .. }) if !is_public(&path) => Some(csrf),
+                _ => None,
+            };
+            if let Some(csrf) = session_csrf {
                 req = match check_csrf(req, csrf).await {
                     Ok(r) => r,
                     Err((status, why)) => return deny(status, "forbidden", why, html),
@@ -388,10 +394,10 @@ pub(super) async fn guard(
 fn check_origin(headers: &HeaderMap) -> Result<(), &'static str> {
     const CROSS: &str =
         "This request came from another web site and was refused. Use printgate's own pages.";
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        if !matches!(site, "same-origin" | "none") {
-            return Err(CROSS);
-        }
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Err(CROSS);
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());

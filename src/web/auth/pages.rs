@@ -322,10 +322,10 @@ pub(super) async fn login_submit(
     };
     auth.limiter().record_success(&LimitKey::user(&username));
     // The session the browser came with (if any) ends; the new one gets a new id.
-    if let Some(AuthVia::Session { id_hash, .. }) = user.map(|u| u.via) {
-        if let Err(e) = auth.store.delete_session(&id_hash) {
-            return store_failed(e);
-        }
+    if let Some(AuthVia::Session { id_hash, .. }) = user.map(|u| u.via)
+        && let Err(e) = auth.store.delete_session(&id_hash)
+    {
+        return store_failed(e);
     }
     tracing::info!(user = %account.username, "signed in");
     match start_session(&auth, &headers, account.id) {
@@ -339,10 +339,10 @@ pub(super) async fn logout(
     headers: HeaderMap,
     user: CurrentUser,
 ) -> Response {
-    if let AuthVia::Session { id_hash, .. } = &user.via {
-        if let Err(e) = auth.store.delete_session(id_hash) {
-            return store_failed(e);
-        }
+    if let AuthVia::Session { id_hash, .. } = &user.via
+        && let Err(e) = auth.store.delete_session(id_hash)
+    {
+        return store_failed(e);
     }
     redirect_with_cookie(
         "/login",
