@@ -3,6 +3,7 @@
 //! `serve`, `demo` and the integration tests run identical code: [`start`] wires the store, the
 //! printer links, the recorder and the web server, and everything stops on one cancellation token.
 
+pub mod broker;
 pub mod config;
 pub mod jobs;
 pub mod printer;

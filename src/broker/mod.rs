@@ -1,0 +1,5 @@
+//! The gateway's MQTT side: Bambu printer discovery (SSDP), the `printgate/<printer>/…` topic
+//! tree, Home Assistant discovery, the embedded broker with its authentication and ACL, mDNS
+//! announcements, and external-broker mode.
+
+pub mod ssdp;
