@@ -2,4 +2,6 @@
 //! tree, Home Assistant discovery, the embedded broker with its authentication and ACL, mDNS
 //! announcements, and external-broker mode.
 
+pub mod ha;
 pub mod ssdp;
+pub mod topics;
