@@ -2,6 +2,8 @@
 //! tree, Home Assistant discovery, the embedded broker with its authentication and ACL, mDNS
 //! announcements, and external-broker mode.
 
+pub mod auth;
+pub mod config;
 pub mod ha;
 pub mod ssdp;
 pub mod topics;

@@ -72,6 +72,11 @@ pub async fn start_simulators(
         dispatch: DispatchConfig::default(),
         printers,
         safety: Default::default(),
+        // Embedded broker on loopback with user demo/demo; no TLS, mDNS or SSDP socket.
+        broker: crate::broker::config::BrokerConfig::demo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            1883,
+        )))?,
     };
     Ok((sims, config))
 }
