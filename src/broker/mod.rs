@@ -5,5 +5,6 @@
 pub mod auth;
 pub mod config;
 pub mod ha;
+pub mod packets;
 pub mod ssdp;
 pub mod topics;
