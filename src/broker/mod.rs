@@ -2,8 +2,12 @@
 //! tree, Home Assistant discovery, the embedded broker with its authentication and ACL, mDNS
 //! announcements, and external-broker mode.
 
+pub mod acl;
 pub mod auth;
+pub mod commands;
 pub mod config;
+pub mod embedded;
+pub mod gate;
 pub mod ha;
 pub mod packets;
 pub mod ssdp;
