@@ -224,18 +224,22 @@ where
     tracing::debug!(%peer, user = %identity.user, client_id = %info.client_id, "MQTT client connected");
 
     // Broker → client: bytes as they are.
-    let down = tokio::spawn(async move {
+    let mut down = tokio::spawn(async move {
         let _ = tokio::io::copy(&mut up_rd, &mut wr).await;
-        let _ = wr.shutdown().await;
         wr
     });
-    let down_abort = down.abort_handle();
+    let mut writer = None;
 
     // Client → broker: packet by packet, PUBLISH checked.
     let mut bucket = Bucket::new(gate.limits.publishes_per_sec);
     let denied = loop {
         let packet = tokio::select! {
             _ = shutdown.cancelled() => break None,
+            w = &mut down => {
+                // The broker ended the session (e.g. the same client id connected again).
+                writer = w.ok();
+                break None;
+            }
             p = packets::read_packet(&mut rd, limit) => p,
         };
         let mut packet = match packet {
@@ -283,13 +287,19 @@ where
     };
     // Closing our half makes rumqttd end the session; the copy task then hands back the writer.
     let _ = up_wr.shutdown().await;
-    match tokio::time::timeout(Duration::from_secs(2), down).await {
-        Ok(Ok(mut wr)) => {
-            if let Some(bytes) = denied.and_then(packets::disconnect_not_authorized) {
-                let _ = wr.write_all(&bytes).await;
+    if writer.is_none() {
+        writer = match tokio::time::timeout(Duration::from_secs(2), &mut down).await {
+            Ok(Ok(w)) => Some(w),
+            _ => {
+                down.abort();
+                None
             }
-            let _ = wr.shutdown().await;
+        };
+    }
+    if let Some(mut wr) = writer {
+        if let Some(bytes) = denied.and_then(packets::disconnect_not_authorized) {
+            let _ = wr.write_all(&bytes).await;
         }
-        _ => down_abort.abort(),
+        let _ = wr.shutdown().await;
     }
 }

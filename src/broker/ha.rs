@@ -59,7 +59,11 @@ pub fn id_safe(s: &str) -> String {
 }
 
 fn node_id(p: &HaPrinter) -> String {
-    format!("printgate_{}", id_safe(&p.serial))
+    node_for_serial(&p.serial)
+}
+
+fn node_for_serial(serial: &str) -> String {
+    format!("printgate_{}", id_safe(serial))
 }
 
 fn gateway_node(g: &HaGateway) -> String {
@@ -132,9 +136,9 @@ fn config_topic(prefix: &str, component: &str, node: &str, object: &str) -> Stri
     format!("{prefix}/{component}/{node}/{object}/config")
 }
 
-/// Every config topic a printer may have (for removal).
-pub fn printer_config_topics(prefix: &str, p: &HaPrinter) -> Vec<String> {
-    let node = node_id(p);
+/// Every config topic the printer with this serial may have (for removal).
+pub fn printer_config_topics(prefix: &str, serial: &str) -> Vec<String> {
+    let node = node_for_serial(serial);
     let mut v = Vec::new();
     for s in SENSORS {
         v.push(config_topic(prefix, "sensor", &node, s));
@@ -605,7 +609,7 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), msgs.len());
-        let removal = printer_config_topics("ha", &p);
+        let removal = printer_config_topics("ha", &p.serial);
         for m in &msgs {
             assert!(removal.contains(&m.topic), "{}", m.topic);
             assert!(m.topic.starts_with("ha/"));

@@ -10,5 +10,7 @@ pub mod embedded;
 pub mod gate;
 pub mod ha;
 pub mod packets;
+pub mod publisher;
+pub mod service;
 pub mod ssdp;
 pub mod topics;
