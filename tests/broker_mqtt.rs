@@ -342,3 +342,85 @@ async fn embedded_broker_end_to_end() {
     rig.token.cancel();
     rig.gateway.shutdown().await;
 }
+
+/// paho-mqtt (Python) as a second client, MQTT 3.1.1 and MQTT 5: retained state, a command with
+/// a request id, its result. Skipped with a printed reason when python3/paho are missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_clients_v311_and_v5() {
+    let paho = std::process::Command::new("python3")
+        .args(["-c", "import paho.mqtt"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !paho {
+        eprintln!("SKIPPED: python3 with paho-mqtt is not installed (pip install paho-mqtt)");
+        return;
+    }
+    let mut rig = rig().await;
+    wait_connected(&rig.broker).await;
+    let addr = rig.broker.mqtt_addr.unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/broker_client.py");
+    for proto in ["4", "5"] {
+        let child = tokio::process::Command::new("python3")
+            .args([
+                script,
+                "127.0.0.1",
+                &addr.port().to_string(),
+                "demo",
+                "demo",
+                proto,
+                "Garage_P1S",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let cmd = tokio::time::timeout(Duration::from_secs(20), rig.executor.recv())
+            .await
+            .expect("command from paho")
+            .unwrap();
+        assert_eq!(
+            (cmd.printer.as_str(), cmd.kind, cmd.user.as_str()),
+            ("Garage P1S", CommandKind::PlateClear, "demo")
+        );
+        cmd.reply
+            .send(CommandResult {
+                ok: false,
+                message: "not yet".into(),
+                id: None,
+            })
+            .unwrap();
+        let out = child.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "paho v{proto}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["result"]["id"], "py-1", "{v}");
+        assert_eq!(v["result"]["ok"], false);
+        assert_eq!(v["state"]["name"], "Garage P1S");
+    }
+    // Wrong password refused for paho too.
+    let out = tokio::process::Command::new("python3")
+        .args([
+            script,
+            "127.0.0.1",
+            &addr.port().to_string(),
+            "demo",
+            "nope",
+            "5",
+            "Garage_P1S",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    rig.broker.shutdown().await;
+    rig.token.cancel();
+    rig.gateway.shutdown().await;
+}
