@@ -129,6 +129,7 @@ async fn start(
         BrokerSetup {
             config: cfg,
             data_dir: data_dir.to_path_buf(),
+            web_port: 8080,
             web_url: None,
             hms_text: |_, _| String::new(),
             executor: Some(tx),

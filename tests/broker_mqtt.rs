@@ -72,6 +72,7 @@ async fn rig() -> Rig {
         BrokerSetup {
             config: broker_cfg,
             data_dir: dir.path().to_path_buf(),
+            web_port: 8080,
             web_url: Some(format!("http://{}/", gateway.web_addr)),
             hms_text: g.hms_text,
             executor: Some(tx),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod embedded;
 pub mod gate;
 pub mod ha;
+pub mod mdns;
 pub mod packets;
 pub mod publisher;
 pub mod service;

@@ -40,6 +40,8 @@ pub struct BrokerSetup {
     pub data_dir: PathBuf,
     /// Web interface address, for Home Assistant's "Visit" link (`None`: no link).
     pub web_url: Option<String>,
+    /// Web port announced over mDNS (`_http._tcp`, `_octoprint._tcp`).
+    pub web_port: u16,
     pub hms_text: HmsTextFn,
     /// Where MQTT commands go; `None` = results say "not available".
     pub executor: Option<mpsc::Sender<BrokerCommand>>,
@@ -60,6 +62,7 @@ pub struct BrokerHandle {
     outbox: Arc<Outbox>,
     facts: HashMap<String, watch::Sender<GatewayFacts>>,
     topic_ids: HashMap<String, String>,
+    mdns: Option<mdns_sd::ServiceDaemon>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -89,6 +92,9 @@ impl BrokerHandle {
 
     /// Stop every task (publishing `offline` first).
     pub async fn shutdown(mut self) {
+        if let Some(d) = self.mdns.take() {
+            let _ = d.shutdown();
+        }
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
@@ -367,7 +373,28 @@ pub async fn start(
         None
     };
 
+    let mdns = if cfg.mdns.enabled {
+        let specs = crate::broker::mdns::service_specs(
+            &cfg.mdns.instance,
+            setup.web_port,
+            mqtt_addr.map(|a| a.port()),
+            mqtts_addr.map(|a| a.port()),
+        );
+        match crate::broker::mdns::announce(&specs, &cfg.mdns.hostname) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(
+                    "mDNS announcements are off: {e}; reach the gateway by its IP address"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     Ok(Some(BrokerHandle {
+        mdns,
         mqtt_addr,
         mqtts_addr,
         discovery,
