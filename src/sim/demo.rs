@@ -72,6 +72,7 @@ pub async fn start_simulators(
         dispatch: DispatchConfig::default(),
         printers,
         safety: Default::default(),
+        alerts: Default::default(),
     };
     Ok((sims, config))
 }

@@ -24,6 +24,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/api/v1/printers", get(api_printers))
         .route("/healthz", get(|| async { "ok" }))
         .merge(queue::routes(gw.files.limits().max_file_bytes))
+        .merge(crate::safety::web::routes())
         .with_state(gw)
 }
 
