@@ -2,6 +2,7 @@
 //! the static assets embedded in the binary, and the JSON API under `/api/v1/`.
 
 pub mod actor;
+pub mod octoprint;
 pub mod queue;
 pub mod views;
 
@@ -24,6 +25,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/api/v1/printers", get(api_printers))
         .route("/healthz", get(|| async { "ok" }))
         .merge(queue::routes(gw.files.limits().max_file_bytes))
+        .merge(octoprint::routes(gw.files.limits().max_file_bytes))
         .merge(crate::safety::web::routes())
         .with_state(gw)
 }
