@@ -10,6 +10,8 @@
 //! [`printer_alerts`] and [`unconfirmed_jobs`] are the pure rules for the non-safety alerts
 //! (print finished, printer offline while printing, job unconfirmed).
 
+pub mod http;
+
 use crate::printer::{GcodeState, PrinterSnapshot};
 use crate::safety::gpio::OutputPin;
 use serde::{Deserialize, Serialize};
@@ -111,14 +113,14 @@ impl AlertTarget {
 
 /// Scheme, host and port only: topic names and webhook ids are secrets of a kind.
 fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => format!(
+    match url.parse::<axum::http::Uri>() {
+        Ok(u) if u.host().is_some() => format!(
             "{}://{}{}/…",
-            u.scheme(),
-            u.host_str().unwrap_or("?"),
-            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+            u.scheme_str().unwrap_or("?"),
+            u.host().unwrap_or("?"),
+            u.port_u16().map(|p| format!(":{p}")).unwrap_or_default()
         ),
-        Err(_) => "(invalid URL)".into(),
+        _ => "(invalid URL)".into(),
     }
 }
 
@@ -130,8 +132,8 @@ impl AlertsConfig {
             let key = format!("alerts.targets[{i}]");
             match t {
                 AlertTarget::Ntfy { url, .. } | AlertTarget::Webhook { url } => {
-                    match reqwest::Url::parse(url) {
-                        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                    match url.parse::<axum::http::Uri>() {
+                        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
                         _ => errors.push(format!(
                             "{key}.url = \"{url}\": not an http(s) URL; write it like https://ntfy.sh/my-topic"
                         )),
@@ -352,7 +354,6 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sends alerts to the configured targets.
 pub struct Notifier {
     config: AlertsConfig,
-    http: Option<reqwest::Client>,
     limits: Mutex<Vec<RateLimiter>>,
     buzzer: OnceLock<Arc<dyn OutputPin>>,
     deliveries: broadcast::Sender<Delivery>,
@@ -376,11 +377,9 @@ impl Notifier {
             .targets
             .iter()
             .any(|t| !matches!(t, AlertTarget::Buzzer { .. }));
-        let http = if needs_http {
-            Some(http_client().map_err(NotifierError)?)
-        } else {
-            None
-        };
+        if needs_http {
+            http::check_tls().map_err(NotifierError)?;
+        }
         let limits = config
             .targets
             .iter()
@@ -393,7 +392,6 @@ impl Notifier {
             .collect();
         Ok(Notifier {
             config,
-            http,
             limits: Mutex::new(limits),
             buzzer: OnceLock::new(),
             deliveries: broadcast::channel(64).0,
@@ -405,7 +403,6 @@ impl Notifier {
     pub fn disabled() -> Notifier {
         Notifier {
             config: AlertsConfig::default(),
-            http: None,
             limits: Mutex::new(Vec::new()),
             buzzer: OnceLock::new(),
             deliveries: broadcast::channel(64).0,
@@ -519,23 +516,32 @@ impl Notifier {
     }
 
     async fn ntfy(&self, url: &str, token: Option<&str>, alert: &Alert) -> Result<(), String> {
-        let http = self.http.as_ref().ok_or("no HTTP client")?;
-        let mut req = http
-            .post(url)
-            .timeout(HTTP_TIMEOUT)
+        let mut headers = vec![
             // Header values must be visible ASCII; ntfy decodes RFC 2047 for anything else.
-            .header("Title", header_safe(&alert.title))
-            .header("Priority", alert.kind.severity().ntfy_priority())
-            .header("Tags", alert.kind.ntfy_tags())
-            .body(alert.message.clone());
+            ("Title", header_safe(&alert.title)),
+            (
+                "Priority",
+                alert.kind.severity().ntfy_priority().to_string(),
+            ),
+            ("Tags", alert.kind.ntfy_tags().to_string()),
+        ];
         if let Some(t) = token {
-            req = req.bearer_auth(t);
+            headers.push(("Authorization", format!("Bearer {t}")));
         }
-        check(req.send().await).await
+        let body = alert.message.clone().into_bytes();
+        check(
+            http::post(
+                url,
+                &headers,
+                "text/plain; charset=utf-8",
+                body,
+                HTTP_TIMEOUT,
+            )
+            .await,
+        )
     }
 
     async fn webhook(&self, url: &str, alert: &Alert) -> Result<(), String> {
-        let http = self.http.as_ref().ok_or("no HTTP client")?;
         let body = serde_json::json!({
             "source": "printgate",
             "kind": alert.kind,
@@ -545,14 +551,8 @@ impl Notifier {
             "printer": alert.printer,
             "at_unix_ms": alert.at_unix_ms,
         });
-        check(
-            http.post(url)
-                .timeout(HTTP_TIMEOUT)
-                .json(&body)
-                .send()
-                .await,
-        )
-        .await
+        let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+        check(http::post(url, &[], "application/json", body, HTTP_TIMEOUT).await)
     }
 
     async fn buzz(&self, pulse_ms: u64, alert: &Alert) -> Result<(), String> {
@@ -594,45 +594,20 @@ fn header_safe(s: &str) -> String {
     out
 }
 
-async fn check(sent: Result<reqwest::Response, reqwest::Error>) -> Result<(), String> {
+fn check(sent: Result<http::HttpAnswer, http::HttpError>) -> Result<(), String> {
     match sent {
-        Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => {
-            let status = r.status();
-            let body = r.text().await.unwrap_or_default();
-            let body: String = body.chars().take(200).collect();
+        Ok(a) if (200..300).contains(&a.status) => Ok(()),
+        Ok(a) => {
+            let body: String = a.body.chars().take(200).collect();
             Err(format!(
-                "the server answered {status}{}{}",
-                if body.is_empty() { "" } else { ": " },
+                "the server answered {}{}{}",
+                a.status,
+                if body.trim().is_empty() { "" } else { ": " },
                 body.trim()
             ))
         }
-        Err(e) if e.is_timeout() => Err(format!(
-            "no answer within {} s; check the URL and the network",
-            HTTP_TIMEOUT.as_secs()
-        )),
-        Err(e) if e.is_connect() => Err(format!(
-            "cannot connect ({e}); check the URL and that the server is reachable from the gateway"
-        )),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// An HTTP(S) client using rustls with the ring provider and the system's certificate store.
-fn http_client() -> Result<reqwest::Client, String> {
-    use rustls_platform_verifier::BuilderVerifierExt;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_platform_verifier()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .user_agent(concat!("printgate/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| e.to_string())
 }
 
 /// Alerts due when a printer's snapshot changes from `prev` to `next`: the print finished (the

@@ -78,35 +78,37 @@ pub fn gpio_cli(args: GpioArgs) -> i32 {
             return 1;
         }
     };
+    let body = match serde_json::to_vec(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
     runtime.block_on(async move {
-        let client = reqwest::Client::new();
-        let sent = client
-            .post(&url)
-            .header("X-Api-Key", token)
-            .json(&body)
-            .timeout(std::time::Duration::from_secs(30))
-            .send()
-            .await;
+        let sent = crate::alerts::http::post(
+            &url,
+            &[("X-Api-Key", token)],
+            "application/json",
+            body,
+            std::time::Duration::from_secs(30),
+        )
+        .await;
         match sent {
-            Ok(r) => {
-                let status = r.status();
-                let text = r.text().await.unwrap_or_default();
-                if status.is_success() {
-                    println!("{text}");
-                    0
-                } else {
-                    let message = serde_json::from_str::<serde_json::Value>(&text)
-                        .ok()
-                        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-                        .unwrap_or(text);
-                    eprintln!("error: the gateway answered {status}: {message}");
-                    1
-                }
+            Ok(a) if (200..300).contains(&a.status) => {
+                println!("{}", a.body);
+                0
+            }
+            Ok(a) => {
+                let message = serde_json::from_str::<serde_json::Value>(&a.body)
+                    .ok()
+                    .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                    .unwrap_or(a.body);
+                eprintln!("error: the gateway answered {}: {message}", a.status);
+                1
             }
             Err(e) => {
-                eprintln!(
-                    "error: cannot reach the gateway at {url}: {e}. Is it running, and is --url right?"
-                );
+                eprintln!("error: cannot reach the gateway at {url}: {e}. Is it running, and is --url right?");
                 1
             }
         }
