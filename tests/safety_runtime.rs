@@ -18,7 +18,6 @@ use printgate::jobs::model::JobState;
 use printgate::safety::latch::{Heater, SafetyCause};
 use printgate::safety::runtime::SafetyUpdate;
 use printgate::sim::knobs::Heater as SimHeater;
-use printgate::web::actor::Actor;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -550,22 +549,16 @@ async fn api_refuses_anonymous_callers_and_serves_an_authenticated_one() {
     assert!(!tg.safety().status().tripped);
     assert_eq!(tg.sim_gpio().output_state(5), Some(true));
 
-    // The same routes behind a layer that identifies the caller (what the auth layer does).
-    let app = printgate::safety::web::routes()
-        .layer(axum::middleware::from_fn(
-            |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
-                req.extensions_mut().insert(Actor("carol".into()));
-                next.run(req).await
-            },
-        ))
-        .with_state(tg.gw().clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    // The same routes with an API token (the demo account's, created here for the test).
+    printgate::web::auth::ensure_demo_account(&tg.gw().store).expect("demo account");
+    let token = printgate::web::auth::DEMO_API_TOKEN;
+    let base = tg.url("");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-api-key", token.parse().expect("header"));
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client");
     // Power off without confirmation: refused.
     let r = client
         .post(format!("{base}/api/v1/safety/power"))
@@ -613,7 +606,7 @@ async fn api_refuses_anonymous_callers_and_serves_an_authenticated_one() {
     assert!(
         audit
             .iter()
-            .any(|a| a.action == "reset" && a.actor == "carol")
+            .any(|a| a.action == "reset" && a.actor == printgate::web::auth::DEMO_USER)
     );
     assert_eq!(tg.sim_gpio().output_state(5), Some(false));
     // Emergency stop by API.
@@ -626,6 +619,9 @@ async fn api_refuses_anonymous_callers_and_serves_an_authenticated_one() {
     let answer: serde_json::Value = r.json().await.expect("json");
     assert_eq!(answer["persisted"], true);
     assert_eq!(answer["trip"]["cause"]["kind"], "emergency_stop");
-    assert_eq!(answer["trip"]["cause"]["by_user"], "carol");
+    assert_eq!(
+        answer["trip"]["cause"]["by_user"],
+        printgate::web::auth::DEMO_USER
+    );
     tg.shutdown().await;
 }

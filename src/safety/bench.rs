@@ -187,8 +187,11 @@ struct PollCounts {
 async fn poll_dashboard(addr: std::net::SocketAddr) -> std::io::Result<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-        .await?;
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: bench\r\nX-Api-Key: {}\r\nConnection: close\r\n\r\n",
+        crate::web::auth::DEMO_API_TOKEN
+    );
+    s.write_all(request.as_bytes()).await?;
     let mut buf = Vec::with_capacity(16 * 1024);
     s.read_to_end(&mut buf).await?;
     let head = String::from_utf8_lossy(buf.get(..12).unwrap_or(&buf)).into_owned();
@@ -248,6 +251,7 @@ async fn bench_gateway_edges(n: usize) -> anyhow::Result<LatencySummary> {
         data_dir: dir.path().to_path_buf(),
         web: WebConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..WebConfig::default()
         },
         link: Default::default(),
         dispatch: Default::default(),
@@ -269,6 +273,8 @@ async fn bench_gateway_edges(n: usize) -> anyhow::Result<LatencySummary> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = crate::start(config, shutdown.clone()).await?;
     let gw = running.gateway.clone();
+    // The pollers sign in with the demo account's API token (this is a throwaway gateway).
+    crate::web::auth::ensure_demo_account(&gw.store)?;
     for p in &gw.printers {
         let mut rx = p.link.subscribe();
         tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|s| s.link.is_online()))
@@ -345,7 +351,11 @@ async fn bench_gateway_edges(n: usize) -> anyhow::Result<LatencySummary> {
     let samples = measure.await?.map_err(|e| anyhow::anyhow!(e))?;
     stop_polling.cancel();
     while pollers.join_next().await.is_some() {}
-    let trips = gw.store.trip_history(usize::MAX).map(|t| t.len()).unwrap_or(0);
+    let trips = gw
+        .store
+        .trip_history(usize::MAX)
+        .map(|t| t.len())
+        .unwrap_or(0);
     println!(
         "load: {GATEWAY_PRINTERS} simulated printers reporting at 1 Hz, {DASHBOARD_POLLERS} HTTP clients polling the dashboard (GET /, standing in for SSE clients, which do not exist yet): {} polls answered 200, {} other status, {} failed",
         counts.ok.load(Ordering::Relaxed),

@@ -95,7 +95,7 @@ pub struct EmergencyStopAnswer {
 }
 
 async fn api_emergency_stop(
-    Actor(user): Actor,
+    Actor(user, _): Actor,
     State(gw): State<Arc<Gateway>>,
     body: Option<Json<EmergencyStopBody>>,
 ) -> Result<Json<EmergencyStopAnswer>, ApiError> {
@@ -137,7 +137,7 @@ pub struct ResetAnswer {
 }
 
 async fn api_reset(
-    Actor(user): Actor,
+    Actor(user, _): Actor,
     State(gw): State<Arc<Gateway>>,
     Json(body): Json<ResetBody>,
 ) -> Result<Json<ResetAnswer>, ApiError> {
@@ -171,7 +171,7 @@ pub struct PowerBody {
 }
 
 async fn api_power(
-    Actor(user): Actor,
+    Actor(user, _): Actor,
     State(gw): State<Arc<Gateway>>,
     Json(body): Json<PowerBody>,
 ) -> Result<Json<PowerChange>, ApiError> {
@@ -267,7 +267,7 @@ async fn api_sim_input(
 }
 
 async fn api_alerts_test(
-    Actor(user): Actor,
+    Actor(user, _): Actor,
     State(gw): State<Arc<Gateway>>,
 ) -> Result<Json<Vec<Delivery>>, ApiError> {
     let h = handle(&gw)?;

@@ -2,12 +2,16 @@
 //! the static assets embedded in the binary, and the JSON API under `/api/v1/`.
 
 pub mod actor;
+pub mod auth;
+pub mod live;
 pub mod octoprint;
+pub mod printer_page;
 pub mod queue;
 pub mod views;
 
 use crate::Gateway;
 use askama::Template;
+use auth::CurrentUser;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -19,15 +23,23 @@ use views::{PrinterView, fmt_minutes, fmt_temp};
 
 /// Build the router for one gateway.
 pub fn router(gw: Arc<Gateway>) -> Router {
-    Router::new()
+    let app = Router::new()
         .route("/", get(status_page))
         .route("/static/style.css", get(style_css))
         .route("/api/v1/printers", get(api_printers))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/live", get(live::live))
+        .route("/thumbnails/{sha}/{plate}", get(thumbnail))
+        .route("/static/app.js", get(app_js))
         .merge(queue::routes(gw.files.limits().max_file_bytes))
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
-        .merge(crate::safety::web::routes())
-        .with_state(gw)
+        .merge(printer_page::routes())
+        .merge(crate::safety::web::routes());
+    // ---- auth (src/web/auth.rs): add routes above this line. Every route added before
+    // `auth::protect` needs a signed-in user or an API token, except auth::PUBLIC_PATHS;
+    // handlers take `auth::CurrentUser`. ----
+    let app = auth::protect(app.merge(auth::routes()), &gw);
+    app.with_state(gw)
 }
 
 #[derive(Template)]
@@ -39,6 +51,7 @@ struct StatusPage {
     queue_paused: bool,
     plate_ttl_minutes: u64,
     refresh_secs: u32,
+    csrf: String,
 }
 
 impl StatusPage {
@@ -50,7 +63,7 @@ impl StatusPage {
     }
 }
 
-fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
+pub(crate) fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
     let now = Instant::now();
     let dispatch = gw.dispatcher.state();
     let clock_now = gw.dispatcher.now();
@@ -65,7 +78,17 @@ fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
                 dispatch.timings.plate_clear_ttl_ms,
             );
             let paused = runtime.is_some_and(|r| r.paused);
-            views::printer_view(&p.name, p.model, &snap, now, gw.hms_text, plate, paused)
+            let mut view =
+                views::printer_view(&p.name, p.model, &snap, now, gw.hms_text, plate, paused);
+            if view.plate.state != "clear" {
+                view.thumbnail_url = gw
+                    .store
+                    .last_started_job_on(&p.name)
+                    .ok()
+                    .flatten()
+                    .map(|j| format!("/thumbnails/{}/{}", j.file_sha256, j.plate));
+            }
+            view
         })
         .collect()
 }
@@ -75,7 +98,11 @@ struct StatusQuery {
     notice: Option<String>,
 }
 
-async fn status_page(State(gw): State<Arc<Gateway>>, Query(q): Query<StatusQuery>) -> Response {
+async fn status_page(
+    State(gw): State<Arc<Gateway>>,
+    user: CurrentUser,
+    Query(q): Query<StatusQuery>,
+) -> Response {
     render(&StatusPage {
         printers: printer_views(&gw),
         jobs: queue::queue_views(&gw),
@@ -83,11 +110,40 @@ async fn status_page(State(gw): State<Arc<Gateway>>, Query(q): Query<StatusQuery
         queue_paused: gw.dispatcher.state().queue_paused,
         plate_ttl_minutes: gw.config.dispatch.plate_clear_ttl_secs / 60,
         refresh_secs: 5,
+        csrf: user.csrf_token().to_string(),
     })
 }
 
 async fn api_printers(State(gw): State<Arc<Gateway>>) -> Json<Vec<PrinterView>> {
     Json(printer_views(&gw))
+}
+
+/// A plate thumbnail from a stored 3MF.
+async fn thumbnail(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Path((sha, plate)): axum::extract::Path<(String, u32)>,
+) -> Response {
+    match gw.files.thumbnail(&sha, plate).await {
+        Some(png) => (
+            [
+                (header::CONTENT_TYPE, "image/png"),
+                (header::CACHE_CONTROL, "private, max-age=86400"),
+            ],
+            png,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no thumbnail for this plate").into_response(),
+    }
+}
+
+async fn app_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../static/app.js"),
+    )
 }
 
 async fn style_css() -> impl IntoResponse {
@@ -139,6 +195,18 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         (self.status, Json(body)).into_response()
     }
+}
+
+/// Percent-encode a path segment or query value.
+pub(crate) fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Render a template, or a plain 500 that says what failed.

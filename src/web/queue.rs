@@ -5,6 +5,7 @@
 //! as JSON under `/api/v1/`.
 
 use super::actor::Actor;
+use super::auth::CurrentUser;
 use super::{ApiError, render};
 use crate::Gateway;
 use crate::config::Model;
@@ -106,20 +107,9 @@ fn back_to_dashboard(notice: &str) -> Response {
     let mut url = String::from("/");
     if !notice.is_empty() {
         url.push_str("?notice=");
-        url.push_str(&urlencode(notice));
+        url.push_str(&super::urlencode(notice));
     }
     Redirect::to(&url).into_response()
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn new_id() -> String {
@@ -210,7 +200,11 @@ fn file_error(e: FileError) -> ApiError {
 }
 
 /// Check the file against the target and create the job (idempotent on the key, I7).
-pub(super) async fn queue_upload(gw: &Gateway, form: UploadForm, user: &str) -> Result<(Job, bool), ApiError> {
+pub(super) async fn queue_upload(
+    gw: &Gateway,
+    form: UploadForm,
+    user: &str,
+) -> Result<(Job, bool), ApiError> {
     let Some(stored) = form.stored else {
         return Err(ApiError::bad_request(
             "no file in the upload; send the sliced .gcode.3mf in the form field \"file\"",
@@ -342,12 +336,14 @@ fn job_for_file(
 struct UploadPage {
     printers: Vec<String>,
     idempotency_key: String,
+    csrf: String,
 }
 
-async fn upload_page(State(gw): State<Arc<Gateway>>) -> Response {
+async fn upload_page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Response {
     render(&UploadPage {
         printers: gw.printers.iter().map(|p| p.name.clone()).collect(),
         idempotency_key: new_id(),
+        csrf: user.csrf_token().to_string(),
     })
 }
 
@@ -396,9 +392,14 @@ async fn api_jobs(State(gw): State<Arc<Gateway>>) -> Json<Vec<JobView>> {
 struct PlateClearPage {
     printer: String,
     tap_id: String,
+    csrf: String,
 }
 
-async fn plate_clear_page(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+async fn plate_clear_page(
+    State(gw): State<Arc<Gateway>>,
+    user: CurrentUser,
+    Path(name): Path<String>,
+) -> Response {
     if printer_model(&gw, &name).is_none() {
         return (
             StatusCode::NOT_FOUND,
@@ -409,6 +410,7 @@ async fn plate_clear_page(State(gw): State<Arc<Gateway>>, Path(name): Path<Strin
     render(&PlateClearPage {
         printer: name,
         tap_id: new_id(),
+        csrf: user.csrf_token().to_string(),
     })
 }
 
@@ -640,6 +642,7 @@ pub struct HistoryRow {
 struct HistoryPage {
     rows: Vec<HistoryRow>,
     jobs: Vec<JobView>,
+    csrf: String,
 }
 
 fn fmt_ms(ms: i64) -> String {
@@ -648,7 +651,7 @@ fn fmt_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-async fn history_page(State(gw): State<Arc<Gateway>>) -> Response {
+async fn history_page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Response {
     let mut rows: Vec<(i64, HistoryRow)> = Vec::new();
     if let Ok(events) = gw.store.recent_events(None, 200) {
         for e in events {
@@ -700,5 +703,6 @@ async fn history_page(State(gw): State<Arc<Gateway>>) -> Response {
     render(&HistoryPage {
         rows: rows.into_iter().map(|(_, r)| r).collect(),
         jobs,
+        csrf: user.csrf_token().to_string(),
     })
 }
