@@ -284,6 +284,9 @@ pub struct Config {
     /// Smoke input, relays, thermal watchdog (`[safety]`).
     #[serde(default)]
     pub safety: crate::safety::config::SafetyConfig,
+    /// Where alerts go: ntfy, webhook, buzzer (`[alerts]`).
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertsConfig,
     /// MQTT broker, Home Assistant discovery, mDNS, printer discovery (`[broker]`).
     #[serde(default)]
     pub broker: crate::broker::config::BrokerConfig,
@@ -450,6 +453,9 @@ impl Config {
     fn check_safety(&self, printers: &[PrinterConfig], errs: &mut Vec<ConfigError>) {
         let names: Vec<&str> = printers.iter().map(|p| p.name.as_str()).collect();
         for message in self.safety.validate(&names) {
+            errs.push(ConfigError::new("", "", message));
+        }
+        for message in self.alerts.validate() {
             errs.push(ConfigError::new("", "", message));
         }
     }

@@ -3,6 +3,7 @@
 //! `serve`, `demo` and the integration tests run identical code: [`start`] wires the store, the
 //! printer links, the recorder and the web server, and everything stops on one cancellation token.
 
+pub mod alerts;
 pub mod broker;
 pub mod config;
 pub mod jobs;
@@ -153,6 +154,9 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// Readable text for an HMS code (from the printer vendor's catalogue).
     pub hms_text: web::views::HmsTextFn,
+    /// Smoke input, relays, thermal watchdog, trip latch and alerts (`None` only in setups that
+    /// build a `Gateway` without [`start`]).
+    pub safety: Option<safety::runtime::SafetyHandle>,
 }
 
 /// A started gateway: its address and the handle to stop it.
@@ -232,6 +236,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         shutdown.clone(),
         &mut tasks,
     )?;
+    let safety = safety::runtime::spawn_safety(
+        safety::runtime::SafetyParts {
+            config: config.safety.clone(),
+            store: store.clone(),
+            printers: printers
+                .iter()
+                .map(|p| (p.name.clone(), p.model, p.link.clone()))
+                .collect(),
+            dispatcher: dispatcher.clone(),
+            notifier: Arc::new(alerts::Notifier::new(config.alerts.clone())?),
+        },
+        shutdown.clone(),
+        &mut tasks,
+    )?;
     let gateway = Arc::new(Gateway {
         config,
         store,
@@ -245,6 +263,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 .unwrap_or("health message not in printgate's list; see the printer's screen")
                 .to_string()
         },
+        safety: Some(safety),
     });
     let listener = tokio::net::TcpListener::bind(gateway.config.web.listen).await?;
     let web_addr = listener.local_addr()?;

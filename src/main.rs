@@ -76,6 +76,13 @@ enum Command {
         #[arg(long, value_name = "S")]
         seed: Option<u64>,
     },
+    /// Drive the simulated GPIO of a running gateway (demo, or gpio_backend = "simulated").
+    Gpio(printgate::safety::cli::GpioArgs),
+    /// Run a benchmark and print its figures.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Run the gateway with three simulated printers (P1S, X1C, A1 mini) in one process.
     Demo {
         /// Address of the web interface (loopback only is recommended).
@@ -91,6 +98,13 @@ enum Command {
         #[arg(long, value_name = "X", default_value_t = 60.0)]
         time_scale: f64,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Smoke edge → relay written (10,000 edges, simulated GPIO, 10 printers reporting and 20
+    /// dashboard clients); the last line reads `smoke->relay p50 <n> us, p99 <n> us, max <n> us`.
+    Safety,
 }
 
 fn exit_code(code: i32) -> ExitCode {
@@ -132,6 +146,14 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => {
             return exit_code(printgate::config::check_config_cli(config));
         }
+        Command::Gpio(args) => {
+            return exit_code(printgate::safety::cli::gpio_cli(args.clone()));
+        }
+        Command::Bench {
+            what: BenchWhat::Safety,
+        } => {
+            return exit_code(printgate::safety::bench::bench_safety_cli());
+        }
         Command::SetPassword { config, user } => {
             return exit_code(printgate::web::auth::set_password_cli(config, user));
         }
@@ -164,6 +186,8 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::CheckConfig { .. }
+            | Command::Gpio(_)
+            | Command::Bench { .. }
             | Command::Simulate { .. }
             | Command::SetPassword { .. } => Ok(ExitCode::SUCCESS),
             Command::Sim {

@@ -49,10 +49,27 @@ pub async fn execute(gw: &Gateway, cmd: &BrokerCommand) -> CommandResult {
             };
         }
         CommandKind::Power => {
-            return result(
-                false,
-                "switching relay power over MQTT is not available; use the printer's page",
-            );
+            let Some(safety) = &gw.safety else {
+                return result(
+                    false,
+                    "the safety room is not running; power cannot be switched",
+                );
+            };
+            let Some(on) = cmd.on else {
+                return result(false, "say \"on\" or \"off\" for power");
+            };
+            // Same rules as the web: refused while tripped, and while printing (no force here).
+            return match safety.set_power(&cmd.printer, on, false, &format!("mqtt:{}", cmd.user)) {
+                Ok(_) => result(
+                    true,
+                    format!(
+                        "power of {} switched {}",
+                        cmd.printer,
+                        if on { "on" } else { "off" }
+                    ),
+                ),
+                Err(e) => result(false, e.to_string()),
+            };
         }
         CommandKind::Pause => PrinterCommand::Pause,
         CommandKind::Resume => PrinterCommand::Resume,

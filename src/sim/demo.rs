@@ -74,7 +74,12 @@ pub async fn start_simulators(
         link: LinkConfig::default(),
         dispatch: DispatchConfig::default(),
         printers,
-        safety: Default::default(),
+        // Never the Pi's pins in the demo, even when run on a Pi.
+        safety: crate::safety::SafetyConfig {
+            gpio_backend: crate::safety::config::GpioBackendChoice::Simulated,
+            ..Default::default()
+        },
+        alerts: Default::default(),
         // Embedded broker on loopback with user demo/demo; no TLS, mDNS or SSDP socket.
         broker: crate::broker::config::BrokerConfig::demo(std::net::SocketAddr::from((
             [127, 0, 0, 1],
