@@ -81,7 +81,10 @@ impl Guard {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        eprintln!("{} did not stop on SIGINT within 5 s; killing it", self.name);
+        eprintln!(
+            "{} did not stop on SIGINT within 5 s; killing it",
+            self.name
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -234,14 +237,21 @@ fn start_serve(bin: &Path, config: &Path, log: PathBuf) -> Res<Serve> {
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--config"])
         .arg(config)
-        .env("RUST_LOG", std::env::var("PRINTGATE_BENCH_LOG").unwrap_or("info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("PRINTGATE_BENCH_LOG").unwrap_or("info".into()),
+        )
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let spawned = Instant::now();
     let mut guard = Guard::spawn("printgate serve", &mut cmd)?;
-    let out = guard.child.stdout.take().ok_or("serve stdout not captured")?;
+    let out = guard
+        .child
+        .stdout
+        .take()
+        .ok_or("serve stdout not captured")?;
     let connected = drain(out, log, MARKER_CONNECTED);
     Ok(Serve {
         guard,
@@ -480,7 +490,11 @@ fn main() -> Res<()> {
         let (mut serve, c) = cold_start(&bin, &client, &config, log, port)?;
         println!(
             "cold start {run} ({}): /healthz 200 after {}, / {}",
-            if run == 0 { "fresh data dir" } else { "existing data dir" },
+            if run == 0 {
+                "fresh data dir"
+            } else {
+                "existing data dir"
+            },
             ms(c.healthz),
             describe_page(&c.page)
         );
@@ -614,6 +628,8 @@ fn main() -> Res<()> {
         cpu_s,
         100.0 * cpu_s / idle.as_secs_f64().max(1e-9)
     );
-    println!("printers online at the end: {online_now}/{n}; extra connects during the run: {reconnects}");
+    println!(
+        "printers online at the end: {online_now}/{n}; extra connects during the run: {reconnects}"
+    );
     Ok(())
 }
