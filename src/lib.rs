@@ -3,8 +3,11 @@
 //! `serve`, `demo` and the integration tests run identical code: [`start`] wires the store, the
 //! printer links, the recorder and the web server, and everything stops on one cancellation token.
 
+pub mod backup;
 pub mod config;
+pub mod doctor;
 pub mod jobs;
+pub mod notify;
 pub mod printer;
 pub mod safety;
 pub mod sim;
@@ -144,6 +147,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         }
     });
     tracing::info!("web interface on http://{web_addr}");
+    notify::gateway_ready(&gateway.config.data_dir, &mut tasks, shutdown.clone())?;
     Ok(RunningGateway {
         web_addr,
         gateway,
