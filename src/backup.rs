@@ -93,7 +93,9 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Outcome, BackupError> {
         .tempdir_in(&dest_dir)
         .map_err(|e| io("cannot write in", &dest_dir, e))?;
     let snapshot = work.path().join(DATABASE_ENTRY);
-    let summary = db_backup::backup_database(&db, &snapshot)?;
+    let summary = db_backup::backup_database(&db, &snapshot);
+    give_back_to_service_user(data_dir);
+    let summary = summary?;
 
     let part = work.path().join("archive.zip");
     let file = std::fs::File::create(&part).map_err(|e| io("cannot create", &part, e))?;
@@ -157,6 +159,44 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Outcome, BackupError> {
         manifest,
         previous_database: None,
     })
+}
+
+/// When printgate runs as root (`sudo printgate backup|restore|doctor`) on a data directory
+/// that belongs to the service user, everything it (or SQLite: `-wal`, `-shm`) created there
+/// must belong to that user too, or the service can no longer open its database. Gives every
+/// root-owned entry of `data_dir`, `files/` and `backups/` to the directory's owner. Does nothing
+/// when not root or when the directory belongs to root.
+pub fn give_back_to_service_user(data_dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let Ok(meta) = std::fs::metadata(data_dir) else {
+        return;
+    };
+    if meta.uid() == 0 {
+        return;
+    }
+    let (uid, gid) = (meta.uid(), meta.gid());
+    for dir in [
+        data_dir.to_path_buf(),
+        data_dir.join("files"),
+        data_dir.join("backups"),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.push(dir);
+        for path in paths {
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.uid() == 0)
+                && let Err(e) = std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+            {
+                tracing::warn!("cannot give {} to the service user: {e}", path.display());
+            }
+        }
+    }
 }
 
 /// Copy `from` into `to`, returning the lowercase hex SHA-256 of what was copied.
@@ -303,6 +343,7 @@ pub fn restore(data_dir: &Path, src: &Path) -> Result<Outcome, BackupError> {
         }
     }
     std::fs::rename(&new_db, &db).map_err(|e| io("cannot write", &db, e))?;
+    give_back_to_service_user(data_dir);
     Ok(Outcome {
         manifest: Manifest {
             schema_version: summary.schema_version,

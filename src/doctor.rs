@@ -59,6 +59,8 @@ pub enum Subject {
     DataDir,
     Database,
     Gateway,
+    /// Which user the checks ran as.
+    User,
     WebPort,
     Gpio,
     Clock,
@@ -81,6 +83,7 @@ impl Subject {
             Subject::DataDir => "data directory".into(),
             Subject::Database => "database".into(),
             Subject::Gateway => "gateway".into(),
+            Subject::User => "user".into(),
             Subject::WebPort => "web port".into(),
             Subject::Gpio => "GPIO".into(),
             Subject::Clock => "clock".into(),
@@ -135,6 +138,10 @@ impl Report {
     /// The finding about `subject`, if it was checked.
     pub fn get(&self, subject: &Subject) -> Option<&Finding> {
         self.findings.iter().find(|f| &f.subject == subject)
+    }
+    /// Exit status of `printgate doctor`: 1 when a check failed, else 0.
+    pub fn exit_code(&self) -> i32 {
+        i32::from(self.failures() > 0)
     }
     pub fn failures(&self) -> usize {
         self.findings
@@ -284,7 +291,7 @@ pub async fn run(config_path: &Path, opts: &DoctorOptions) -> Report {
     }
     if is_root() {
         report.add_fix(
-            Subject::Gateway,
+            Subject::User,
             Status::Warn,
             "doctor runs as root: file and GPIO permissions were checked for root, not for the service user",
             "run it as the service user: `sudo -u printgate printgate doctor --config /etc/printgate/printgate.toml`",
@@ -333,7 +340,9 @@ fn check_database(config: &Config, report: &mut Report) -> Option<DatabaseInfo> 
         return None;
     }
     let known = crate::store::Store::schema_version();
-    match inspect_database(&path) {
+    let inspected = inspect_database(&path);
+    crate::backup::give_back_to_service_user(&config.data_dir);
+    match inspected {
         Ok(info) if info.schema_version < known => {
             report.add(
                 Subject::Database,
@@ -448,7 +457,7 @@ fn check_gpio(config: &Config, report: &mut Report) {
         }
         return;
     }
-    let devices = ["/dev/gpiomem", "/dev/gpiochip0"];
+    let devices = ["/dev/gpiomem", "/dev/gpiomem0", "/dev/gpiochip0"];
     let mut seen = Vec::new();
     for dev in devices {
         if !Path::new(dev).exists() {
@@ -920,5 +929,5 @@ pub fn doctor_cli(config: &Path) -> i32 {
     println!("printgate doctor: {}", config.display());
     let report = runtime.block_on(run(config, &DoctorOptions::default()));
     print!("{}", report.render());
-    if report.failures() > 0 { 1 } else { 0 }
+    report.exit_code()
 }

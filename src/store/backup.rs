@@ -174,10 +174,12 @@ pub(super) fn backup_before_migration(
     version: u32,
 ) -> Result<PathBuf, StoreError> {
     let dest = pre_migration_path(db, version);
-    if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| copy_error(&dest, e))?;
+    let copied = match dest.parent() {
+        Some(dir) => std::fs::create_dir_all(dir).map_err(|e| copy_error(&dest, e)),
+        None => Ok(()),
     }
-    copy_connection(conn, &dest).map_err(|e| {
+    .and_then(|()| copy_connection(conn, &dest));
+    copied.map_err(|e| {
         StoreError::Migration(format!(
             "the database was not migrated because the backup before the migration failed: {e}"
         ))
