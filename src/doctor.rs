@@ -335,7 +335,10 @@ fn check_database(config: &Config, report: &mut Report) -> Option<DatabaseInfo> 
         report.add(
             Subject::Database,
             Status::Ok,
-            format!("{} does not exist yet; the gateway creates it", path.display()),
+            format!(
+                "{} does not exist yet; the gateway creates it",
+                path.display()
+            ),
         );
         return None;
     }
@@ -875,11 +878,7 @@ async fn mqtt_probe(p: &PrinterConfig, tls: &PrinterTls) -> MqttOutcome {
             Event::Incoming(Packet::Publish(msg)) if msg.topic == report_topic => {
                 let full = matches!(merger.ingest(&msg.payload), Ok(Ingested::Full));
                 if let Some(state) = merger.state(p.model) {
-                    if state
-                        .hms
-                        .iter()
-                        .any(errors::is_developer_mode_refusal_hms)
-                    {
+                    if state.hms.iter().any(errors::is_developer_mode_refusal_hms) {
                         developer_mode = Some(false);
                     } else if let Some(signed) = state.requires_signed_commands {
                         developer_mode = Some(!signed);

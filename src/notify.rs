@@ -190,13 +190,17 @@ where
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
         let meta = event.metadata();
-        write!(writer, "{}{}: ", syslog_prefix(*meta.level()), meta.target())?;
+        write!(
+            writer,
+            "{}{}: ",
+            syslog_prefix(*meta.level()),
+            meta.target()
+        )?;
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 write!(writer, "{}", span.name())?;
                 let ext = span.extensions();
-                if let Some(fields) =
-                    ext.get::<tracing_subscriber::fmt::FormattedFields<N>>()
+                if let Some(fields) = ext.get::<tracing_subscriber::fmt::FormattedFields<N>>()
                     && !fields.is_empty()
                 {
                     write!(writer, "{{{fields}}}")?;

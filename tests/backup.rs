@@ -145,7 +145,10 @@ async fn backup_while_busy_restores_a_consistent_copy_with_every_job() {
     // Restore is refused while the gateway runs on that data directory.
     let err = backup::restore(&data, &archive).unwrap_err();
     assert!(matches!(err, BackupError::GatewayRunning { .. }), "{err}");
-    assert!(err.to_string().contains("systemctl stop printgate"), "{err}");
+    assert!(
+        err.to_string().contains("systemctl stop printgate"),
+        "{err}"
+    );
     running.shutdown().await;
 
     // Restore into an empty data directory.
@@ -203,13 +206,17 @@ fn restore_over_an_existing_database_keeps_it_under_backups() {
     backup::backup(&data, &archive).unwrap();
     {
         let store = Store::open(&db).unwrap();
-        store.create_job(&job(2, "0".repeat(64).as_str()), 2).unwrap();
+        store
+            .create_job(&job(2, "0".repeat(64).as_str()), 2)
+            .unwrap();
     }
     assert_eq!(job_keys(&db).len(), 2);
 
     let out = backup::restore(&data, &archive).unwrap();
     assert_eq!(job_keys(&db), vec!["job-1".to_string()]);
-    let kept = out.previous_database.expect("the replaced database is kept");
+    let kept = out
+        .previous_database
+        .expect("the replaced database is kept");
     assert!(kept.starts_with(data.join("backups")), "{}", kept.display());
     assert_eq!(job_keys(&kept).len(), 2);
     for side in ["-wal", "-shm"] {
@@ -218,11 +225,7 @@ fn restore_over_an_existing_database_keeps_it_under_backups() {
 }
 
 /// Rewrite `src` into `dest`, passing each entry through `edit` (name, bytes) → bytes or drop.
-fn rewrite_archive(
-    src: &Path,
-    dest: &Path,
-    edit: impl Fn(&str, Vec<u8>) -> Option<Vec<u8>>,
-) {
+fn rewrite_archive(src: &Path, dest: &Path, edit: impl Fn(&str, Vec<u8>) -> Option<Vec<u8>>) {
     let mut zin = zip::ZipArchive::new(std::fs::File::open(src).unwrap()).unwrap();
     let mut zout = zip::ZipWriter::new(std::fs::File::create(dest).unwrap());
     for i in 0..zin.len() {

@@ -103,10 +103,13 @@ fn maintainer_scripts_pass_shellcheck() {
     let dir = repo().join("deploy/debian");
     let scripts = ["postinst", "prerm", "postrm"].map(|s| dir.join(s));
     for s in &scripts {
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(s).unwrap().permissions());
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(s).unwrap().permissions());
         assert!(mode & 0o111 != 0, "{} must be executable", s.display());
     }
-    run(Command::new(sc).args(["--shell=sh", "--severity=style"]).args(&scripts));
+    run(Command::new(sc)
+        .args(["--shell=sh", "--severity=style"])
+        .args(&scripts));
 }
 
 #[test]
@@ -114,7 +117,10 @@ fn shipped_configurations_are_valid() {
     for name in ["printgate.toml", "printgate.example.toml"] {
         let text = std::fs::read_to_string(repo().join("deploy").join(name)).unwrap();
         let config = printgate::config::Config::parse_toml(
-            &text.replace("/var/lib/printgate", &std::env::temp_dir().join("pg-cfg").display().to_string()),
+            &text.replace(
+                "/var/lib/printgate",
+                &std::env::temp_dir().join("pg-cfg").display().to_string(),
+            ),
             name,
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -139,7 +145,10 @@ fn shipped_configurations_are_valid() {
         .collect::<Vec<_>>()
         .join("\n");
     let config = printgate::config::Config::parse_toml(
-        &uncommented.replace("/var/lib/printgate", &std::env::temp_dir().join("pg-cfg").display().to_string()),
+        &uncommented.replace(
+            "/var/lib/printgate",
+            &std::env::temp_dir().join("pg-cfg").display().to_string(),
+        ),
         "uncommented printgate.toml",
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -169,7 +178,14 @@ fn build_deb(out_dir: &Path, version: &str) -> PathBuf {
     run(Command::new(env!("CARGO"))
         .current_dir(repo())
         .env("CARGO_TARGET_DIR", target_dir)
-        .args(["deb", "--no-build", "--no-strip", "--fast", "--profile", profile])
+        .args([
+            "deb",
+            "--no-build",
+            "--no-strip",
+            "--fast",
+            "--profile",
+            profile,
+        ])
         .args(["--deb-version", version, "--output"])
         .arg(&deb));
     deb
@@ -182,7 +198,8 @@ fn deb_builds_lists_its_files_and_installs_upgrades_and_purges_in_a_throwaway_ro
     let v1 = build_deb(work.path(), "0.1.0-1");
     let v2 = build_deb(work.path(), "0.1.0-2");
 
-    let listing = String::from_utf8(run(Command::new(&dpkg_deb).arg("-c").arg(&v1)).stdout).unwrap();
+    let listing =
+        String::from_utf8(run(Command::new(&dpkg_deb).arg("-c").arg(&v1)).stdout).unwrap();
     for path in [
         "./usr/bin/printgate",
         "./usr/lib/systemd/system/printgate.service",
@@ -204,11 +221,26 @@ fn deb_builds_lists_its_files_and_installs_upgrades_and_purges_in_a_throwaway_ro
         "the config (access codes) must not be world-readable:\n{listing}"
     );
     let info = String::from_utf8(run(Command::new(&dpkg_deb).arg("-I").arg(&v1)).stdout).unwrap();
-    for needle in ["Package: printgate", "Depends:", "passwd", "postinst", "prerm", "postrm", "conffiles"] {
-        assert!(info.contains(needle), "{needle} missing in dpkg-deb -I:\n{info}");
+    for needle in [
+        "Package: printgate",
+        "Depends:",
+        "passwd",
+        "postinst",
+        "prerm",
+        "postrm",
+        "conffiles",
+    ] {
+        assert!(
+            info.contains(needle),
+            "{needle} missing in dpkg-deb -I:\n{info}"
+        );
     }
     let conffiles = String::from_utf8(
-        run(Command::new(&dpkg_deb).arg("--info").arg(&v1).arg("conffiles")).stdout,
+        run(Command::new(&dpkg_deb)
+            .arg("--info")
+            .arg(&v1)
+            .arg("conffiles"))
+        .stdout,
     )
     .unwrap();
     assert_eq!(conffiles.trim(), "/etc/printgate/printgate.toml");
@@ -271,7 +303,14 @@ fn install_in_throwaway_root(work: &Path, v1: &Path, v2: &Path) {
         script = shell_quote(ROOT_SCRIPT),
     );
     let out = Command::new(unshare)
-        .args(["--mount", "--fork", "--propagation", "private", "/bin/sh", "-c"])
+        .args([
+            "--mount",
+            "--fork",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+        ])
         .arg(&script)
         .stdin(Stdio::null())
         .output()
@@ -323,7 +362,8 @@ async fn serve_notifies_ready_pings_the_watchdog_and_keeps_secrets_out_of_logs()
     .unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
 
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
@@ -331,8 +371,8 @@ async fn serve_notifies_ready_pings_the_watchdog_and_keeps_secrets_out_of_logs()
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "200000")
         .env_remove("WATCHDOG_PID")
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -347,24 +387,41 @@ async fn serve_notifies_ready_pings_the_watchdog_and_keeps_secrets_out_of_logs()
     for _ in 0..3 {
         assert_eq!(recv(&sock).trim(), "WATCHDOG=1");
     }
-    // Wait for the refusal in the log, then stop with SIGTERM.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        let mut told = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok).take(100_000) {
-            all.push_str(&line);
-            all.push('\n');
-            if !told && line.contains("refused the access code") {
-                let _ = tx.send(());
-                told = true;
+    // Wait for the refusal in the log (stdout or stderr), then stop with SIGTERM.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .map(|stream| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+                .take(100_000)
+            {
+                let _ = tx.send(line);
             }
+        })
+    })
+    .collect();
+    drop(tx);
+    let mut log = String::new();
+    let mut refused = false;
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("refused the access code") {
+            refused = true;
+            break;
         }
-        all
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("the gateway should log the refused access code");
+    }
+    assert!(
+        refused,
+        "the gateway should log the refused access code:\n{log}"
+    );
     // SAFETY: plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     // Pings may still arrive before STOPPING; every loop is bounded.
@@ -378,10 +435,20 @@ async fn serve_notifies_ready_pings_the_watchdog_and_keeps_secrets_out_of_logs()
     assert!(stopping, "STOPPING=1 on shutdown");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
-    let log = reader.join().unwrap();
-    assert!(!log.contains(wrong_code), "the access code appeared in the log:\n{log}");
+    for r in readers {
+        r.join().unwrap();
+    }
+    log.extend(rx.try_iter().map(|l| l + "\n"));
+    assert!(
+        !log.contains(wrong_code),
+        "the access code appeared in the log:\n{log}"
+    );
     assert!(!log.contains(&sim.access_code()));
-    assert_eq!(printgate::notify::running_gateway(&data), None, "lock released");
+    assert_eq!(
+        printgate::notify::running_gateway(&data),
+        None,
+        "lock released"
+    );
     sim.shutdown().await;
 }
 
@@ -391,7 +458,10 @@ fn second_gateway_on_one_data_directory_is_refused() {
     let first = printgate::notify::take_instance_lock(dir.path()).unwrap();
     let err = printgate::notify::take_instance_lock(dir.path()).unwrap_err();
     assert!(err.to_string().contains("already running"), "{err}");
-    assert!(err.to_string().contains(&std::process::id().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&std::process::id().to_string()),
+        "{err}"
+    );
     drop(first);
     assert!(printgate::notify::take_instance_lock(dir.path()).is_ok());
 }

@@ -59,7 +59,7 @@ fn write_config_on(dir: &Path, listen: &str, extra: &str) -> PathBuf {
     path
 }
 
-fn finding<'a>(report: &'a Report, subject: Subject) -> &'a doctor::Finding {
+fn finding(report: &Report, subject: Subject) -> &doctor::Finding {
     report
         .get(&subject)
         .unwrap_or_else(|| panic!("no finding for {subject:?} in:\n{}", report.render()))
@@ -100,7 +100,10 @@ async fn bad_config_is_reported_with_each_problem() {
 async fn healthy_install_passes() {
     let dir = tempfile::tempdir().unwrap();
     let sim = SimPrinter::start(SimConfig::new(Model::X1C)).await.unwrap();
-    let cfg = write_config(dir.path(), &printer_toml("Workshop", &sim, &sim.access_code()));
+    let cfg = write_config(
+        dir.path(),
+        &printer_toml("Workshop", &sim, &sim.access_code()),
+    );
     let report = doctor::run(&cfg, &opts()).await;
     let text = report.render();
     eprintln!("{text}");
@@ -109,10 +112,30 @@ async fn healthy_install_passes() {
     assert_status(&report, Subject::WebPort, Status::Ok, "free");
     assert_status(&report, Subject::Clock, Status::Ok, "synchronised");
     let name = || "Workshop".to_string();
-    assert_status(&report, Subject::PrinterReachable(name()), Status::Ok, "answers");
-    assert_status(&report, Subject::PrinterAccessCode(name()), Status::Ok, "accepted");
-    assert_status(&report, Subject::PrinterReports(name()), Status::Ok, "report");
-    assert_status(&report, Subject::PrinterDeveloperMode(name()), Status::Ok, "on");
+    assert_status(
+        &report,
+        Subject::PrinterReachable(name()),
+        Status::Ok,
+        "answers",
+    );
+    assert_status(
+        &report,
+        Subject::PrinterAccessCode(name()),
+        Status::Ok,
+        "accepted",
+    );
+    assert_status(
+        &report,
+        Subject::PrinterReports(name()),
+        Status::Ok,
+        "report",
+    );
+    assert_status(
+        &report,
+        Subject::PrinterDeveloperMode(name()),
+        Status::Ok,
+        "on",
+    );
     // Never connected by the gateway: not pinned yet, shown with the fingerprint it will pin.
     assert_status(
         &report,
@@ -132,11 +155,8 @@ async fn busy_port_unreachable_printer_and_wrong_access_code() {
     let sim = SimPrinter::start(SimConfig::new(Model::P1S)).await.unwrap();
     let dead_port = free_port();
     let extra = format!(
-        "{}{}",
+        "{}[[printers]]\nname = \"Gone\"\nmodel = \"P1S\"\nserial = \"01P00A000000001\"\nhost = \"127.0.0.1\"\naccess_code = \"12345678\"\nmqtt_port = {dead_port}\n",
         printer_toml("Wrong code", &sim, "00000000"),
-        format!(
-            "[[printers]]\nname = \"Gone\"\nmodel = \"P1S\"\nserial = \"01P00A000000001\"\nhost = \"127.0.0.1\"\naccess_code = \"12345678\"\nmqtt_port = {dead_port}\n"
-        )
     );
     let cfg = write_config_on(dir.path(), &listen, &extra);
     let report = doctor::run(&cfg, &opts()).await;
@@ -309,7 +329,10 @@ async fn newer_database_and_missing_gpio() {
 async fn running_gateway_keeps_its_p1_session() {
     let dir = tempfile::tempdir().unwrap();
     let sim = SimPrinter::start(SimConfig::new(Model::P1S)).await.unwrap();
-    let cfg = write_config(dir.path(), &printer_toml("Garage", &sim, &sim.access_code()));
+    let cfg = write_config(
+        dir.path(),
+        &printer_toml("Garage", &sim, &sim.access_code()),
+    );
     let config = printgate::config::Config::load(&cfg).unwrap();
     let gateway = printgate::start(config, CancellationToken::new())
         .await
@@ -323,7 +346,11 @@ async fn running_gateway_keeps_its_p1_session() {
         Status::Skip,
         "only MQTT session",
     );
-    assert!(report.get(&Subject::PrinterAccessCode("Garage".into())).is_none());
+    assert!(
+        report
+            .get(&Subject::PrinterAccessCode("Garage".into()))
+            .is_none()
+    );
     gateway.shutdown().await;
     sim.shutdown().await;
 }

@@ -133,7 +133,9 @@ fn assert_rows_equal(path: &Path, template: &Path, tables: &[String], what: &str
         for (a, b) in [("main", "tpl"), ("tpl", "main")] {
             let differing: i64 = conn
                 .query_row(
-                    &format!("SELECT count(*) FROM (SELECT * FROM {a}.{t} EXCEPT SELECT * FROM {b}.{t})"),
+                    &format!(
+                        "SELECT count(*) FROM (SELECT * FROM {a}.{t} EXCEPT SELECT * FROM {b}.{t})"
+                    ),
                     [],
                     |r| r.get(0),
                 )
@@ -172,7 +174,10 @@ fn every_earlier_schema_with_data_upgrades_and_keeps_every_row() {
             "from {version}"
         );
         assert!(
-            !store.recent_events(Some("Garage P1S"), 10).unwrap().is_empty(),
+            !store
+                .recent_events(Some("Garage P1S"), 10)
+                .unwrap()
+                .is_empty(),
             "from {version}"
         );
         assert!(
@@ -189,7 +194,12 @@ fn every_earlier_schema_with_data_upgrades_and_keeps_every_row() {
             );
         }
         drop(store);
-        assert_rows_equal(&path, &tpl, &old_tables, &format!("upgraded from {version}"));
+        assert_rows_equal(
+            &path,
+            &tpl,
+            &old_tables,
+            &format!("upgraded from {version}"),
+        );
         let conn = rusqlite::Connection::open(&path).unwrap();
         let v: u32 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -200,7 +210,11 @@ fn every_earlier_schema_with_data_upgrades_and_keeps_every_row() {
         // The copy made before the migration: schema `version`, same rows, intact.
         let copies = backups_in(dir.path());
         assert_eq!(copies.len(), 1, "one copy before the migration: {copies:?}");
-        let name = copies[0].file_name().unwrap().to_string_lossy().into_owned();
+        let name = copies[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         assert!(
             name.starts_with(&format!("printgate-v{version}-")) && name.ends_with(".sqlite"),
             "{name}"
