@@ -4,6 +4,9 @@
 //! and migrated), "warm" on the database of the previous run. Target: < 300 ms.
 //!
 //!     cargo bench --bench startup
+//!
+//! `PRINTGATE_BIN=/path/to/printgate` measures another binary (e.g. the one in a .deb); when
+//! several checkouts share one target directory, point it at this checkout's build.
 
 use printgate::config::Model;
 use printgate::sim::printer::{SimConfig, SimPrinter};
@@ -21,7 +24,9 @@ fn start_once(cfg: &Path, sock_dir: &Path, run: usize) -> Duration {
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     let t0 = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_printgate"))
+    let bin =
+        std::env::var_os("PRINTGATE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_printgate").into());
+    let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(cfg)
         .env("NOTIFY_SOCKET", &sock_path)
@@ -33,7 +38,10 @@ fn start_once(cfg: &Path, sock_dir: &Path, run: usize) -> Duration {
     let mut buf = [0u8; 512];
     let elapsed = loop {
         let n = sock.recv(&mut buf).expect("READY within 30 s");
-        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "READY=1")
+        {
             break t0.elapsed();
         }
     };

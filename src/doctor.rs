@@ -1,7 +1,7 @@
 //! `printgate doctor`: checks a live installation and prints every problem with its fix —
 //! configuration, data directory and database, a running gateway, the web port, GPIO access, the
-//! clock, disk space, and for each printer: reachable, TLS certificate (pinned or not),
-//! access code accepted, reports arriving, Developer Mode.
+//! clock, disk space, and for each printer: MQTT and FTPS ports reachable, TLS certificate
+//! (pinned or not), access code accepted, reports arriving, Developer Mode.
 //!
 //! A printer is tested with one short MQTT session (TLS, CONNECT, SUBSCRIBE to its report
 //! topic, one `pushall`, wait for a full report, DISCONNECT); no command with an effect is sent.
@@ -67,6 +67,8 @@ pub enum Subject {
     Disk,
     /// Printer by name: TCP reachability of its MQTT port.
     PrinterReachable(String),
+    /// TCP reachability of its FTPS port (uploads).
+    PrinterFtps(String),
     /// TLS certificate checks and pin.
     PrinterCertificate(String),
     /// MQTT login with the access code.
@@ -89,6 +91,7 @@ impl Subject {
             Subject::Clock => "clock".into(),
             Subject::Disk => "disk space".into(),
             Subject::PrinterReachable(n) => format!("printer {n:?}: network"),
+            Subject::PrinterFtps(n) => format!("printer {n:?}: file upload port"),
             Subject::PrinterCertificate(n) => format!("printer {n:?}: certificate"),
             Subject::PrinterAccessCode(n) => format!("printer {n:?}: access code"),
             Subject::PrinterReports(n) => format!("printer {n:?}: reports"),
@@ -670,6 +673,33 @@ async fn check_printer(
             );
             return;
         }
+    }
+
+    // 1b. FTPS (uploads): only that the port answers; the login is the same access code.
+    let ftps = format!("{}:{}", p.host, p.ftps_port);
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((p.host.as_str(), p.ftps_port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => report.add(
+            Subject::PrinterFtps(name.clone()),
+            Status::Ok,
+            format!("{ftps} answers"),
+        ),
+        Ok(Err(e)) => report.add_fix(
+            Subject::PrinterFtps(name.clone()),
+            Status::Fail,
+            format!("cannot connect to {ftps}: {e}; print files cannot be sent"),
+            "check that a storage card is in the printer and that ftps_port is 990 (the default) for real printers",
+        ),
+        Err(_) => report.add_fix(
+            Subject::PrinterFtps(name.clone()),
+            Status::Fail,
+            format!("no answer from {ftps} within 5 s; print files cannot be sent"),
+            "check that no firewall blocks port 990 between this machine and the printer",
+        ),
     }
 
     // 2. TLS + login + one report.

@@ -147,7 +147,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         }
     });
     tracing::info!("web interface on http://{web_addr}");
-    notify::gateway_ready(&gateway.config.data_dir, &mut tasks, shutdown.clone())?;
+    notify::gateway_ready(&gateway, &mut tasks, shutdown.clone())?;
     Ok(RunningGateway {
         web_addr,
         gateway,

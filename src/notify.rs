@@ -6,9 +6,11 @@
 //! Outside systemd (no `NOTIFY_SOCKET`, no `WATCHDOG_USEC`) the notifications are no-ops; the
 //! instance lock is always taken.
 
+use crate::store::Store;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -93,11 +95,11 @@ pub fn running_gateway(data_dir: &Path) -> Option<String> {
 /// the runtime is stuck the pings stop and systemd restarts the service. On shutdown it sends
 /// `STOPPING=1` and releases the lock.
 pub fn gateway_ready(
-    data_dir: &Path,
+    gateway: &crate::Gateway,
     tasks: &mut JoinSet<()>,
     shutdown: CancellationToken,
 ) -> Result<(), ReadyError> {
-    let lock = take_instance_lock(data_dir)?;
+    let lock = take_instance_lock(&gateway.config.data_dir)?;
     let watchdog = sd_notify::watchdog_enabled();
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -109,12 +111,25 @@ pub fn gateway_ready(
             period.as_millis().saturating_div(2)
         );
     }
-    tasks.spawn(watchdog_task(lock, watchdog, shutdown));
+    tasks.spawn(watchdog_task(
+        lock,
+        watchdog,
+        gateway.store.clone(),
+        shutdown,
+    ));
     Ok(())
 }
 
-/// Ping the systemd watchdog until shutdown, then say we are stopping.
-async fn watchdog_task(lock: File, period: Option<Duration>, shutdown: CancellationToken) {
+/// Ping the systemd watchdog until shutdown, then say we are stopping. A ping is sent only when
+/// the runtime got to run this task in time **and** the database answers a trivial query
+/// within the period: a wedged runtime or a stuck database lock stops the pings, and systemd
+/// restarts the gateway.
+async fn watchdog_task(
+    lock: File,
+    period: Option<Duration>,
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+) {
     if let Some(period) = period {
         let half = (period / 2).max(Duration::from_millis(10));
         let mut ticker = tokio::time::interval(half);
@@ -122,7 +137,19 @@ async fn watchdog_task(lock: File, period: Option<Duration>, shutdown: Cancellat
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = ticker.tick() => notify(&[sd_notify::NotifyState::Watchdog]),
+                _ = ticker.tick() => {
+                    let probe = tokio::task::spawn_blocking({
+                        let store = store.clone();
+                        move || store.is_responsive()
+                    });
+                    match tokio::time::timeout(half, probe).await {
+                        Ok(Ok(true)) => notify(&[sd_notify::NotifyState::Watchdog]),
+                        _ => tracing::error!(
+                            "the database did not answer within {} ms; not pinging the systemd watchdog (systemd will restart printgate)",
+                            half.as_millis()
+                        ),
+                    }
+                }
             }
         }
     } else {

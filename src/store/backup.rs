@@ -187,6 +187,16 @@ pub(super) fn backup_before_migration(
     Ok(dest)
 }
 
+impl super::Store {
+    /// Whether the database answers a trivial query now (the systemd watchdog's liveness probe;
+    /// blocks while another statement holds the connection).
+    pub fn is_responsive(&self) -> bool {
+        self.conn()
+            .query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+            .is_ok_and(|v| v == 1)
+    }
+}
+
 /// What `printgate doctor` reads from a database without changing it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DatabaseInfo {
