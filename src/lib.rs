@@ -64,6 +64,10 @@ pub struct Gateway {
     pub config: Config,
     pub store: Arc<Store>,
     pub printers: Vec<PrinterEntry>,
+    /// Uploaded print files, by content hash.
+    pub files: Arc<jobs::files::FileStore>,
+    /// The job queue and plate-clear gate: every start goes through it.
+    pub dispatcher: jobs::runner::Dispatcher,
     pub shutdown: CancellationToken,
     /// Readable text for an HMS code (from the printer vendor's catalogue).
     pub hms_text: web::views::HmsTextFn,
@@ -113,10 +117,37 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             link,
         });
     }
+    let files = Arc::new(jobs::files::FileStore::new(
+        &config.data_dir,
+        store.clone(),
+        jobs::files::FileLimits::default(),
+    )?);
+    let mut tasks = JoinSet::new();
+    let dispatcher = jobs::runner::spawn(
+        jobs::runner::RunnerParts {
+            store: store.clone(),
+            files: files.clone(),
+            printers: printers
+                .iter()
+                .map(|p| jobs::runner::DispatchPrinter {
+                    name: p.name.clone(),
+                    model_code: p.model.model_code().to_string(),
+                    link: p.link.clone(),
+                })
+                .collect(),
+            timings: jobs::dispatcher::DispatchTimings::from(&config.dispatch),
+            safety_tripped: store.latched_trip()?.is_some(),
+            tick: std::time::Duration::from_secs(1),
+        },
+        shutdown.clone(),
+        &mut tasks,
+    )?;
     let gateway = Arc::new(Gateway {
         config,
         store,
         printers,
+        files,
+        dispatcher,
         shutdown: shutdown.clone(),
         hms_text: |attr, code| {
             let entry = printer::HmsEntry { attr, code };
@@ -127,7 +158,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     });
     let listener = tokio::net::TcpListener::bind(gateway.config.web.listen).await?;
     let web_addr = listener.local_addr()?;
-    let mut tasks = JoinSet::new();
     for p in &gateway.printers {
         tasks.spawn(record_printer_events(
             gateway.store.clone(),
@@ -139,9 +169,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let app = web::router(gateway.clone());
     let token = shutdown.clone();
     tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await;
         if let Err(e) = served {
             tracing::error!("web server stopped: {e}");
         }

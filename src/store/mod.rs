@@ -16,6 +16,7 @@ mod pins;
 mod printers;
 mod safety;
 mod sequence;
+pub mod users;
 
 pub use safety::SafetyAuditEntry;
 

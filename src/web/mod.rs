@@ -1,11 +1,18 @@
 //! Web: the axum router serving the server-rendered pages (askama templates in `templates/`),
 //! the static assets embedded in the binary, and the JSON API under `/api/v1/`.
 
+pub mod actor;
+pub mod auth;
+pub mod live;
+pub mod octoprint;
+pub mod printer_page;
+pub mod queue;
 pub mod views;
 
 use crate::Gateway;
 use askama::Template;
-use axum::extract::State;
+use auth::CurrentUser;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -16,19 +23,34 @@ use views::{PrinterView, fmt_minutes, fmt_temp};
 
 /// Build the router for one gateway.
 pub fn router(gw: Arc<Gateway>) -> Router {
-    Router::new()
+    let app = Router::new()
         .route("/", get(status_page))
         .route("/static/style.css", get(style_css))
         .route("/api/v1/printers", get(api_printers))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(gw)
+        .route("/live", get(live::live))
+        .route("/thumbnails/{sha}/{plate}", get(thumbnail))
+        .route("/static/app.js", get(app_js))
+        .merge(queue::routes(gw.files.limits().max_file_bytes))
+        .merge(octoprint::routes(gw.files.limits().max_file_bytes))
+        .merge(printer_page::routes());
+    // ---- auth (src/web/auth.rs): add routes above this line. Every route added before
+    // `auth::protect` needs a signed-in user or an API token, except auth::PUBLIC_PATHS;
+    // handlers take `auth::CurrentUser`. ----
+    let app = auth::protect(app.merge(auth::routes()), &gw);
+    app.with_state(gw)
 }
 
 #[derive(Template)]
 #[template(path = "status.html")]
 struct StatusPage {
     printers: Vec<PrinterView>,
+    jobs: Vec<queue::JobView>,
+    notice: Option<String>,
+    queue_paused: bool,
+    plate_ttl_minutes: u64,
     refresh_secs: u32,
+    csrf: String,
 }
 
 impl StatusPage {
@@ -40,26 +62,87 @@ impl StatusPage {
     }
 }
 
-fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
+pub(crate) fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
     let now = Instant::now();
+    let dispatch = gw.dispatcher.state();
+    let clock_now = gw.dispatcher.now();
     gw.printers
         .iter()
         .map(|p| {
             let snap = p.link.subscribe().borrow().clone();
-            views::printer_view(&p.name, p.model, &snap, now, gw.hms_text)
+            let runtime = dispatch.printers.get(&p.name);
+            let plate = views::plate_view(
+                runtime.map(|r| &r.plate),
+                clock_now,
+                dispatch.timings.plate_clear_ttl_ms,
+            );
+            let paused = runtime.is_some_and(|r| r.paused);
+            let mut view =
+                views::printer_view(&p.name, p.model, &snap, now, gw.hms_text, plate, paused);
+            if view.plate.state != "clear" {
+                view.thumbnail_url = gw
+                    .store
+                    .last_started_job_on(&p.name)
+                    .ok()
+                    .flatten()
+                    .map(|j| format!("/thumbnails/{}/{}", j.file_sha256, j.plate));
+            }
+            view
         })
         .collect()
 }
 
-async fn status_page(State(gw): State<Arc<Gateway>>) -> Response {
+#[derive(serde::Deserialize, Default)]
+struct StatusQuery {
+    notice: Option<String>,
+}
+
+async fn status_page(
+    State(gw): State<Arc<Gateway>>,
+    user: CurrentUser,
+    Query(q): Query<StatusQuery>,
+) -> Response {
     render(&StatusPage {
         printers: printer_views(&gw),
-        refresh_secs: 2,
+        jobs: queue::queue_views(&gw),
+        notice: q.notice.filter(|n| !n.is_empty()),
+        queue_paused: gw.dispatcher.state().queue_paused,
+        plate_ttl_minutes: gw.config.dispatch.plate_clear_ttl_secs / 60,
+        refresh_secs: 5,
+        csrf: user.csrf_token().to_string(),
     })
 }
 
 async fn api_printers(State(gw): State<Arc<Gateway>>) -> Json<Vec<PrinterView>> {
     Json(printer_views(&gw))
+}
+
+/// A plate thumbnail from a stored 3MF.
+async fn thumbnail(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Path((sha, plate)): axum::extract::Path<(String, u32)>,
+) -> Response {
+    match gw.files.thumbnail(&sha, plate).await {
+        Some(png) => (
+            [
+                (header::CONTENT_TYPE, "image/png"),
+                (header::CACHE_CONTROL, "private, max-age=86400"),
+            ],
+            png,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no thumbnail for this plate").into_response(),
+    }
+}
+
+async fn app_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../static/app.js"),
+    )
 }
 
 async fn style_css() -> impl IntoResponse {
@@ -70,6 +153,59 @@ async fn style_css() -> impl IntoResponse {
         ],
         include_str!("../../static/style.css"),
     )
+}
+
+/// An error answer of the JSON API: `{"error":{"code":…,"message":…}}` with a status.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "log in, or send an API token in the X-Api-Key header",
+        )
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Percent-encode a path segment or query value.
+pub(crate) fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Render a template, or a plain 500 that says what failed.

@@ -2,6 +2,8 @@
 //! feeds the HTML status page and `GET /api/v1/printers`, and never contains secrets.
 
 use crate::config::Model;
+use crate::jobs::model::Millis;
+use crate::jobs::plate::PlateState;
 use crate::printer::PrinterSnapshot;
 use serde::Serialize;
 use std::time::Instant;
@@ -34,6 +36,48 @@ pub struct PrinterView {
     pub hms: Vec<HmsView>,
     /// Seconds since the last report, if any arrived on this connection.
     pub report_age_secs: Option<u64>,
+    pub plate: PlateView,
+    /// Thumbnail of the plate of the last job started here (what to take off).
+    pub thumbnail_url: Option<String>,
+    /// Per-printer queue pause.
+    pub queue_paused: bool,
+}
+
+/// The plate gate of one printer, the most visible thing on its card.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PlateView {
+    /// `clear`, `occupied` or `unknown`.
+    pub state: String,
+    /// What the person should do or know.
+    pub text: String,
+    pub tapped_by: Option<String>,
+    /// Minutes until the tap expires.
+    pub expires_in_minutes: Option<u64>,
+}
+
+/// The plate view from the dispatcher's plate state. `now`/`ttl_ms` on the dispatcher clock.
+pub fn plate_view(plate: Option<&PlateState>, now: Millis, ttl_ms: Millis) -> PlateView {
+    match plate {
+        Some(PlateState::Clear(tap)) => {
+            let left = (tap.at + ttl_ms).saturating_sub(now);
+            PlateView {
+                state: "clear".into(),
+                text: format!("Plate clear — tapped by {}; the next job may start", tap.by),
+                tapped_by: Some(tap.by.clone()),
+                expires_in_minutes: Some(left.div_ceil(60_000)),
+            }
+        }
+        Some(PlateState::Occupied) => PlateView {
+            state: "occupied".into(),
+            text: "Remove the print, then tap Plate clear".into(),
+            ..Default::default()
+        },
+        _ => PlateView {
+            state: "unknown".into(),
+            text: "Plate not checked — look at the printer, clear it, then tap Plate clear".into(),
+            ..Default::default()
+        },
+    }
 }
 
 /// Text for an HMS code; the Bambu error catalogue lives with the Bambu link.
@@ -45,6 +89,8 @@ pub fn printer_view(
     snap: &PrinterSnapshot,
     now: Instant,
     hms_text: HmsTextFn,
+    plate: PlateView,
+    queue_paused: bool,
 ) -> PrinterView {
     let st = snap.state.as_ref();
     PrinterView {
@@ -85,6 +131,9 @@ pub fn printer_view(
         report_age_secs: snap
             .last_report_at
             .map(|t| now.saturating_duration_since(t).as_secs()),
+        plate,
+        thumbnail_url: None,
+        queue_paused,
     }
 }
 

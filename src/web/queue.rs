@@ -1,0 +1,708 @@
+//! The queue and the plate-clear gate on the web: upload a file to the queue, tap "plate clear"
+//! (behind a confirmation page), cancel, move, start again, pause/resume, and the history. Every
+//! action goes to the dispatcher as an event; nothing here starts a print by itself. Forms work
+//! without JavaScript (post, then redirect back with a notice); the same actions are available
+//! as JSON under `/api/v1/`.
+
+use super::actor::Actor;
+use super::auth::CurrentUser;
+use super::{ApiError, render};
+use crate::Gateway;
+use crate::config::Model;
+use crate::jobs::dispatcher::{Event, MoveDirection};
+use crate::jobs::files::StoredFile;
+use crate::jobs::model::{Job, JobId, JobState, NewJob, Target};
+use crate::jobs::runner::Notice;
+use crate::jobs::threemf::{self, FileError, FileKind};
+use askama::Template;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+pub fn routes(max_upload: u64) -> Router<Arc<Gateway>> {
+    let upload_limit = DefaultBodyLimit::max(usize::try_from(max_upload).unwrap_or(usize::MAX));
+    Router::new()
+        .route("/jobs", post(upload_form).layer(upload_limit))
+        .route(
+            "/api/v1/jobs",
+            get(api_jobs).post(api_upload).layer(upload_limit),
+        )
+        .route(
+            "/printers/{name}/plate-clear",
+            get(plate_clear_page).post(plate_clear_form),
+        )
+        .route("/api/v1/printers/{name}/plate-clear", post(api_plate_clear))
+        .route("/jobs/{id}/{action}", post(job_action_form))
+        .route("/api/v1/jobs/{id}/{action}", post(api_job_action))
+        .route("/queue/{action}", post(queue_action_form))
+        .route("/api/v1/queue/{action}", post(api_queue_action))
+        .route("/history", get(history_page))
+        .route("/upload", get(upload_page))
+}
+
+/// A job as pages and the API show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub name: String,
+    pub state: String,
+    pub target: String,
+    pub printer: Option<String>,
+    pub plate: u32,
+    pub message: Option<String>,
+    pub created_by: String,
+    pub can_move: bool,
+    pub can_cancel: bool,
+    pub can_start_again: bool,
+}
+
+impl JobView {
+    pub fn from_job(j: &Job) -> Self {
+        JobView {
+            id: j.id,
+            name: j.name.clone(),
+            state: j.state.as_str().to_string(),
+            target: match &j.target {
+                Target::Printer(p) => p.clone(),
+                Target::AnyCompatible => "any compatible printer".into(),
+            },
+            printer: j.assigned_printer.clone(),
+            plate: j.plate,
+            message: j.message.clone(),
+            created_by: j.created_by.clone(),
+            can_move: j.state.is_pre_start(),
+            can_cancel: matches!(
+                j.state,
+                JobState::Queued | JobState::Staged | JobState::Unconfirmed
+            ),
+            can_start_again: matches!(
+                j.state,
+                JobState::Unconfirmed | JobState::Failed | JobState::Expired
+            ),
+        }
+    }
+}
+
+/// Jobs still in the queue or needing a person, in queue order.
+pub fn queue_views(gw: &Gateway) -> Vec<JobView> {
+    let state = gw.dispatcher.state();
+    let mut jobs: Vec<&Job> = state.jobs.values().collect();
+    jobs.sort_by_key(|j| (j.position, j.id));
+    jobs.into_iter().map(JobView::from_job).collect()
+}
+
+fn notices_text(notices: &[Notice]) -> String {
+    notices
+        .iter()
+        .map(|n| n.message.as_str())
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+fn back_to_dashboard(notice: &str) -> Response {
+    let mut url = String::from("/");
+    if !notice.is_empty() {
+        url.push_str("?notice=");
+        url.push_str(&super::urlencode(notice));
+    }
+    Redirect::to(&url).into_response()
+}
+
+fn new_id() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+fn printer_model(gw: &Gateway, name: &str) -> Option<Model> {
+    gw.printers.iter().find(|p| p.name == name).map(|p| p.model)
+}
+
+// ---------------------------------------------------------------- upload
+
+/// The fields of an upload, whatever order the client sent them in.
+pub(super) struct UploadForm {
+    pub(super) stored: Option<StoredFile>,
+    pub(super) printer: Option<String>,
+    pub(super) plate: u32,
+    pub(super) idempotency_key: Option<String>,
+}
+
+pub(super) async fn read_upload(gw: &Gateway, mut mp: Multipart) -> Result<UploadForm, ApiError> {
+    let mut form = UploadForm {
+        stored: None,
+        printer: None,
+        plate: 1,
+        idempotency_key: None,
+    };
+    loop {
+        let field = match mp.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                if let Some(s) = &form.stored {
+                    let _ = gw.files.release(&s.sha256).await;
+                }
+                return Err(ApiError::bad_request(format!(
+                    "the upload was interrupted or malformed ({e}); nothing was stored — send it again"
+                )));
+            }
+        };
+        let name = field.name().unwrap_or("").to_string();
+        match name.as_str() {
+            "file" => {
+                let original = field.file_name().unwrap_or("upload").to_string();
+                if form.stored.is_some() {
+                    return Err(ApiError::bad_request("send one file per upload"));
+                }
+                let stored = gw
+                    .files
+                    .ingest_stream(&original, field)
+                    .await
+                    .map_err(file_error)?;
+                form.stored = Some(stored);
+            }
+            "printer" => form.printer = Some(text(field).await?),
+            "plate" => {
+                let t = text(field).await?;
+                form.plate = t.trim().parse().map_err(|_| {
+                    ApiError::bad_request(format!("plate must be a number such as 1, not {t:?}"))
+                })?;
+            }
+            "idempotency_key" => form.idempotency_key = Some(text(field).await?),
+            _ => {}
+        }
+    }
+    Ok(form)
+}
+
+async fn text(field: axum::extract::multipart::Field<'_>) -> Result<String, ApiError> {
+    field
+        .text()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("a form field could not be read: {e}")))
+}
+
+fn file_error(e: FileError) -> ApiError {
+    let status = match e {
+        FileError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        FileError::DiskFull { .. } | FileError::Io { .. } | FileError::Database { .. } => {
+            StatusCode::INSUFFICIENT_STORAGE
+        }
+        FileError::UnsupportedExtension { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    ApiError::new(status, "invalid_file", e.to_string())
+}
+
+/// Check the file against the target and create the job (idempotent on the key, I7).
+pub(super) async fn queue_upload(
+    gw: &Gateway,
+    form: UploadForm,
+    user: &str,
+) -> Result<(Job, bool), ApiError> {
+    let Some(stored) = form.stored else {
+        return Err(ApiError::bad_request(
+            "no file in the upload; send the sliced .gcode.3mf in the form field \"file\"",
+        ));
+    };
+    let result = job_for_file(
+        gw,
+        &stored,
+        &form.printer,
+        form.plate,
+        form.idempotency_key,
+        user,
+    );
+    let outcome = match result {
+        Ok(new) => gw
+            .store
+            .create_job(&new, gw.dispatcher.now())
+            .map_err(|e| ApiError::internal(format!("the job could not be saved: {e}"))),
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok((job, created)) => {
+            if created {
+                gw.dispatcher
+                    .submit(Event::JobQueued(Box::new(job.clone())))
+                    .await
+                    .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            } else {
+                // The same request again (double submit, client retry): one job, one reference.
+                let _ = gw.files.release(&stored.sha256).await;
+            }
+            Ok((job, created))
+        }
+        Err(e) => {
+            let _ = gw.files.release(&stored.sha256).await;
+            Err(e)
+        }
+    }
+}
+
+fn job_for_file(
+    gw: &Gateway,
+    stored: &StoredFile,
+    printer: &Option<String>,
+    plate: u32,
+    key: Option<String>,
+    user: &str,
+) -> Result<NewJob, ApiError> {
+    if stored.kind != FileKind::ThreeMf {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_file",
+            "Bambu printers print sliced .gcode.3mf files; plain .gcode cannot be started on them — export the plate as .gcode.3mf from the slicer",
+        ));
+    }
+    let crate::jobs::threemf::FileInfo::ThreeMf(info) = &stored.info else {
+        return Err(ApiError::bad_request("the file is not a sliced 3MF"));
+    };
+    let plate_info = info.plate(plate).ok_or_else(|| {
+        let available: Vec<String> = info.plates.iter().map(|p| p.index.to_string()).collect();
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_file",
+            format!(
+                "the file has no plate {plate}; sliced plates: {}",
+                available.join(", ")
+            ),
+        )
+    })?;
+    let printer = printer
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && *p != "any");
+    let (target, model_code) = match printer {
+        Some(name) => {
+            let model = printer_model(gw, name).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_printer",
+                    format!("there is no printer called {name:?}"),
+                )
+            })?;
+            threemf::check_model(info, plate, model).map_err(file_error)?;
+            (
+                Target::Printer(name.to_string()),
+                model.model_code().to_string(),
+            )
+        }
+        None => {
+            let code = plate_info.model_code.clone().ok_or_else(|| {
+                ApiError::bad_request(
+                    "the file does not say which printer model it was sliced for; choose the printer",
+                )
+            })?;
+            if !gw.printers.iter().any(|p| p.model.model_code() == code) {
+                let sliced = Model::from_model_code(&code)
+                    .map(|m| m.display_name().to_string())
+                    .unwrap_or(code.clone());
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_file",
+                    format!(
+                        "the file was sliced for a {sliced}, and no configured printer is one; slice it for one of your printers"
+                    ),
+                ));
+            }
+            (Target::AnyCompatible, code)
+        }
+    };
+    let name = stored
+        .display_name
+        .trim_end_matches(".gcode.3mf")
+        .trim_end_matches(".3mf")
+        .to_string();
+    Ok(NewJob {
+        idempotency_key: key.filter(|k| !k.trim().is_empty()).unwrap_or_else(new_id),
+        target,
+        model_code,
+        file_sha256: stored.sha256.clone(),
+        plate,
+        name,
+        deadline: None,
+        created_by: user.to_string(),
+    })
+}
+
+#[derive(Template)]
+#[template(path = "upload.html")]
+struct UploadPage {
+    printers: Vec<String>,
+    idempotency_key: String,
+    csrf: String,
+}
+
+async fn upload_page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Response {
+    render(&UploadPage {
+        printers: gw.printers.iter().map(|p| p.name.clone()).collect(),
+        idempotency_key: new_id(),
+        csrf: user.csrf_token().to_string(),
+    })
+}
+
+async fn upload_form(State(gw): State<Arc<Gateway>>, actor: Actor, mp: Multipart) -> Response {
+    let result = match read_upload(&gw, mp).await {
+        Ok(form) => queue_upload(&gw, form, &actor.0).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok((job, true)) => back_to_dashboard(&format!(
+            "{} was added to the queue; it starts only after Plate clear is tapped",
+            job.name
+        )),
+        Ok((job, false)) => back_to_dashboard(&format!("{} was already queued", job.name)),
+        Err(e) => back_to_dashboard(&e.message),
+    }
+}
+
+async fn api_upload(
+    State(gw): State<Arc<Gateway>>,
+    actor: Actor,
+    headers: HeaderMap,
+    mp: Multipart,
+) -> Result<Response, ApiError> {
+    let mut form = read_upload(&gw, mp).await?;
+    if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        form.idempotency_key = Some(key.to_string());
+    }
+    let (job, created) = queue_upload(&gw, form, &actor.0).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(JobView::from_job(&job))).into_response())
+}
+
+async fn api_jobs(State(gw): State<Arc<Gateway>>) -> Json<Vec<JobView>> {
+    Json(queue_views(&gw))
+}
+
+// ---------------------------------------------------------------- plate clear
+
+#[derive(Template)]
+#[template(path = "plate_clear.html")]
+struct PlateClearPage {
+    printer: String,
+    tap_id: String,
+    csrf: String,
+}
+
+async fn plate_clear_page(
+    State(gw): State<Arc<Gateway>>,
+    user: CurrentUser,
+    Path(name): Path<String>,
+) -> Response {
+    if printer_model(&gw, &name).is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("there is no printer called {name:?}"),
+        )
+            .into_response();
+    }
+    render(&PlateClearPage {
+        printer: name,
+        tap_id: new_id(),
+        csrf: user.csrf_token().to_string(),
+    })
+}
+
+#[derive(Deserialize)]
+struct TapForm {
+    tap_id: Option<String>,
+    confirm: Option<String>,
+}
+
+async fn tap(
+    gw: &Gateway,
+    printer: &str,
+    user: &str,
+    tap_id: Option<String>,
+) -> Result<Vec<Notice>, ApiError> {
+    if printer_model(gw, printer).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_printer",
+            format!("there is no printer called {printer:?}"),
+        ));
+    }
+    let tap_id = tap_id
+        .filter(|t| !t.trim().is_empty())
+        .unwrap_or_else(new_id);
+    gw.dispatcher
+        .submit(Event::Tap {
+            printer: printer.to_string(),
+            user: user.to_string(),
+            tap_id,
+        })
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
+async fn plate_clear_form(
+    State(gw): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    actor: Actor,
+    axum::Form(form): axum::Form<TapForm>,
+) -> Response {
+    if form.confirm.as_deref() != Some("yes") {
+        return back_to_dashboard("Plate clear was not confirmed; nothing changed");
+    }
+    match tap(&gw, &name, &actor.0, form.tap_id).await {
+        Ok(notices) if notices.is_empty() => {
+            back_to_dashboard(&format!("Plate of {name} marked clear by {}", actor.0))
+        }
+        Ok(notices) => back_to_dashboard(&notices_text(&notices)),
+        Err(e) => back_to_dashboard(&e.message),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ApiTap {
+    tap_id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ApiOutcome {
+    notices: Vec<String>,
+    plate: Option<String>,
+}
+
+async fn api_plate_clear(
+    State(gw): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    actor: Actor,
+    body: Option<Json<ApiTap>>,
+) -> Result<Json<ApiOutcome>, ApiError> {
+    let tap_id = body.and_then(|b| b.0.tap_id);
+    let notices = tap(&gw, &name, &actor.0, tap_id).await?;
+    let plate = gw
+        .dispatcher
+        .state()
+        .printers
+        .get(&name)
+        .map(|p| p.plate.as_str().to_string());
+    Ok(Json(ApiOutcome {
+        notices: notices.into_iter().map(|n| n.message).collect(),
+        plate,
+    }))
+}
+
+// ---------------------------------------------------------------- job and queue actions
+
+async fn job_action(
+    gw: &Gateway,
+    id: JobId,
+    action: &str,
+    user: &str,
+) -> Result<Vec<Notice>, ApiError> {
+    let event = match action {
+        "cancel" => Event::Cancel {
+            job: id,
+            user: user.to_string(),
+        },
+        "up" => Event::Move {
+            job: id,
+            direction: MoveDirection::Up,
+        },
+        "down" => Event::Move {
+            job: id,
+            direction: MoveDirection::Down,
+        },
+        "start-again" => {
+            let job = gw
+                .store
+                .job(id)
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "unknown_job",
+                        format!("there is no job {id}"),
+                    )
+                })?;
+            let new_subtask_id = gw
+                .store
+                .allocate_subtask_id(gw.dispatcher.now())
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Event::StartAgain {
+                job: Box::new(job),
+                user: user.to_string(),
+                new_subtask_id,
+            }
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_action",
+                format!("unknown job action {other:?}; use cancel, up, down or start-again"),
+            ));
+        }
+    };
+    gw.dispatcher
+        .submit(event)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
+async fn job_action_form(
+    State(gw): State<Arc<Gateway>>,
+    Path((id, action)): Path<(JobId, String)>,
+    actor: Actor,
+) -> Response {
+    match job_action(&gw, id, &action, &actor.0).await {
+        Ok(n) => back_to_dashboard(&notices_text(&n)),
+        Err(e) => back_to_dashboard(&e.message),
+    }
+}
+
+async fn api_job_action(
+    State(gw): State<Arc<Gateway>>,
+    Path((id, action)): Path<(JobId, String)>,
+    actor: Actor,
+) -> Result<Json<ApiOutcome>, ApiError> {
+    let notices = job_action(&gw, id, &action, &actor.0).await?;
+    let plate = None;
+    Ok(Json(ApiOutcome {
+        notices: notices.into_iter().map(|n| n.message).collect(),
+        plate,
+    }))
+}
+
+#[derive(Deserialize, Default)]
+struct QueueQuery {
+    printer: Option<String>,
+}
+
+async fn queue_action(
+    gw: &Gateway,
+    action: &str,
+    printer: Option<String>,
+) -> Result<Vec<Notice>, ApiError> {
+    let printer = printer.filter(|p| !p.is_empty());
+    let event = match action {
+        "pause" => Event::PauseQueue { printer },
+        "resume" => Event::ResumeQueue { printer },
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_action",
+                format!("unknown queue action {other:?}; use pause or resume"),
+            ));
+        }
+    };
+    gw.dispatcher
+        .submit(event)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
+async fn queue_action_form(
+    State(gw): State<Arc<Gateway>>,
+    Path(action): Path<String>,
+    Query(q): Query<QueueQuery>,
+) -> Response {
+    match queue_action(&gw, &action, q.printer).await {
+        Ok(n) if n.is_empty() => back_to_dashboard(&format!("queue {action}d")),
+        Ok(n) => back_to_dashboard(&notices_text(&n)),
+        Err(e) => back_to_dashboard(&e.message),
+    }
+}
+
+async fn api_queue_action(
+    State(gw): State<Arc<Gateway>>,
+    Path(action): Path<String>,
+    Query(q): Query<QueueQuery>,
+) -> Result<Json<ApiOutcome>, ApiError> {
+    let notices = queue_action(&gw, &action, q.printer).await?;
+    Ok(Json(ApiOutcome {
+        notices: notices.into_iter().map(|n| n.message).collect(),
+        plate: None,
+    }))
+}
+
+// ---------------------------------------------------------------- history
+
+pub struct HistoryRow {
+    pub at: String,
+    pub printer: String,
+    pub what: String,
+    pub detail: String,
+}
+
+#[derive(Template)]
+#[template(path = "history.html")]
+struct HistoryPage {
+    rows: Vec<HistoryRow>,
+    jobs: Vec<JobView>,
+    csrf: String,
+}
+
+fn fmt_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+async fn history_page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Response {
+    let mut rows: Vec<(i64, HistoryRow)> = Vec::new();
+    if let Ok(events) = gw.store.recent_events(None, 200) {
+        for e in events {
+            rows.push((
+                e.at_ms,
+                HistoryRow {
+                    at: fmt_ms(e.at_ms),
+                    printer: e.printer,
+                    what: e.kind,
+                    detail: e.detail.to_string(),
+                },
+            ));
+        }
+    }
+    let ended = gw
+        .store
+        .jobs_in_states(&[
+            JobState::Finished,
+            JobState::Failed,
+            JobState::Cancelled,
+            JobState::Unconfirmed,
+            JobState::Expired,
+        ])
+        .unwrap_or_default();
+    for j in &ended {
+        if let Ok(evs) = gw.store.job_events(j.id) {
+            for e in evs {
+                let at = i64::try_from(e.at).unwrap_or(i64::MAX);
+                rows.push((
+                    at,
+                    HistoryRow {
+                        at: fmt_ms(at),
+                        printer: e.printer.unwrap_or_default(),
+                        what: format!("job {} {}", j.id, e.what),
+                        detail: format!(
+                            "by {}{}",
+                            e.actor,
+                            e.outcome.map(|o| format!(": {o}")).unwrap_or_default()
+                        ),
+                    },
+                ));
+            }
+        }
+    }
+    rows.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+    rows.truncate(300);
+    let mut jobs: Vec<JobView> = ended.iter().map(JobView::from_job).collect();
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
+    render(&HistoryPage {
+        rows: rows.into_iter().map(|(_, r)| r).collect(),
+        jobs,
+        csrf: user.csrf_token().to_string(),
+    })
+}
