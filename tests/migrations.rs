@@ -82,6 +82,16 @@ fn template(dir: &Path) -> PathBuf {
             1_760_000_200_000,
         )
         .unwrap();
+    // Rows the dispatcher and the safety room write, in the shape they write them.
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "INSERT INTO plate_taps (tap_id, printer, tapped_by, tapped_at_ms) VALUES ('tap-1', 'Garage P1S', 'alice', 1760000300000);
+         INSERT INTO plates (printer, state, tap_id, changed_at_ms, reason) VALUES ('Garage P1S', 'clear', 'tap-1', 1760000300000, 'tapped');
+         INSERT INTO queue_flags (scope, paused) VALUES ('', 0), ('Garage P1S', 1);
+         INSERT OR IGNORE INTO safety_relays (pin, on_state, updated_at_ms) VALUES (27, 0, 1760000100000);",
+    )
+    .unwrap();
     path
 }
 
