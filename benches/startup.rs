@@ -98,7 +98,7 @@ fn main() {
         std::fs::write(
             &cfg,
             format!(
-                "data_dir = {:?}\n[web]\nlisten = \"127.0.0.1:0\"\n{printers}",
+                "data_dir = {:?}\n[web]\nlisten = \"127.0.0.1:0\"\n[broker]\nmode = \"off\"\n{printers}",
                 data.display().to_string()
             ),
         )

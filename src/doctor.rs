@@ -62,6 +62,8 @@ pub enum Subject {
     /// Which user the checks ran as.
     User,
     WebPort,
+    /// The embedded MQTT broker's listeners.
+    BrokerPorts,
     Gpio,
     Clock,
     Disk,
@@ -87,6 +89,7 @@ impl Subject {
             Subject::Gateway => "gateway".into(),
             Subject::User => "user".into(),
             Subject::WebPort => "web port".into(),
+            Subject::BrokerPorts => "MQTT broker ports".into(),
             Subject::Gpio => "GPIO".into(),
             Subject::Clock => "clock".into(),
             Subject::Disk => "disk space".into(),
@@ -274,6 +277,7 @@ pub async fn run(config_path: &Path, opts: &DoctorOptions) -> Report {
         ),
     }
     check_web_port(&config, running.is_some(), &mut report).await;
+    check_broker_ports(&config, running.is_some(), &mut report).await;
     check_gpio(&config, &mut report);
     check_clock(opts, db.as_ref(), &mut report);
     check_disk(&config, opts, &mut report);
@@ -430,6 +434,47 @@ async fn check_web_port(config: &Config, gateway_running: bool, report: &mut Rep
             format!("cannot listen on {addr}: {e}"),
             "use an address of this machine in [web] listen (0.0.0.0 = every interface)",
         ),
+    }
+}
+
+async fn check_broker_ports(config: &Config, gateway_running: bool, report: &mut Report) {
+    let b = &config.broker;
+    if b.mode != crate::broker::config::BrokerMode::Embedded {
+        return;
+    }
+    let addrs: Vec<std::net::SocketAddr> = std::iter::once(b.listen).chain(b.tls_listen).collect();
+    let shown = addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" and ");
+    if gateway_running {
+        report.add(
+            Subject::BrokerPorts,
+            Status::Ok,
+            format!("{shown} belong to the running gateway"),
+        );
+        return;
+    }
+    let mut busy = Vec::new();
+    for addr in &addrs {
+        if let Err(e) = tokio::net::TcpListener::bind(addr).await {
+            busy.push(format!("{addr}: {e}"));
+        }
+    }
+    if busy.is_empty() {
+        report.add(
+            Subject::BrokerPorts,
+            Status::Ok,
+            format!("{shown} are free"),
+        );
+    } else {
+        report.add_fix(
+            Subject::BrokerPorts,
+            Status::Fail,
+            format!("cannot listen on {}", busy.join("; ")),
+            "another MQTT broker (e.g. Mosquitto) may own the port: stop it, use it with [broker] mode = \"external\", or move printgate's broker with [broker] listen / tls_listen",
+        );
     }
 }
 

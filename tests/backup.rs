@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 fn config(data_dir: &Path) -> Config {
     Config::parse_toml(
         &format!(
-            "data_dir = {:?}\n[web]\nlisten = \"127.0.0.1:0\"\n",
+            "data_dir = {:?}\n[web]\nlisten = \"127.0.0.1:0\"\n[broker]\nmode = \"off\"\n",
             data_dir.display().to_string()
         ),
         "test",
@@ -32,7 +32,7 @@ fn write_config(dir: &Path, data_dir: &Path) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "data_dir = {:?}\n[web]\nlisten = \"127.0.0.1:0\"\n",
+            "data_dir = {:?}\n[web]\nlisten = \"127.0.0.1:0\"\n[broker]\nmode = \"off\"\n",
             data_dir.display().to_string()
         ),
     )

@@ -352,7 +352,7 @@ async fn serve_notifies_ready_pings_the_watchdog_and_keeps_secrets_out_of_logs()
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = {:?}\n[web]\nlisten = \"127.0.0.1:0\"\n[[printers]]\nname = \"Garage\"\nmodel = \"P1S\"\nserial = {:?}\nhost = \"127.0.0.1\"\naccess_code = {wrong_code:?}\nmqtt_port = {}\nftps_port = {}\n",
+            "data_dir = {:?}\n[web]\nlisten = \"127.0.0.1:0\"\n[broker]\nmode = \"off\"\n[[printers]]\nname = \"Garage\"\nmodel = \"P1S\"\nserial = {:?}\nhost = \"127.0.0.1\"\naccess_code = {wrong_code:?}\nmqtt_port = {}\nftps_port = {}\n",
             data.display().to_string(),
             sim.serial(),
             sim.mqtt_port(),

@@ -51,7 +51,7 @@ fn write_config_on(dir: &Path, listen: &str, extra: &str) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "data_dir = {:?}\n[web]\nlisten = {listen:?}\n{extra}",
+            "data_dir = {:?}\n[web]\nlisten = {listen:?}\n[broker]\nmode = \"off\"\n{extra}",
             data.display().to_string()
         ),
     )
@@ -183,6 +183,27 @@ async fn busy_port_unreachable_printer_and_wrong_access_code() {
     assert_eq!(report.failures(), 3, "{}", report.render());
     drop(busy);
     sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn busy_broker_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = dir.path().join("printgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\n[web]\nlisten = \"127.0.0.1:{}\"\n[broker]\nlisten = \"{}\"\ntls_listen = \"127.0.0.1:{}\"\n",
+            dir.path().join("data").display().to_string(),
+            free_port(),
+            busy.local_addr().unwrap(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let report = doctor::run(&cfg, &opts()).await;
+    assert_status(&report, Subject::BrokerPorts, Status::Fail, "cannot listen");
+    assert_eq!(report.failures(), 1, "{}", report.render());
 }
 
 #[tokio::test]
