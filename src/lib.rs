@@ -4,9 +4,12 @@
 //! printer links, the recorder and the web server, and everything stops on one cancellation token.
 
 pub mod alerts;
+pub mod backup;
 pub mod broker;
 pub mod config;
+pub mod doctor;
 pub mod jobs;
+pub mod notify;
 pub mod printer;
 pub mod safety;
 pub mod sim;
@@ -290,6 +293,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     });
     tracing::info!("web interface on http://{web_addr}");
     let broker = start_broker(&gateway, web_addr, &shutdown, &mut tasks).await?;
+    notify::gateway_ready(&gateway, &mut tasks, shutdown.clone())?;
     Ok(RunningGateway {
         web_addr,
         gateway,

@@ -62,6 +62,32 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         user: String,
     },
+    /// Check a live installation and print each problem with its fix. Exit 1 if a check failed.
+    Doctor {
+        /// Path to printgate.toml.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Write a consistent copy of the database and stored print files to ARCHIVE (zip).
+    ///
+    /// Safe while the gateway runs.
+    Backup {
+        /// Path to printgate.toml.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The archive to write.
+        #[arg(value_name = "ARCHIVE")]
+        file: PathBuf,
+    },
+    /// Put back a backup made by `printgate backup` (stop the gateway first).
+    Restore {
+        /// Path to printgate.toml.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The archive to restore.
+        #[arg(value_name = "ARCHIVE")]
+        file: PathBuf,
+    },
     /// Run the dispatcher's seeded fault simulation and check the safety invariants.
     ///
     /// Random schedules of reports, taps, uploads,
@@ -111,12 +137,6 @@ fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-}
-
 /// Cancel `token` on SIGINT or SIGTERM.
 fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
@@ -154,6 +174,13 @@ fn main() -> ExitCode {
         } => {
             return exit_code(printgate::safety::bench::bench_safety_cli());
         }
+        Command::Doctor { config } => return exit_code(printgate::doctor::doctor_cli(config)),
+        Command::Backup { config, file } => {
+            return exit_code(printgate::backup::backup_cli(config, file));
+        }
+        Command::Restore { config, file } => {
+            return exit_code(printgate::backup::restore_cli(config, file));
+        }
         Command::SetPassword { config, user } => {
             return exit_code(printgate::web::auth::set_password_cli(config, user));
         }
@@ -162,7 +189,7 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    init_logging();
+    printgate::notify::init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -186,6 +213,9 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::CheckConfig { .. }
+            | Command::Doctor { .. }
+            | Command::Backup { .. }
+            | Command::Restore { .. }
             | Command::Gpio(_)
             | Command::Bench { .. }
             | Command::Simulate { .. }

@@ -24,3 +24,14 @@ pub(super) fn apply(conn: &mut rusqlite::Connection) -> Result<(), super::StoreE
         .to_latest(conn)
         .map_err(|e| super::StoreError::Migration(e.to_string()))
 }
+
+/// Apply only the first `version` migrations (tests build older schemas with it).
+pub(super) fn apply_up_to(
+    conn: &mut rusqlite::Connection,
+    version: u32,
+) -> Result<(), super::StoreError> {
+    let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
+    migrations
+        .to_version(conn, version as usize)
+        .map_err(|e| super::StoreError::Migration(e.to_string()))
+}

@@ -7,6 +7,7 @@
 //! no newer printgate wrote it. Any doubt leaves the file untouched and returns an error that
 //! says what to do.
 
+pub mod backup;
 mod events;
 pub mod files;
 pub mod jobs;
@@ -96,6 +97,10 @@ impl Store {
     ///   it; printgate never migrates down) → [`StoreError::NewerSchema`];
     /// - it cannot be written → [`StoreError::ReadOnly`].
     ///
+    /// Before migrating an existing database to a newer schema, it is copied (online backup
+    /// API) to `<dir>/backups/printgate-v<old version>-<UTC time>.sqlite`; if that copy fails,
+    /// nothing is migrated.
+    ///
     /// The connection uses WAL, `synchronous = FULL` (a commit is on disk when the call returns),
     /// foreign keys and a 5 s busy timeout.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -117,9 +122,18 @@ impl Store {
             if pending_wal {
                 conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
             }
-            inspect_existing(&conn, path)?;
+            let found = inspect_existing(&conn, path)?;
             if pending_wal {
                 conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)?;
+            }
+            // About to migrate a database holding data: keep a copy of it as it was first.
+            if found > 0 && found < migrations::latest_version() {
+                let copy = backup::backup_before_migration(&conn, path, found)?;
+                tracing::info!(
+                    "database schema {found} will be upgraded to {}; copy of the old database: {}",
+                    migrations::latest_version(),
+                    copy.display()
+                );
             }
         }
         if conn.is_readonly(rusqlite::MAIN_DB)? {
@@ -198,7 +212,8 @@ fn read_header(path: &Path) -> Result<bool, StoreError> {
 }
 
 /// Checks on an existing database before anything is written: intact, printgate's, not newer.
-fn inspect_existing(conn: &rusqlite::Connection, path: &Path) -> Result<(), StoreError> {
+/// Returns its schema version (0 for an empty database).
+fn inspect_existing(conn: &rusqlite::Connection, path: &Path) -> Result<u32, StoreError> {
     let refuse = |reason: String| StoreError::NotPrintgateDatabase {
         path: path.to_path_buf(),
         reason,
@@ -237,7 +252,7 @@ fn inspect_existing(conn: &rusqlite::Connection, path: &Path) -> Result<(), Stor
 
     if application_id == 0 {
         if user_version == 0 && objects == 0 {
-            return Ok(()); // an empty database: initialise it
+            return Ok(0); // an empty database: initialise it
         }
         return Err(refuse(
             "it holds data of another program (no printgate application id)".into(),
@@ -257,5 +272,5 @@ fn inspect_existing(conn: &rusqlite::Connection, path: &Path) -> Result<(), Stor
             known,
         });
     }
-    Ok(())
+    Ok(found)
 }
