@@ -199,10 +199,10 @@ impl TestGateway {
         let mut rx = gw.dispatcher.subscribe();
         let wait = async {
             loop {
-                if let Ok(Some(job)) = gw.store.job(id) {
-                    if job.state == state {
-                        return job;
-                    }
+                if let Ok(Some(job)) = gw.store.job(id)
+                    && job.state == state
+                {
+                    return job;
                 }
                 if rx.changed().await.is_err() {
                     panic!("dispatcher stopped");
