@@ -376,18 +376,7 @@ async fn serve_notifies_ready_pings_the_watchdog_and_keeps_secrets_out_of_logs()
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let ready = recv(&sock);
-    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
-    // The instance lock names the process.
-    assert_eq!(
-        printgate::notify::running_gateway(&data).as_deref(),
-        Some(child.id().to_string().as_str())
-    );
-    // Watchdog pings every WATCHDOG_USEC / 2.
-    for _ in 0..3 {
-        assert_eq!(recv(&sock).trim(), "WATCHDOG=1");
-    }
-    // Wait for the refusal in the log (stdout or stderr), then stop with SIGTERM.
+    // Drain stdout and stderr from the start: a full pipe would block the gateway's logging.
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let readers: Vec<_> = [
         Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -408,6 +397,18 @@ async fn serve_notifies_ready_pings_the_watchdog_and_keeps_secrets_out_of_logs()
     })
     .collect();
     drop(tx);
+    let ready = recv(&sock);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    // The instance lock names the process.
+    assert_eq!(
+        printgate::notify::running_gateway(&data).as_deref(),
+        Some(child.id().to_string().as_str())
+    );
+    // Watchdog pings every WATCHDOG_USEC / 2.
+    for _ in 0..3 {
+        assert_eq!(recv(&sock).trim(), "WATCHDOG=1");
+    }
+    // Wait for the refusal in the log (stdout or stderr), then stop with SIGTERM.
     let mut log = String::new();
     let mut refused = false;
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {

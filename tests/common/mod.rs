@@ -125,7 +125,7 @@ impl TestGateway {
         )
     }
 
-    /// Wait until every printer is online with a full report (the dispatcher can decide).
+    /// Wait until every printer is online with a full report and the dispatcher has seen it.
     pub async fn wait_online(&self) {
         for p in &self.gw().printers {
             let mut rx = p.link.subscribe();
@@ -137,6 +137,24 @@ impl TestGateway {
             .expect("printer online in time")
             .expect("link alive");
         }
+        // The dispatcher must have seen it too: a tap before that is refused (state unknown).
+        let names: Vec<String> = self.gw().printers.iter().map(|p| p.name.clone()).collect();
+        let mut rx = self.gw().dispatcher.subscribe();
+        tokio::time::timeout(
+            WAIT,
+            rx.wait_for(|s| {
+                names.iter().all(|n| {
+                    s.printers.get(n).is_some_and(|p| {
+                        p.report
+                            .as_ref()
+                            .is_some_and(|r| r.link_online && r.have_full_report)
+                    })
+                })
+            }),
+        )
+        .await
+        .expect("dispatcher saw every printer in time")
+        .expect("dispatcher running");
     }
 
     /// Store a fixture file for `model` and queue it for `printer` (or any compatible).
