@@ -95,6 +95,9 @@ async fn start_broker(
     let Some(handle) = broker::service::start(setup, printers, shutdown.clone()).await? else {
         return Ok(None);
     };
+    if let Some(d) = &handle.discovery {
+        let _ = gateway.discovery.set(d.clone());
+    }
     tasks.spawn(broker::executor::run(
         Arc::downgrade(gateway),
         cmd_rx,
@@ -155,6 +158,8 @@ pub struct Gateway {
     /// The job queue and plate-clear gate: every start goes through it.
     pub dispatcher: jobs::runner::Dispatcher,
     pub shutdown: CancellationToken,
+    /// Printers announcing themselves on the LAN (SSDP), once the broker side has started.
+    pub discovery: std::sync::OnceLock<broker::ssdp::Discovery>,
     /// Readable text for an HMS code (from the printer vendor's catalogue).
     pub hms_text: web::views::HmsTextFn,
     /// Smoke input, relays, thermal watchdog, trip latch and alerts (`None` only in setups that
@@ -260,6 +265,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         files,
         dispatcher,
         shutdown: shutdown.clone(),
+        discovery: std::sync::OnceLock::new(),
         hms_text: |attr, code| {
             let entry = printer::HmsEntry { attr, code };
             printer::bambu::errors::hms_text(&entry)

@@ -7,6 +7,7 @@ pub mod live;
 pub mod octoprint;
 pub mod printer_page;
 pub mod queue;
+pub mod settings;
 pub mod views;
 
 use crate::Gateway;
@@ -34,6 +35,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(queue::routes(gw.files.limits().max_file_bytes))
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
         .merge(printer_page::routes())
+        .merge(settings::routes())
         .merge(crate::safety::web::routes());
     // ---- auth (src/web/auth.rs): add routes above this line. Every route added before
     // `auth::protect` needs a signed-in user or an API token, except auth::PUBLIC_PATHS;
