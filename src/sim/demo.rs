@@ -76,6 +76,51 @@ pub async fn start_simulators(
     Ok((sims, config))
 }
 
+/// Queue one job per printer so the demo shows the gate: each waits until its printer's current
+/// print is done and someone taps Plate clear.
+pub async fn queue_demo_jobs(gw: &crate::Gateway) -> anyhow::Result<()> {
+    use crate::jobs::dispatcher::Event;
+    use crate::jobs::model::{NewJob, Target};
+    for (name, model, _, _) in DEMO_PRINTERS {
+        let job_name = format!("next_on_{}", model.config_name().to_ascii_lowercase());
+        let bytes = build_3mf(&Fixture3mf {
+            prediction_secs: 1500,
+            layers: 80,
+            ..Fixture3mf::for_model(model)
+        });
+        let stored = gw
+            .files
+            .ingest(
+                &format!("{job_name}.gcode.3mf"),
+                std::io::Cursor::new(bytes),
+            )
+            .await?;
+        let sha = stored.sha256.clone();
+        let (job, created) = gw.store.create_job(
+            &NewJob {
+                idempotency_key: format!("demo-{name}"),
+                target: Target::Printer(name.to_string()),
+                model_code: model.model_code().to_string(),
+                file_sha256: stored.sha256,
+                plate: 1,
+                name: job_name,
+                deadline: None,
+                created_by: "demo".into(),
+            },
+            gw.dispatcher.now(),
+        )?;
+        if created {
+            gw.dispatcher
+                .submit(Event::JobQueued(Box::new(job)))
+                .await?;
+        } else {
+            // Already queued by an earlier run on this data directory.
+            gw.files.release(&sha).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Run the demo until `shutdown` is cancelled.
 pub async fn run(
     listen: SocketAddr,
@@ -99,6 +144,7 @@ pub async fn run(
     let (sims, config) = start_simulators(data_dir.clone(), listen, time_scale).await?;
     start_local_prints(&sims)?;
     let running = crate::start(config, shutdown.clone()).await?;
+    queue_demo_jobs(&running.gateway).await?;
     println!(
         "printgate demo: open http://{} (data in {})",
         running.web_addr,

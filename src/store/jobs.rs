@@ -338,6 +338,23 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// The job most recently started on `printer` (printing or ended), if any: its plate
+    /// thumbnail tells people which object to take off.
+    pub fn last_started_job_on(&self, printer: &str) -> Result<Option<Job>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                &format!(
+                    "SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.assigned_printer = ?1
+                     AND j.state IN ('printing','finished','failed','unconfirmed')
+                     ORDER BY j.updated_at_ms DESC, j.id DESC LIMIT 1"
+                ),
+                [printer],
+                job_from_row,
+            )
+            .optional()?)
+    }
+
     /// The event rows of one job, oldest first.
     pub fn job_events(&self, job: JobId) -> Result<Vec<JobEventRow>, StoreError> {
         let conn = self.conn();

@@ -2,6 +2,9 @@
 //! the static assets embedded in the binary, and the JSON API under `/api/v1/`.
 
 pub mod actor;
+pub mod live;
+pub mod octoprint;
+pub mod printer_page;
 pub mod queue;
 pub mod views;
 
@@ -23,7 +26,12 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/static/style.css", get(style_css))
         .route("/api/v1/printers", get(api_printers))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/live", get(live::live))
+        .route("/thumbnails/{sha}/{plate}", get(thumbnail))
+        .route("/static/app.js", get(app_js))
         .merge(queue::routes(gw.files.limits().max_file_bytes))
+        .merge(octoprint::routes(gw.files.limits().max_file_bytes))
+        .merge(printer_page::routes())
         .with_state(gw)
 }
 
@@ -47,7 +55,7 @@ impl StatusPage {
     }
 }
 
-fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
+pub(crate) fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
     let now = Instant::now();
     let dispatch = gw.dispatcher.state();
     let clock_now = gw.dispatcher.now();
@@ -62,7 +70,17 @@ fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
                 dispatch.timings.plate_clear_ttl_ms,
             );
             let paused = runtime.is_some_and(|r| r.paused);
-            views::printer_view(&p.name, p.model, &snap, now, gw.hms_text, plate, paused)
+            let mut view =
+                views::printer_view(&p.name, p.model, &snap, now, gw.hms_text, plate, paused);
+            if view.plate.state != "clear" {
+                view.thumbnail_url = gw
+                    .store
+                    .last_started_job_on(&p.name)
+                    .ok()
+                    .flatten()
+                    .map(|j| format!("/thumbnails/{}/{}", j.file_sha256, j.plate));
+            }
+            view
         })
         .collect()
 }
@@ -85,6 +103,34 @@ async fn status_page(State(gw): State<Arc<Gateway>>, Query(q): Query<StatusQuery
 
 async fn api_printers(State(gw): State<Arc<Gateway>>) -> Json<Vec<PrinterView>> {
     Json(printer_views(&gw))
+}
+
+/// A plate thumbnail from a stored 3MF.
+async fn thumbnail(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Path((sha, plate)): axum::extract::Path<(String, u32)>,
+) -> Response {
+    match gw.files.thumbnail(&sha, plate).await {
+        Some(png) => (
+            [
+                (header::CONTENT_TYPE, "image/png"),
+                (header::CACHE_CONTROL, "private, max-age=86400"),
+            ],
+            png,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no thumbnail for this plate").into_response(),
+    }
+}
+
+async fn app_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../static/app.js"),
+    )
 }
 
 async fn style_css() -> impl IntoResponse {
@@ -136,6 +182,18 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         (self.status, Json(body)).into_response()
     }
+}
+
+/// Percent-encode a path segment or query value.
+pub(crate) fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Render a template, or a plain 500 that says what failed.

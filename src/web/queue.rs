@@ -106,20 +106,9 @@ fn back_to_dashboard(notice: &str) -> Response {
     let mut url = String::from("/");
     if !notice.is_empty() {
         url.push_str("?notice=");
-        url.push_str(&urlencode(notice));
+        url.push_str(&super::urlencode(notice));
     }
     Redirect::to(&url).into_response()
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn new_id() -> String {
@@ -135,14 +124,14 @@ fn printer_model(gw: &Gateway, name: &str) -> Option<Model> {
 // ---------------------------------------------------------------- upload
 
 /// The fields of an upload, whatever order the client sent them in.
-struct UploadForm {
-    stored: Option<StoredFile>,
-    printer: Option<String>,
-    plate: u32,
-    idempotency_key: Option<String>,
+pub(super) struct UploadForm {
+    pub(super) stored: Option<StoredFile>,
+    pub(super) printer: Option<String>,
+    pub(super) plate: u32,
+    pub(super) idempotency_key: Option<String>,
 }
 
-async fn read_upload(gw: &Gateway, mut mp: Multipart) -> Result<UploadForm, ApiError> {
+pub(super) async fn read_upload(gw: &Gateway, mut mp: Multipart) -> Result<UploadForm, ApiError> {
     let mut form = UploadForm {
         stored: None,
         printer: None,
@@ -210,7 +199,11 @@ fn file_error(e: FileError) -> ApiError {
 }
 
 /// Check the file against the target and create the job (idempotent on the key, I7).
-async fn queue_upload(gw: &Gateway, form: UploadForm, user: &str) -> Result<(Job, bool), ApiError> {
+pub(super) async fn queue_upload(
+    gw: &Gateway,
+    form: UploadForm,
+    user: &str,
+) -> Result<(Job, bool), ApiError> {
     let Some(stored) = form.stored else {
         return Err(ApiError::bad_request(
             "no file in the upload; send the sliced .gcode.3mf in the form field \"file\"",

@@ -37,6 +37,8 @@ pub struct PrinterView {
     /// Seconds since the last report, if any arrived on this connection.
     pub report_age_secs: Option<u64>,
     pub plate: PlateView,
+    /// Thumbnail of the plate of the last job started here (what to take off).
+    pub thumbnail_url: Option<String>,
     /// Per-printer queue pause.
     pub queue_paused: bool,
 }
@@ -130,6 +132,7 @@ pub fn printer_view(
             .last_report_at
             .map(|t| now.saturating_duration_since(t).as_secs()),
         plate,
+        thumbnail_url: None,
         queue_paused,
     }
 }

@@ -1,0 +1,81 @@
+//! `printgate demo` as a newcomer runs it: the real binary, its own simulators, a web page on an
+//! ephemeral loopback port. The page lists the three printers, and each goes through a print
+//! (RUNNING, then FINISH) while the page is watched.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn demo_serves_three_printers_that_print() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_printgate"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--time-scale", "400"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let demo = Demo(child);
+    // The first line names the address: "printgate demo: open http://127.0.0.1:PORT …".
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("demo printed its address")
+            .expect("utf-8");
+        if let Some(rest) = line.split("open ").nth(1) {
+            break rest.split_whitespace().next().expect("url").to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+
+    // The demo's API key (printed on its console) works for scripts and slicers.
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("{url}{path}"))
+            .header("X-Api-Key", "printgate-demo")
+            .send()
+            .expect("request")
+    };
+    let page = get("/").text().expect("body");
+    for name in ["Garage P1S", "Office X1C", "Desk A1 mini"] {
+        assert!(page.contains(name), "{name} on the page");
+    }
+
+    // Each printer is seen printing and then finished, through the gateway's own view.
+    let mut seen_running = [false; 3];
+    let mut seen_finished = [false; 3];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while seen_finished.iter().any(|f| !f) {
+        assert!(
+            Instant::now() < deadline,
+            "running {seen_running:?}, finished {seen_finished:?}"
+        );
+        let printers: serde_json::Value = get("/api/v1/printers").json().expect("json");
+        for (i, p) in printers
+            .as_array()
+            .expect("array")
+            .iter()
+            .enumerate()
+            .take(3)
+        {
+            match p["gcode_state"].as_str() {
+                Some("RUNNING") | Some("PREPARE") => seen_running[i] = true,
+                Some("FINISH") if seen_running[i] => seen_finished[i] = true,
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(demo);
+}
