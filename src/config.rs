@@ -152,12 +152,17 @@ fn default_ftps_port() -> u16 {
 pub struct WebConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Mark the session cookie `Secure` (set when the page is served over HTTPS, e.g. behind a
+    /// TLS reverse proxy; requests with `X-Forwarded-Proto: https` get it anyway).
+    #[serde(default)]
+    pub secure_cookies: bool,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            secure_cookies: false,
         }
     }
 }

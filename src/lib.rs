@@ -166,9 +166,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let app = web::router(gateway.clone());
     let token = shutdown.clone();
     tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await;
         if let Err(e) = served {
             tracing::error!("web server stopped: {e}");
         }

@@ -50,6 +50,18 @@ enum Command {
         #[arg(long, value_name = "X", default_value_t = 1.0)]
         time_scale: f64,
     },
+    /// Set (or reset) the password of a web account, creating it (as administrator) if missing.
+    ///
+    /// Reads the new password twice from the terminal, or two lines from stdin when not a
+    /// terminal.
+    SetPassword {
+        /// Path to printgate.toml.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// User name of the account.
+        #[arg(long, value_name = "NAME")]
+        user: String,
+    },
     /// Run the dispatcher's seeded fault simulation and check the safety invariants.
     ///
     /// Random schedules of reports, taps, uploads,
@@ -117,6 +129,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => {
             return exit_code(printgate::config::check_config_cli(config));
         }
+        Command::SetPassword { config, user } => {
+            return exit_code(printgate::web::auth::set_password_cli(config, user));
+        }
         Command::Simulate { seeds, seed } => {
             return exit_code(printgate::jobs::simulation::simulate_cli(*seeds, *seed));
         }
@@ -145,7 +160,9 @@ fn main() -> ExitCode {
                 printgate::start(config, token).await?.wait().await;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::CheckConfig { .. } | Command::Simulate { .. } => Ok(ExitCode::SUCCESS),
+            Command::CheckConfig { .. }
+            | Command::Simulate { .. }
+            | Command::SetPassword { .. } => Ok(ExitCode::SUCCESS),
             Command::Sim {
                 printers,
                 models,

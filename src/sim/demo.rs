@@ -67,7 +67,10 @@ pub async fn start_simulators(
     }
     let config = Config {
         data_dir,
-        web: WebConfig { listen },
+        web: WebConfig {
+            listen,
+            ..WebConfig::default()
+        },
         link: LinkConfig::default(),
         dispatch: DispatchConfig::default(),
         printers,
@@ -143,6 +146,11 @@ pub async fn run(
     }
     let (sims, config) = start_simulators(data_dir.clone(), listen, time_scale).await?;
     start_local_prints(&sims)?;
+    // The demo account exists before the gateway starts, so no setup code is needed.
+    std::fs::create_dir_all(&data_dir)?;
+    crate::web::auth::ensure_demo_account(&crate::store::Store::open(
+        &data_dir.join(crate::DATABASE_FILE),
+    )?)?;
     let running = crate::start(config, shutdown.clone()).await?;
     queue_demo_jobs(&running.gateway).await?;
     println!(

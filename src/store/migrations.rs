@@ -10,6 +10,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/002_files.sql"),
     include_str!("migrations/003_safety.sql"),
     include_str!("migrations/004_jobs.sql"),
+    include_str!("migrations/005_users.sql"),
 ];
 
 /// The schema version this build writes (= number of known migrations).

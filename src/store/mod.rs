@@ -15,6 +15,7 @@ mod pins;
 mod printers;
 mod safety;
 mod sequence;
+pub mod users;
 
 pub use safety::SafetyAuditEntry;
 

@@ -2,6 +2,7 @@
 //! the static assets embedded in the binary, and the JSON API under `/api/v1/`.
 
 pub mod actor;
+pub mod auth;
 pub mod live;
 pub mod octoprint;
 pub mod printer_page;
@@ -10,6 +11,7 @@ pub mod views;
 
 use crate::Gateway;
 use askama::Template;
+use auth::CurrentUser;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -21,7 +23,7 @@ use views::{PrinterView, fmt_minutes, fmt_temp};
 
 /// Build the router for one gateway.
 pub fn router(gw: Arc<Gateway>) -> Router {
-    Router::new()
+    let app = Router::new()
         .route("/", get(status_page))
         .route("/static/style.css", get(style_css))
         .route("/api/v1/printers", get(api_printers))
@@ -31,8 +33,12 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/static/app.js", get(app_js))
         .merge(queue::routes(gw.files.limits().max_file_bytes))
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
-        .merge(printer_page::routes())
-        .with_state(gw)
+        .merge(printer_page::routes());
+    // ---- auth (src/web/auth.rs): add routes above this line. Every route added before
+    // `auth::protect` needs a signed-in user or an API token, except auth::PUBLIC_PATHS;
+    // handlers take `auth::CurrentUser`. ----
+    let app = auth::protect(app.merge(auth::routes()), &gw);
+    app.with_state(gw)
 }
 
 #[derive(Template)]
@@ -44,6 +50,7 @@ struct StatusPage {
     queue_paused: bool,
     plate_ttl_minutes: u64,
     refresh_secs: u32,
+    csrf: String,
 }
 
 impl StatusPage {
@@ -90,7 +97,11 @@ struct StatusQuery {
     notice: Option<String>,
 }
 
-async fn status_page(State(gw): State<Arc<Gateway>>, Query(q): Query<StatusQuery>) -> Response {
+async fn status_page(
+    State(gw): State<Arc<Gateway>>,
+    user: CurrentUser,
+    Query(q): Query<StatusQuery>,
+) -> Response {
     render(&StatusPage {
         printers: printer_views(&gw),
         jobs: queue::queue_views(&gw),
@@ -98,6 +109,7 @@ async fn status_page(State(gw): State<Arc<Gateway>>, Query(q): Query<StatusQuery
         queue_paused: gw.dispatcher.state().queue_paused,
         plate_ttl_minutes: gw.config.dispatch.plate_clear_ttl_secs / 60,
         refresh_secs: 5,
+        csrf: user.csrf_token().to_string(),
     })
 }
 

@@ -144,10 +144,14 @@ fn file_entry(stored: &StoredFile, job_id: i64) -> serde_json::Value {
 /// `POST /api/files/local`: multipart `file` (required), `select`, `print`, `path`. The file is
 /// queued for the token's default printer or any compatible printer.
 async fn upload(State(gw): State<Arc<Gateway>>, actor: Actor, mp: Multipart) -> Response {
-    let form: UploadForm = match super::queue::read_upload(&gw, mp).await {
+    let mut form: UploadForm = match super::queue::read_upload(&gw, mp).await {
         Ok(f) => f,
         Err(e) => return octo_error(e.status, e.message),
     };
+    // Slicers send no printer: the token's default printer, else any compatible one.
+    if form.printer.is_none() {
+        form.printer = actor.1.clone();
+    }
     if form.stored.is_none() {
         return octo_error(
             StatusCode::BAD_REQUEST,

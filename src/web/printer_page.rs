@@ -3,6 +3,7 @@
 //! start a print — and every one is recorded in the printer's history with who did it.
 
 use super::actor::Actor;
+use super::auth::CurrentUser;
 use super::views::PrinterView;
 use super::{ApiError, render};
 use crate::Gateway;
@@ -40,6 +41,7 @@ struct PrinterPage {
     p: PrinterView,
     events: Vec<EventLine>,
     notice: Option<String>,
+    csrf: String,
 }
 
 impl PrinterPage {
@@ -58,6 +60,7 @@ struct NoticeQuery {
 
 async fn page(
     State(gw): State<Arc<Gateway>>,
+    user: CurrentUser,
     Path(name): Path<String>,
     Query(q): Query<NoticeQuery>,
 ) -> Response {
@@ -88,6 +91,7 @@ async fn page(
         p,
         events,
         notice: q.notice.filter(|n| !n.is_empty()),
+        csrf: user.csrf_token().to_string(),
     })
 }
 

@@ -5,6 +5,7 @@
 //! as JSON under `/api/v1/`.
 
 use super::actor::Actor;
+use super::auth::CurrentUser;
 use super::{ApiError, render};
 use crate::Gateway;
 use crate::config::Model;
@@ -335,12 +336,14 @@ fn job_for_file(
 struct UploadPage {
     printers: Vec<String>,
     idempotency_key: String,
+    csrf: String,
 }
 
-async fn upload_page(State(gw): State<Arc<Gateway>>) -> Response {
+async fn upload_page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Response {
     render(&UploadPage {
         printers: gw.printers.iter().map(|p| p.name.clone()).collect(),
         idempotency_key: new_id(),
+        csrf: user.csrf_token().to_string(),
     })
 }
 
@@ -389,9 +392,14 @@ async fn api_jobs(State(gw): State<Arc<Gateway>>) -> Json<Vec<JobView>> {
 struct PlateClearPage {
     printer: String,
     tap_id: String,
+    csrf: String,
 }
 
-async fn plate_clear_page(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+async fn plate_clear_page(
+    State(gw): State<Arc<Gateway>>,
+    user: CurrentUser,
+    Path(name): Path<String>,
+) -> Response {
     if printer_model(&gw, &name).is_none() {
         return (
             StatusCode::NOT_FOUND,
@@ -402,6 +410,7 @@ async fn plate_clear_page(State(gw): State<Arc<Gateway>>, Path(name): Path<Strin
     render(&PlateClearPage {
         printer: name,
         tap_id: new_id(),
+        csrf: user.csrf_token().to_string(),
     })
 }
 
@@ -633,6 +642,7 @@ pub struct HistoryRow {
 struct HistoryPage {
     rows: Vec<HistoryRow>,
     jobs: Vec<JobView>,
+    csrf: String,
 }
 
 fn fmt_ms(ms: i64) -> String {
@@ -641,7 +651,7 @@ fn fmt_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-async fn history_page(State(gw): State<Arc<Gateway>>) -> Response {
+async fn history_page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Response {
     let mut rows: Vec<(i64, HistoryRow)> = Vec::new();
     if let Ok(events) = gw.store.recent_events(None, 200) {
         for e in events {
@@ -693,5 +703,6 @@ async fn history_page(State(gw): State<Arc<Gateway>>) -> Response {
     render(&HistoryPage {
         rows: rows.into_iter().map(|(_, r)| r).collect(),
         jobs,
+        csrf: user.csrf_token().to_string(),
     })
 }
