@@ -160,12 +160,13 @@ async fn launch(binary: &Path, config: &Path, token: Option<String>) -> Gateway 
     gw
 }
 
-/// An API token for the gateway's data directory, created before the first start.
-///
-/// The login/API-token layer is landing on main; until it does every action route answers
-/// 401 and this returns `None`.
-fn provision_token(_data_dir: &Path) -> Option<String> {
-    None
+/// An API token for the gateway in `data_dir`, created before its first start (the demo
+/// account's token, as `printgate demo` creates it).
+fn provision_token(data_dir: &Path) -> String {
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    let store = printgate::store::Store::open(&data_dir.join(printgate::DATABASE_FILE))
+        .expect("open the gateway's database");
+    common::demo_api_token(&store)
 }
 
 /// Poll (the gateway is another process: no events to await) until every printer is online
@@ -274,7 +275,7 @@ async fn kill_9_during_dispatch_never_starts_a_job_twice_or_loses_one() {
         toml::to_string(&config).expect("config serialises"),
     )
     .expect("write config");
-    let token = provision_token(&data_dir);
+    let token = Some(provision_token(&data_dir));
     let files: Vec<Vec<u8>> = MODELS
         .iter()
         .map(|m| common::fixture_bytes(*m, PRINT_SECS))

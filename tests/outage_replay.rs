@@ -164,9 +164,8 @@ async fn the_2023_08_15_outage_replayed_starts_nothing_unasked_twice_or_late() {
     let window_ms = config.dispatch.start_window_secs * 1000;
     let ttl_ms = config.dispatch.plate_clear_ttl_secs * 1000;
     let t = TestGateway::start_with(sims, dir, config).await;
-    let api_addr = common::serve_api_as(t.gw().clone(), "alice", t.shutdown.clone()).await;
     let mut people = People {
-        api: Api::new(api_addr, None),
+        api: t.api(),
         taps: BTreeSet::new(),
         tap_counter: 0,
         previous_subtasks: BTreeMap::new(),

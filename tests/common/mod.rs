@@ -252,27 +252,11 @@ pub fn fixture_bytes(model: Model, prediction_secs: u64) -> Vec<u8> {
     })
 }
 
-/// Serve the gateway's real router on an extra loopback port with every request acting as
-/// `user` (the identity the authentication layer would attach), for tests that drive the JSON
-/// API of an in-process gateway. Stops with `shutdown`.
-pub async fn serve_api_as(
-    gw: Arc<printgate::Gateway>,
-    user: &str,
-    shutdown: CancellationToken,
-) -> SocketAddr {
-    let app = printgate::web::router(gw).layer(axum::Extension(printgate::web::actor::Actor(
-        user.to_string(),
-    )));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local address");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-    });
-    addr
+/// An API token of the gateway's demo account (`demo`), created in `store` if missing: what a
+/// slicer or script sends in `X-Api-Key`.
+pub fn demo_api_token(store: &printgate::store::Store) -> String {
+    printgate::web::auth::ensure_demo_account(store).expect("demo account and token");
+    printgate::web::auth::DEMO_API_TOKEN.to_string()
 }
 
 /// A client of the JSON API (`/api/v1/…`), optionally with an API token.
@@ -463,6 +447,15 @@ impl TestGateway {
                     .map(|j| (j.state, j.message))
             ),
         }
+    }
+
+    /// A client of this gateway's JSON API, authenticated with the demo account's API token.
+    pub fn api(&self) -> Api {
+        let token = demo_api_token(&self.gw().store);
+        Api::new(
+            self.running.as_ref().expect("running").web_addr,
+            Some(token),
+        )
     }
 
     /// The SQLite file of this gateway.
