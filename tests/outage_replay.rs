@@ -35,6 +35,8 @@ const P3: &str = "printer 3"; // A1 mini (delta reports)
 /// Simulated print: 20 s prepare + this, at `TIME_SCALE`.
 const PRINT_SECS: u64 = 60;
 const TIME_SCALE: f64 = 100.0;
+/// How long the printers refuse connections after the half-open phase.
+const REFUSED: Duration = Duration::from_secs(4);
 
 /// The people and clients of the replay, and what they did (tap ids, subtask history).
 struct People {
@@ -274,19 +276,19 @@ async fn the_2023_08_15_outage_replayed_starts_nothing_unasked_twice_or_late() {
     // The second failure: connections refused for a while, the half-open state is over.
     let t_refused = Instant::now();
     for s in &t.sims {
-        s.disconnect_for(Duration::from_secs(3));
+        s.disconnect_for(REFUSED);
         s.half_open_for(Duration::ZERO);
     }
     unreachable_round(&mut people, &t, 2, &jobs, &mut new_key_jobs).await;
     let round_two_done = Instant::now();
     assert!(
-        round_two_done < t_refused + Duration::from_secs(3),
+        round_two_done < t_refused + REFUSED,
         "the unreachable round finished while the printers refused connections"
     );
 
     // ---- 4. The real reconnect ------------------------------------------------------------
     t.wait_dispatch_ready().await;
-    let t_back = t_refused + Duration::from_secs(3);
+    let t_back = t_refused + REFUSED;
     // People press "start again" once more (no-op: the jobs are queued) and the API retries.
     for job in [a2, a3] {
         let before = t.gw().store.job(job).expect("db").expect("job");
