@@ -67,6 +67,12 @@ fn config(dir: &std::path::Path, sims: &[SimPrinter]) -> Config {
             })
             .collect(),
         safety: Default::default(),
+        alerts: Default::default(),
+        // Measured without the MQTT broker (nothing of it is on the tap → start path).
+        broker: printgate::broker::config::BrokerConfig {
+            mode: printgate::broker::config::BrokerMode::Off,
+            ..Default::default()
+        },
     }
 }
 

@@ -284,6 +284,12 @@ pub struct Config {
     /// Smoke input, relays, thermal watchdog (`[safety]`).
     #[serde(default)]
     pub safety: crate::safety::config::SafetyConfig,
+    /// Where alerts go: ntfy, webhook, buzzer (`[alerts]`).
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertsConfig,
+    /// MQTT broker, Home Assistant discovery, mDNS, printer discovery (`[broker]`).
+    #[serde(default)]
+    pub broker: crate::broker::config::BrokerConfig,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -420,6 +426,9 @@ impl Config {
         self.check_sections(&mut errs);
         check_printers(&self.printer_refs(), &mut errs);
         self.check_safety(&self.printers, &mut errs);
+        for message in self.broker.problems() {
+            errs.push(ConfigError::new("", "", message));
+        }
         sort_by_printer(&mut errs);
         if errs.is_empty() {
             Ok(())
@@ -444,6 +453,9 @@ impl Config {
     fn check_safety(&self, printers: &[PrinterConfig], errs: &mut Vec<ConfigError>) {
         let names: Vec<&str> = printers.iter().map(|p| p.name.as_str()).collect();
         for message in self.safety.validate(&names) {
+            errs.push(ConfigError::new("", "", message));
+        }
+        for message in self.alerts.validate() {
             errs.push(ConfigError::new("", "", message));
         }
     }

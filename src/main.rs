@@ -76,11 +76,21 @@ enum Command {
         #[arg(long, value_name = "S")]
         seed: Option<u64>,
     },
+    /// Drive the simulated GPIO of a running gateway (demo, or gpio_backend = "simulated").
+    Gpio(printgate::safety::cli::GpioArgs),
+    /// Run a benchmark and print its figures.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Run the gateway with three simulated printers (P1S, X1C, A1 mini) in one process.
     Demo {
         /// Address of the web interface (loopback only is recommended).
         #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Address of the embedded MQTT broker (user demo, password demo).
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:1883")]
+        mqtt_listen: SocketAddr,
         /// Data directory; a fresh temporary one when omitted (deleted on exit).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
@@ -88,6 +98,13 @@ enum Command {
         #[arg(long, value_name = "X", default_value_t = 60.0)]
         time_scale: f64,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Smoke edge → relay written (10,000 edges, simulated GPIO, 10 printers reporting and 20
+    /// dashboard clients); the last line reads `smoke->relay p50 <n> us, p99 <n> us, max <n> us`.
+    Safety,
 }
 
 fn exit_code(code: i32) -> ExitCode {
@@ -129,6 +146,14 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => {
             return exit_code(printgate::config::check_config_cli(config));
         }
+        Command::Gpio(args) => {
+            return exit_code(printgate::safety::cli::gpio_cli(args.clone()));
+        }
+        Command::Bench {
+            what: BenchWhat::Safety,
+        } => {
+            return exit_code(printgate::safety::bench::bench_safety_cli());
+        }
         Command::SetPassword { config, user } => {
             return exit_code(printgate::web::auth::set_password_cli(config, user));
         }
@@ -161,6 +186,8 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::CheckConfig { .. }
+            | Command::Gpio(_)
+            | Command::Bench { .. }
             | Command::Simulate { .. }
             | Command::SetPassword { .. } => Ok(ExitCode::SUCCESS),
             Command::Sim {
@@ -182,9 +209,10 @@ fn main() -> ExitCode {
             }
             Command::Demo {
                 listen,
+                mqtt_listen,
                 data_dir,
                 time_scale,
-            } => printgate::sim::demo::run(listen, data_dir, time_scale, token)
+            } => printgate::sim::demo::run(listen, mqtt_listen, data_dir, time_scale, token)
                 .await
                 .map(|()| ExitCode::SUCCESS),
         }

@@ -27,7 +27,7 @@ struct App {
 
 fn config_text(dir: &Path, extra: &str) -> String {
     format!(
-        "data_dir = '{}'\n{extra}\n[web]\nlisten = \"127.0.0.1:0\"\n",
+        "data_dir = '{}'\n{extra}\n[broker]\nmode = \"off\"\n\n[web]\nlisten = \"127.0.0.1:0\"\n",
         dir.display()
     )
 }

@@ -8,19 +8,24 @@
 //! * [`watchdog`] — [`watchdog::ThermalWatchdog`]: pure checks of temperature reports.
 //! * [`config`] — `[safety]` in printgate.toml.
 //! * [`bench`] — latency figures for `printgate bench safety`.
+//! * [`runtime`] — [`runtime::spawn_safety`] runs all of the above inside the gateway and gives
+//!   out a [`runtime::SafetyHandle`]; [`web`] is its JSON API, [`cli`] the `printgate gpio` client.
 //!
 //! Wiring at start-up: `open_gpio` → `TripController::new(gpio, cfg, printers,
 //! store.safety_boot_state())` → [`install_inputs`] → a task that handles [`SafetyEvent`]s.
 
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod debounce;
 pub mod gpio;
 mod input_worker;
 pub mod latch;
 pub mod rppal_gpio;
+pub mod runtime;
 pub mod sim_gpio;
 pub mod watchdog;
+pub mod web;
 
 pub use config::SafetyConfig;
 pub use gpio::{Gpio, GpioError, open_gpio};

@@ -33,7 +33,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/static/app.js", get(app_js))
         .merge(queue::routes(gw.files.limits().max_file_bytes))
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
-        .merge(printer_page::routes());
+        .merge(printer_page::routes())
+        .merge(crate::safety::web::routes());
     // ---- auth (src/web/auth.rs): add routes above this line. Every route added before
     // `auth::protect` needs a signed-in user or an API token, except auth::PUBLIC_PATHS;
     // handlers take `auth::CurrentUser`. ----

@@ -77,6 +77,11 @@ pub fn config_for(dir: &std::path::Path, sims: &[SimPrinter]) -> Config {
             .map(|(i, s)| printer_config(&format!("printer {}", i + 1), s))
             .collect(),
         safety: Default::default(),
+        alerts: Default::default(),
+        broker: printgate::broker::config::BrokerConfig {
+            mode: printgate::broker::config::BrokerMode::Off,
+            ..Default::default()
+        },
     }
 }
 
@@ -676,4 +681,117 @@ pub fn audit_starts(db: &std::path::Path, starts: &[DeliveredStart], rules: &Aud
             .push((s.printer.clone(), s.subtask_id, job, tap_id));
     }
     audit
+}
+
+// ---- Safety runtime helpers (safetyrt) ----
+
+/// BCM pin of the simulated smoke input in tests.
+pub const SMOKE_PIN: u8 = 17;
+
+/// `[safety]` for tests: simulated GPIO, an active-low smoke input on [`SMOKE_PIN`] (20 ms
+/// debounce) and one relay per printer on GPIO 5, 6, … (names as in [`config_for`]).
+pub fn safety_config(printers: usize) -> printgate::safety::SafetyConfig {
+    use printgate::safety::config::{
+        GpioBackendChoice, InputPinConfig, RelayConfig, RelayFailSafe,
+    };
+    printgate::safety::SafetyConfig {
+        gpio_backend: GpioBackendChoice::Simulated,
+        smoke: Some(InputPinConfig {
+            pin: SMOKE_PIN,
+            pull: Default::default(),
+            active_level: Default::default(),
+            debounce_ms: 20,
+        }),
+        relays: (0..printers)
+            .map(|i| RelayConfig {
+                printer: format!("printer {}", i + 1),
+                pin: 5 + u8::try_from(i).expect("few printers"),
+                active_low: true,
+                on_at_boot: true,
+            })
+            .collect(),
+        relay_fail_safe: RelayFailSafe::PowerOffWhenGatewayDown,
+        ..Default::default()
+    }
+}
+
+impl TestGateway {
+    pub fn safety(&self) -> &printgate::safety::runtime::SafetyHandle {
+        self.gw().safety.as_ref().expect("safety running")
+    }
+
+    pub fn sim_gpio(&self) -> Arc<printgate::safety::sim_gpio::SimGpio> {
+        self.safety().sim_gpio().expect("simulated GPIO")
+    }
+
+    /// Stop the gateway (not the simulators) and start a new one on the same data directory.
+    pub async fn restart_with(&mut self, config: Config) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        self.shutdown = CancellationToken::new();
+        self.running = Some(
+            start(config, self.shutdown.clone())
+                .await
+                .expect("gateway restarts"),
+        );
+    }
+}
+
+/// Wait (bounded by [`WAIT`]) for the first safety update matching `pred`.
+pub async fn wait_update(
+    rx: &mut tokio::sync::broadcast::Receiver<printgate::safety::runtime::SafetyUpdate>,
+    what: &str,
+    mut pred: impl FnMut(&printgate::safety::runtime::SafetyUpdate) -> bool,
+) -> printgate::safety::runtime::SafetyUpdate {
+    let wait = async {
+        loop {
+            match rx.recv().await {
+                Ok(u) if pred(&u) => return u,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    panic!("safety room stopped while waiting for {what}")
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no safety update: {what}"))
+}
+
+/// Put a file on a simulator and start it from its "screen" (a print the gateway only watches).
+pub fn start_screen_print(sim: &SimPrinter, name: &str, secs: u64) {
+    let bytes = build_3mf(&Fixture3mf {
+        prediction_secs: secs,
+        layers: 20,
+        ..Fixture3mf::for_model(sim.model())
+    });
+    let file = format!("{name}.gcode.3mf");
+    sim.storage().put(&file, bytes).expect("file stored");
+    sim.start_from_screen(&file, name);
+}
+
+/// `print.stop` commands a simulator received.
+pub fn stops(sim: &SimPrinter) -> Vec<LoggedCommand> {
+    sim.command_log()
+        .into_iter()
+        .filter(|c| c.section.as_deref() == Some("print") && c.command.as_deref() == Some("stop"))
+        .collect()
+}
+
+/// Wait (bounded by [`WAIT`]) until a simulator has received `n` `print.stop` commands.
+pub async fn wait_stops(sim: &SimPrinter, n: usize) {
+    let mut rx = sim.subscribe_commands();
+    let wait = async {
+        while stops(sim).len() < n {
+            match rx.recv().await {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{} did not receive {n} stop command(s)", sim.name()));
 }

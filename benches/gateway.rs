@@ -1,0 +1,635 @@
+//! Gateway process figures from issue 3, measured on the real release binary (nothing is built
+//! here): `printgate sim --printers 10` runs in its own process, `printgate serve` is pointed at
+//! it through a generated printgate.toml, and this program measures
+//!
+//! - cold start: spawn of `printgate serve` → first HTTP 200 on `/healthz` and on `/`
+//!   (several starts; the first on a fresh data directory, the rest reusing it);
+//! - idle memory: the serve process's VmRSS / VmHWM (and its anon/file split, thread count)
+//!   from `/proc/<pid>/status`, sampled while all 10 printers are connected;
+//! - idle CPU: utime + stime from `/proc/<pid>/stat` over the same period.
+//!
+//! Run with `cargo bench --bench gateway`. Environment knobs:
+//! `PRINTGATE_BENCH_SECS` (idle period, default 300), `PRINTGATE_BENCH_INTERVAL_SECS` (RSS sample
+//! interval, default 10), `PRINTGATE_BENCH_COLD_RUNS` (cold starts measured, default 5),
+//! `PRINTGATE_BENCH_PRINTERS` (default 10). Everything listens on 127.0.0.1; every child is
+//! stopped when this program ends, also on a panic.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// The release binary cargo built for this package. It is copied into the work directory first,
+/// so that a rebuild of the shared target directory during a long run cannot swap it.
+const BIN: &str = env!("CARGO_BIN_EXE_printgate");
+const MODELS: &str = "P1S,X1C,A1MINI";
+/// Pause between two polls of an HTTP endpoint during cold start.
+const POLL_PAUSE: Duration = Duration::from_millis(2);
+/// A cold start slower than this is reported as a failure.
+const START_LIMIT: Duration = Duration::from_secs(20);
+/// How long the printers may take to come online.
+const ONLINE_LIMIT: Duration = Duration::from_secs(90);
+/// The serve log line of one established printer connection.
+const MARKER_CONNECTED: &str = "connected to the printer";
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Children that are always stopped
+// ---------------------------------------------------------------------------------------------
+
+/// A child process that is stopped when dropped: SIGINT (what both `sim` and `serve` shut down
+/// on), a bounded wait, then SIGKILL.
+struct Guard {
+    name: &'static str,
+    child: Child,
+}
+
+impl Guard {
+    fn spawn(name: &'static str, cmd: &mut Command) -> Res<Guard> {
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
+        Ok(Guard { name, child })
+    }
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    /// Stop politely (SIGINT, like Ctrl-C), then by force after 5 s.
+    fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-INT", &self.pid().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "{} did not stop on SIGINT within 5 s; killing it",
+            self.name
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Copy a child's stdout into `log` (so the pipe never fills), counting lines with `marker`.
+fn drain(out: ChildStdout, log: PathBuf, marker: &'static str) -> Arc<AtomicUsize> {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::create(&log).ok();
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(marker) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(f) = file.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
+    count
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulator and the config built from its output
+// ---------------------------------------------------------------------------------------------
+
+/// One line of `printgate sim`: `name model serial host mqtt_port ftps_port access_code fingerprint`.
+#[derive(Debug, Clone)]
+struct SimPrinter {
+    name: String,
+    model: String,
+    serial: String,
+    host: String,
+    mqtt_port: u16,
+    ftps_port: u16,
+    access_code: String,
+}
+
+fn parse_sim_line(line: &str) -> Option<SimPrinter> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let [name, model, serial, host, mqtt, ftps, code, _fingerprint] = f.as_slice() else {
+        return None;
+    };
+    Some(SimPrinter {
+        name: name.to_string(),
+        model: model.to_string(),
+        serial: serial.to_string(),
+        host: host.to_string(),
+        mqtt_port: mqtt.parse().ok()?,
+        ftps_port: ftps.parse().ok()?,
+        access_code: code.to_string(),
+    })
+}
+
+/// Start the simulators and read their addresses (header line, then one line per printer).
+fn start_sim(bin: &Path, n: usize, dir: &Path) -> Res<(Guard, Vec<SimPrinter>)> {
+    let mut guard = Guard::spawn(
+        "printgate sim",
+        Command::new(bin)
+            .args(["sim", "--printers", &n.to_string(), "--models", MODELS])
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )?;
+    let out = guard.child.stdout.take().ok_or("sim stdout not captured")?;
+    let mut lines = BufReader::new(out).lines();
+    let mut printers = Vec::new();
+    let mut header = false;
+    // Bounded: the header, n printer lines and at most 200 other (log) lines.
+    for _ in 0..(n + 201) {
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        if line.starts_with("# name model serial") {
+            header = true;
+        } else if header && let Some(p) = parse_sim_line(&line) {
+            printers.push(p);
+            if printers.len() == n {
+                break;
+            }
+        }
+    }
+    if printers.len() != n {
+        return Err(format!("printgate sim described {} of {n} printers", printers.len()).into());
+    }
+    let log = dir.join("sim.log");
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::create(log).ok();
+        for line in lines.map_while(Result::ok) {
+            if let Some(f) = file.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
+    Ok((guard, printers))
+}
+
+fn toml_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn write_config(path: &Path, data_dir: &Path, port: u16, printers: &[SimPrinter]) -> Res<()> {
+    let mut t = String::new();
+    t.push_str(&format!(
+        "data_dir = {}\n\n[web]\nlisten = \"127.0.0.1:{port}\"\n\n[broker]\nmode = \"off\"\n",
+        toml_str(&data_dir.display().to_string())
+    ));
+    for p in printers {
+        t.push_str(&format!(
+            "\n[[printers]]\nname = {}\nmodel = {}\nserial = {}\nhost = {}\naccess_code = {}\n\
+             tls = \"pin\"\nmqtt_port = {}\nftps_port = {}\n",
+            toml_str(&p.name),
+            toml_str(&p.model),
+            toml_str(&p.serial),
+            toml_str(&p.host),
+            toml_str(&p.access_code),
+            p.mqtt_port,
+            p.ftps_port
+        ));
+    }
+    std::fs::write(path, t)?;
+    Ok(())
+}
+
+/// A free loopback port (bound, read, released).
+fn free_port() -> Res<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+// ---------------------------------------------------------------------------------------------
+// printgate serve
+// ---------------------------------------------------------------------------------------------
+
+struct Serve {
+    guard: Guard,
+    spawned: Instant,
+    connected: Arc<AtomicUsize>,
+}
+
+fn start_serve(bin: &Path, config: &Path, log: PathBuf) -> Res<Serve> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env(
+            "RUST_LOG",
+            std::env::var("PRINTGATE_BENCH_LOG").unwrap_or("info".into()),
+        )
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let spawned = Instant::now();
+    let mut guard = Guard::spawn("printgate serve", &mut cmd)?;
+    let out = guard
+        .child
+        .stdout
+        .take()
+        .ok_or("serve stdout not captured")?;
+    let connected = drain(out, log, MARKER_CONNECTED);
+    Ok(Serve {
+        guard,
+        spawned,
+        connected,
+    })
+}
+
+fn http() -> Res<reqwest::blocking::Client> {
+    Ok(reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()?)
+}
+
+/// What polling one URL during start-up found.
+enum FirstAnswer {
+    /// 200 after this long since spawn.
+    Ok(Duration),
+    /// The first non-connection-error answer was not 200 (e.g. a login redirect).
+    Other(u16, Duration),
+}
+
+/// Poll `url` until it answers (bounded in time and count), measured from `since`.
+fn first_answer(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    since: Instant,
+    serve: &mut Guard,
+) -> Res<FirstAnswer> {
+    let max_polls = START_LIMIT.as_millis() / POLL_PAUSE.as_millis();
+    for _ in 0..max_polls {
+        if let Ok(resp) = client.get(url).send() {
+            let at = since.elapsed();
+            let status = resp.status().as_u16();
+            return Ok(if status == 200 {
+                FirstAnswer::Ok(at)
+            } else {
+                FirstAnswer::Other(status, at)
+            });
+        }
+        if let Ok(Some(st)) = serve.child.try_wait() {
+            return Err(format!("printgate serve exited during start-up: {st}").into());
+        }
+        if since.elapsed() > START_LIMIT {
+            break;
+        }
+        std::thread::sleep(POLL_PAUSE);
+    }
+    Err(format!("{url} did not answer within {START_LIMIT:?}").into())
+}
+
+/// One cold start: spawn → first 200 on `/healthz`, then on `/`.
+struct ColdStart {
+    healthz: Duration,
+    page: FirstAnswer,
+}
+
+fn cold_start(
+    bin: &Path,
+    client: &reqwest::blocking::Client,
+    config: &Path,
+    log: PathBuf,
+    port: u16,
+) -> Res<(Serve, ColdStart)> {
+    let mut serve = start_serve(bin, config, log)?;
+    let base = format!("http://127.0.0.1:{port}");
+    let healthz = match first_answer(
+        client,
+        &format!("{base}/healthz"),
+        serve.spawned,
+        &mut serve.guard,
+    )? {
+        FirstAnswer::Ok(d) => d,
+        FirstAnswer::Other(s, _) => return Err(format!("/healthz answered {s}, not 200").into()),
+    };
+    let page = first_answer(client, &format!("{base}/"), serve.spawned, &mut serve.guard)?;
+    Ok((serve, ColdStart { healthz, page }))
+}
+
+/// Wait until all printers are online: `GET /api/v1/printers` when it is reachable without a
+/// login, else the serve log's "connected to the printer" lines. Returns how it was decided.
+fn wait_online(
+    client: &reqwest::blocking::Client,
+    port: u16,
+    serve: &mut Serve,
+    n: usize,
+) -> Res<&'static str> {
+    let url = format!("http://127.0.0.1:{port}/api/v1/printers");
+    let pause = Duration::from_millis(200);
+    let polls = ONLINE_LIMIT.as_millis() / pause.as_millis();
+    let mut last = String::new();
+    for _ in 0..polls {
+        if let Ok(Some(st)) = serve.guard.child.try_wait() {
+            return Err(format!("printgate serve exited: {st}").into());
+        }
+        match client.get(&url).send() {
+            Ok(resp) if resp.status().is_success() => {
+                let v: serde_json::Value = resp.json()?;
+                let online = v
+                    .as_array()
+                    .map(|a| a.iter().filter(|p| p["online"] == true).count())
+                    .unwrap_or(0);
+                if online >= n {
+                    return Ok("GET /api/v1/printers");
+                }
+                last = format!("{online}/{n} online per the API");
+            }
+            _ => {
+                let c = serve.connected.load(Ordering::Relaxed);
+                if c >= n {
+                    return Ok("serve log");
+                }
+                last = format!("{c}/{n} \"{MARKER_CONNECTED}\" lines in the log");
+            }
+        }
+        std::thread::sleep(pause);
+    }
+    Err(format!("printers not online within {ONLINE_LIMIT:?}: {last}").into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, Default)]
+struct MemSample {
+    rss_kb: u64,
+    hwm_kb: u64,
+    anon_kb: u64,
+    file_kb: u64,
+    threads: u64,
+}
+
+fn mem_sample(pid: u32) -> Res<MemSample> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let mut s = MemSample::default();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let key = it.next().unwrap_or("");
+        let val: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        match key {
+            "VmRSS:" => s.rss_kb = val,
+            "VmHWM:" => s.hwm_kb = val,
+            "RssAnon:" => s.anon_kb = val,
+            "RssFile:" => s.file_kb = val,
+            "Threads:" => s.threads = val,
+            _ => {}
+        }
+    }
+    if s.rss_kb == 0 {
+        return Err(format!("no VmRSS in /proc/{pid}/status").into());
+    }
+    Ok(s)
+}
+
+/// utime + stime of a process in clock ticks.
+fn cpu_ticks(pid: u32) -> Res<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("unreadable /proc/<pid>/stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime 15 → indices 11, 12.
+    let utime: u64 = f.get(11).and_then(|v| v.parse().ok()).ok_or("no utime")?;
+    let stime: u64 = f.get(12).and_then(|v| v.parse().ok()).ok_or("no stime")?;
+    Ok(utime + stime)
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+fn mb(kb: u64) -> String {
+    format!("{:.1} MB", kb as f64 / 1024.0)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn median_dur(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn describe_page(p: &FirstAnswer) -> String {
+    match p {
+        FirstAnswer::Ok(d) => format!("200 after {}", ms(*d)),
+        FirstAnswer::Other(s, d) => format!("{s} (login required?) after {}", ms(*d)),
+    }
+}
+
+fn main() -> Res<()> {
+    let secs = env_u64("PRINTGATE_BENCH_SECS", 300);
+    let interval = env_u64("PRINTGATE_BENCH_INTERVAL_SECS", 10).max(1);
+    let cold_runs = env_u64("PRINTGATE_BENCH_COLD_RUNS", 5).clamp(1, 50);
+    let n = env_u64("PRINTGATE_BENCH_PRINTERS", 10).clamp(1, 64) as usize;
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data");
+    let bin = dir.path().join("printgate");
+    std::fs::copy(BIN, &bin).map_err(|e| format!("cannot copy {BIN}: {e}"))?;
+    println!("printgate bench: {BIN}");
+    println!("work dir {} (deleted at exit)", dir.path().display());
+
+    let (_sim, printers) = start_sim(&bin, n, dir.path())?;
+    println!("{n} simulated printers ({MODELS}) in pid {}", _sim.pid());
+    let port = free_port()?;
+    let config = dir.path().join("printgate.toml");
+    write_config(&config, &data_dir, port, &printers)?;
+    let client = http()?;
+
+    // Cold starts: the first on a fresh data directory (migrations), the others reusing it.
+    let mut warm_healthz = Vec::new();
+    let mut warm_page = Vec::new();
+    let mut fresh: Option<ColdStart> = None;
+    for run in 0..cold_runs {
+        let log = dir.path().join(format!("serve-cold-{run}.log"));
+        let (mut serve, c) = cold_start(&bin, &client, &config, log, port)?;
+        println!(
+            "cold start {run} ({}): /healthz 200 after {}, / {}",
+            if run == 0 {
+                "fresh data dir"
+            } else {
+                "existing data dir"
+            },
+            ms(c.healthz),
+            describe_page(&c.page)
+        );
+        serve.guard.stop();
+        if run == 0 {
+            fresh = Some(c);
+        } else {
+            warm_healthz.push(c.healthz);
+            if let FirstAnswer::Ok(d) = c.page {
+                warm_page.push(d);
+            }
+        }
+    }
+
+    // The instance that is measured idle.
+    let log = dir.path().join("serve.log");
+    let (mut serve, c) = cold_start(&bin, &client, &config, log.clone(), port)?;
+    warm_healthz.push(c.healthz);
+    if let FirstAnswer::Ok(d) = c.page {
+        warm_page.push(d);
+    }
+    let pid = serve.guard.pid();
+    let t_online = Instant::now();
+    let how = wait_online(&client, port, &mut serve, n)?;
+    println!(
+        "all {n} printers online {} after the page answered (seen via {how})",
+        ms(t_online.elapsed())
+    );
+
+    let ticks = clock_ticks_per_sec();
+    let cpu0 = cpu_ticks(pid)?;
+    let t0 = Instant::now();
+    let first = mem_sample(pid)?;
+    println!(
+        "t=0 s: RSS {} (anon {}, file {}), peak {}, {} threads",
+        mb(first.rss_kb),
+        mb(first.anon_kb),
+        mb(first.file_kb),
+        mb(first.hwm_kb),
+        first.threads
+    );
+    let mut samples = vec![first];
+    let steps = secs / interval;
+    for i in 1..=steps {
+        // Sleep to the next mark on the schedule (so the total stays `secs`).
+        let mark = Duration::from_secs(i * interval);
+        if let Some(wait) = mark.checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        if let Ok(Some(st)) = serve.guard.child.try_wait() {
+            return Err(format!("printgate serve exited during the idle period: {st}").into());
+        }
+        let s = mem_sample(pid)?;
+        println!(
+            "t={} s: RSS {} (anon {}, file {}), peak {}, {} threads",
+            t0.elapsed().as_secs(),
+            mb(s.rss_kb),
+            mb(s.anon_kb),
+            mb(s.file_kb),
+            mb(s.hwm_kb),
+            s.threads
+        );
+        samples.push(s);
+    }
+    let idle = t0.elapsed();
+    let cpu1 = cpu_ticks(pid)?;
+    let online_now = match client
+        .get(format!("http://127.0.0.1:{port}/api/v1/printers"))
+        .send()
+        .and_then(|r| r.json::<serde_json::Value>())
+    {
+        Ok(v) => v
+            .as_array()
+            .map(|a| a.iter().filter(|p| p["online"] == true).count().to_string())
+            .unwrap_or_else(|| "?".into()),
+        Err(_) => "?".into(),
+    };
+    let reconnects = serve.connected.load(Ordering::Relaxed).saturating_sub(n);
+    serve.guard.stop();
+
+    let rss: Vec<u64> = samples.iter().map(|s| s.rss_kb).collect();
+    let peak = samples.iter().map(|s| s.hwm_kb).max().unwrap_or(0);
+    let last = samples.last().copied().unwrap_or_default();
+    let cpu_s = cpu1.saturating_sub(cpu0) as f64 / ticks as f64;
+
+    println!();
+    println!("== summary (printgate serve, {n} printers in another process) ==");
+    if let Some(f) = &fresh {
+        println!(
+            "cold start, fresh data dir: /healthz {}, / {}",
+            ms(f.healthz),
+            describe_page(&f.page)
+        );
+    }
+    println!(
+        "cold start, existing data dir ({} starts): /healthz min {} median {} max {}",
+        warm_healthz.len(),
+        ms(warm_healthz.iter().min().copied().unwrap_or_default()),
+        ms(median_dur(warm_healthz.clone())),
+        ms(warm_healthz.iter().max().copied().unwrap_or_default()),
+    );
+    if warm_page.is_empty() {
+        println!("cold start to /: not measured (the page did not answer 200 without a login)");
+    } else {
+        println!(
+            "cold start, existing data dir ({} starts): /        min {} median {} max {} (target < 300 ms)",
+            warm_page.len(),
+            ms(warm_page.iter().min().copied().unwrap_or_default()),
+            ms(median_dur(warm_page.clone())),
+            ms(warm_page.iter().max().copied().unwrap_or_default()),
+        );
+    }
+    println!(
+        "idle RSS over {} s ({} samples): min {} median {} max {}; VmHWM peak {} (target < 20 MB)",
+        idle.as_secs(),
+        rss.len(),
+        mb(rss.iter().min().copied().unwrap_or(0)),
+        mb(median(rss.clone())),
+        mb(rss.iter().max().copied().unwrap_or(0)),
+        mb(peak)
+    );
+    println!(
+        "idle RSS split at the end: anon {}, file-backed {}; {} threads",
+        mb(last.anon_kb),
+        mb(last.file_kb),
+        last.threads
+    );
+    println!(
+        "idle CPU over {} s: {:.2} s (utime+stime) = {:.2} % of one core",
+        idle.as_secs(),
+        cpu_s,
+        100.0 * cpu_s / idle.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "printers online at the end: {online_now}/{n}; extra connects during the run: {reconnects}"
+    );
+    Ok(())
+}

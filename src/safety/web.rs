@@ -1,0 +1,280 @@
+//! The safety room's JSON API (pages are built elsewhere on top of the same handle):
+//!
+//! | method | path | body | what |
+//! |---|---|---|---|
+//! | GET  | `/api/v1/safety` | | [`SafetyView`]: tripped?, cause, readings, relays, inputs |
+//! | POST | `/api/v1/safety/emergency-stop` | `{"printer": null}` | cut power now (all, or one printer) |
+//! | POST | `/api/v1/safety/reset` | `{"confirmed_trip_id": 7, "confirm": true}` | reset the latch; relays stay off |
+//! | POST | `/api/v1/safety/power` | `{"printer": "x1c", "on": true, "force": false, "confirm": true}` | switch a relay |
+//! | POST | `/api/v1/safety/sim-input` | `{"pin": 17, "level": "low"}` or `{"input": "smoke", "asserted": true}` | drive a simulated input (demo, tests, `printgate gpio set`) |
+//! | POST | `/api/v1/alerts/test` | | send a test alert to every target, report each result |
+//!
+//! Every route needs an [`Actor`] (a signed-in person or an API token), put there by the
+//! authentication layer.
+
+use super::gpio::Level;
+use super::runtime::{SafetyError, SafetyHandle, SafetyView};
+use crate::Gateway;
+use crate::alerts::Delivery;
+use crate::safety::latch::{PowerChange, PowerError, ResetError, TripRecord};
+use crate::web::ApiError;
+use crate::web::actor::Actor;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long `sim-input` waits for the edge to be debounced and a resulting trip recorded.
+const SIM_INPUT_WAIT: Duration = Duration::from_secs(10);
+
+pub fn routes() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/api/v1/safety", get(api_status))
+        .route("/api/v1/safety/emergency-stop", post(api_emergency_stop))
+        .route("/api/v1/safety/reset", post(api_reset))
+        .route("/api/v1/safety/power", post(api_power))
+        .route("/api/v1/safety/sim-input", post(api_sim_input))
+        .route("/api/v1/alerts/test", post(api_alerts_test))
+}
+
+fn handle(gw: &Gateway) -> Result<&SafetyHandle, ApiError> {
+    gw.safety
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("the safety room is not running in this gateway"))
+}
+
+/// Map a refusal to an API answer that says what to do.
+pub fn api_error(e: SafetyError) -> ApiError {
+    let conflict =
+        |code, e: &dyn std::fmt::Display| ApiError::new(StatusCode::CONFLICT, code, e.to_string());
+    match &e {
+        SafetyError::NotAuthenticated => ApiError::unauthorized(),
+        SafetyError::Reset(ResetError::NotAuthenticated) => ApiError::unauthorized(),
+        SafetyError::Reset(ResetError::NotTripped) => conflict("not_tripped", &e),
+        SafetyError::Reset(ResetError::InputStillAsserted(_)) => conflict("input_asserted", &e),
+        SafetyError::Reset(ResetError::TripBeingRecorded) => conflict("trip_being_recorded", &e),
+        SafetyError::Reset(ResetError::Store(_)) => conflict("reset_refused", &e),
+        SafetyError::Power(PowerError::NoRelay(_)) => {
+            ApiError::new(StatusCode::NOT_FOUND, "no_relay", e.to_string())
+        }
+        SafetyError::Power(PowerError::Tripped(_)) | SafetyError::Power(PowerError::TripRaced) => {
+            conflict("tripped", &e)
+        }
+        SafetyError::Power(PowerError::Printing(_)) => conflict("printing", &e),
+        SafetyError::NotSimulated => conflict("not_simulated", &e),
+        SafetyError::Gpio(_) => ApiError::bad_request(e.to_string()),
+        SafetyError::Store(_) => ApiError::internal(e.to_string()),
+        SafetyError::Stopped => ApiError::unavailable(e.to_string()),
+    }
+}
+
+async fn api_status(
+    _actor: Actor,
+    State(gw): State<Arc<Gateway>>,
+) -> Result<Json<SafetyView>, ApiError> {
+    Ok(Json(handle(&gw)?.status()))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EmergencyStopBody {
+    /// One printer (its relay); all printers when absent.
+    #[serde(default)]
+    pub printer: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmergencyStopAnswer {
+    pub trip: TripRecord,
+    /// The trip was written to the database before this answer.
+    pub persisted: bool,
+    pub status: SafetyView,
+}
+
+async fn api_emergency_stop(
+    Actor(user, _): Actor,
+    State(gw): State<Arc<Gateway>>,
+    body: Option<Json<EmergencyStopBody>>,
+) -> Result<Json<EmergencyStopAnswer>, ApiError> {
+    let h = handle(&gw)?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    if let Some(p) = &body.printer
+        && !gw.printers.iter().any(|e| &e.name == p)
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_printer",
+            format!("no printer named \"{p}\"; leave \"printer\" out to stop every printer"),
+        ));
+    }
+    let rx = h.subscribe();
+    let trip = h.emergency_stop_printer(&user, body.printer.as_deref());
+    let persisted = super::runtime::wait_persisted(h, rx, Duration::from_secs(5)).await;
+    Ok(Json(EmergencyStopAnswer {
+        trip,
+        persisted,
+        status: h.status(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetBody {
+    /// The id of the newest open trip, as shown on the page the person confirmed.
+    pub confirmed_trip_id: i64,
+    /// Must be `true`: the person confirmed they checked the printers.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResetAnswer {
+    pub reset_trips: usize,
+    pub status: SafetyView,
+}
+
+async fn api_reset(
+    Actor(user, _): Actor,
+    State(gw): State<Arc<Gateway>>,
+    Json(body): Json<ResetBody>,
+) -> Result<Json<ResetAnswer>, ApiError> {
+    let h = handle(&gw)?;
+    if !body.confirm {
+        return Err(ApiError::bad_request(
+            "confirm the reset (\"confirm\": true) after checking the printers and the cause of the trip",
+        ));
+    }
+    let n = h
+        .reset(&user, body.confirmed_trip_id)
+        .await
+        .map_err(api_error)?;
+    Ok(Json(ResetAnswer {
+        reset_trips: n,
+        status: h.status(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerBody {
+    pub printer: String,
+    pub on: bool,
+    /// Switch even though the printer is printing.
+    #[serde(default)]
+    pub force: bool,
+    /// Must be `true`: the person confirmed the switch.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+async fn api_power(
+    Actor(user, _): Actor,
+    State(gw): State<Arc<Gateway>>,
+    Json(body): Json<PowerBody>,
+) -> Result<Json<PowerChange>, ApiError> {
+    let h = handle(&gw)?;
+    if !body.confirm {
+        return Err(ApiError::bad_request(format!(
+            "confirm switching {} {} (\"confirm\": true)",
+            body.printer,
+            if body.on { "on" } else { "off" }
+        )));
+    }
+    h.set_power(&body.printer, body.on, body.force, &user)
+        .map(Json)
+        .map_err(api_error)
+}
+
+/// Electrical level names accepted by `sim-input` and `printgate gpio set`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LevelName {
+    High,
+    Low,
+}
+
+impl From<LevelName> for Level {
+    fn from(l: LevelName) -> Level {
+        match l {
+            LevelName::High => Level::High,
+            LevelName::Low => Level::Low,
+        }
+    }
+}
+
+/// Which input to drive: by pin and level, or by name and asserted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimInputBody {
+    #[serde(default)]
+    pub pin: Option<u8>,
+    #[serde(default)]
+    pub level: Option<LevelName>,
+    /// `smoke` or `second`.
+    #[serde(default)]
+    pub input: Option<String>,
+    #[serde(default)]
+    pub asserted: Option<bool>,
+}
+
+async fn api_sim_input(
+    _actor: Actor,
+    State(gw): State<Arc<Gateway>>,
+    Json(body): Json<SimInputBody>,
+) -> Result<Json<SafetyView>, ApiError> {
+    let h = handle(&gw)?;
+    let cfg = h.config();
+    let (pin, level) = match (&body, body.pin, body.level) {
+        (_, Some(pin), Some(level)) => (pin, Level::from(level)),
+        (
+            SimInputBody {
+                input: Some(name),
+                asserted: Some(asserted),
+                ..
+            },
+            None,
+            None,
+        ) => {
+            let (pin, active) = match name.as_str() {
+                "smoke" => cfg.smoke.as_ref().map(|s| (s.pin, s.active_level)),
+                "second" => cfg.second_input.as_ref().map(|s| (s.pin, s.active_level)),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "input \"{name}\" is not configured; use \"smoke\" or \"second\" as set up in [safety]"
+                ))
+            })?;
+            let on = match active {
+                super::config::ActiveLevel::Low => Level::Low,
+                super::config::ActiveLevel::High => Level::High,
+            };
+            (pin, if *asserted { on } else { on.inverted() })
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "send {\"pin\": <BCM number>, \"level\": \"high\"|\"low\"} or {\"input\": \"smoke\", \"asserted\": true}",
+            ));
+        }
+    };
+    h.set_sim_input(pin, level, SIM_INPUT_WAIT)
+        .await
+        .map(Json)
+        .map_err(api_error)
+}
+
+async fn api_alerts_test(
+    Actor(user, _): Actor,
+    State(gw): State<Arc<Gateway>>,
+) -> Result<Json<Vec<Delivery>>, ApiError> {
+    let h = handle(&gw)?;
+    if h.notifier().config().targets.is_empty() {
+        return Err(ApiError::bad_request(
+            "no alert targets configured; add [[alerts.targets]] (ntfy, webhook or buzzer) to printgate.toml",
+        ));
+    }
+    Ok(Json(h.notifier().test(&user).await))
+}
