@@ -1154,6 +1154,23 @@ impl Ctx {
 
     fn on_restart(&mut self) {
         let now = self.now;
+        // An upload that was running when the gateway stopped will never report back: give the
+        // job back to the queue so that it is assigned and uploaded again.
+        let uploading: Vec<JobId> = self
+            .s
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Queued && j.assigned_printer.is_some())
+            .map(|j| j.id)
+            .collect();
+        for job in uploading {
+            self.emit(Action::Unassign {
+                job,
+                reason: "the upload to the printer was interrupted by a gateway restart; it is uploaded again".into(),
+                stage_failed: false,
+                at: now,
+            });
+        }
         let starting = self
             .s
             .jobs
@@ -1951,6 +1968,27 @@ mod tests {
 
     fn count(actions: &[Action], f: impl Fn(&Action) -> bool) -> usize {
         actions.iter().filter(|a| f(a)).count()
+    }
+
+    #[test]
+    fn an_upload_interrupted_by_a_restart_is_uploaded_again() {
+        // As loaded from the database after a kill during an upload: queued, assigned, and no
+        // upload task left to report back.
+        let mut h = H::new();
+        let mut j = job(1);
+        j.assigned_printer = Some("p".into());
+        h.s.jobs.insert(1, j);
+        let restart = h.ev(Event::Restart);
+        assert_eq!(
+            count(&restart, |a| matches!(a, Action::Unassign { job: 1, .. })),
+            1
+        );
+        let online = h.report(GcodeState::Idle, "0", None);
+        assert_eq!(
+            count(&online, |a| matches!(a, Action::Stage { job: 1, .. })),
+            1,
+            "the job is uploaded again once the printer is online: {online:?}"
+        );
     }
 
     #[test]

@@ -258,6 +258,449 @@ pub fn starts(sim: &SimPrinter) -> Vec<LoggedCommand> {
         .collect()
 }
 
+// ------------------------------------------------------------------------------------------
+// Outage replay, kill -9 and benchmark helpers: the JSON API as a client sees it, dispatcher
+// readiness, and an audit of every start the simulators received against the database.
+
+use printgate::jobs::dispatcher::DispatchState;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+/// A 3MF sliced for `model` whose print takes `prediction_secs` simulated seconds.
+pub fn fixture_bytes(model: Model, prediction_secs: u64) -> Vec<u8> {
+    build_3mf(&Fixture3mf {
+        prediction_secs,
+        layers: 10,
+        ..Fixture3mf::for_model(model)
+    })
+}
+
+/// An API token of the gateway's demo account (`demo`), created in `store` if missing: what a
+/// slicer or script sends in `X-Api-Key`.
+pub fn demo_api_token(store: &printgate::store::Store) -> String {
+    printgate::web::auth::ensure_demo_account(store).expect("demo account and token");
+    printgate::web::auth::DEMO_API_TOKEN.to_string()
+}
+
+/// A client of the JSON API (`/api/v1/…`), optionally with an API token.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: Option<String>,
+    client: reqwest::Client,
+}
+
+/// Status code and JSON body of one API answer.
+#[derive(Debug, Clone)]
+pub struct ApiAnswer {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl ApiAnswer {
+    /// The `notices` of a tap or job action, joined.
+    pub fn notices(&self) -> String {
+        self.body
+            .get("notices")
+            .and_then(|n| n.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" · ")
+            })
+            .unwrap_or_default()
+    }
+    /// A tap the dispatcher accepted (2xx and no "not accepted" notice).
+    pub fn tap_accepted(&self) -> bool {
+        (200..300).contains(&self.status) && !self.notices().contains("not accepted")
+    }
+    pub fn job_id(&self) -> Option<JobId> {
+        self.body.get("id").and_then(|v| v.as_i64())
+    }
+}
+
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr, token: Option<String>) -> Api {
+        Api {
+            base: format!("http://{addr}"),
+            token,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    fn with_auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.header("X-Api-Key", t),
+            None => rb,
+        }
+    }
+
+    async fn answer(rb: reqwest::RequestBuilder) -> Result<ApiAnswer, reqwest::Error> {
+        let resp = rb.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Ok(ApiAnswer { status, body })
+    }
+
+    /// `POST /api/v1/jobs` (multipart `file`, `printer`, `plate`; `Idempotency-Key` header).
+    pub async fn upload(
+        &self,
+        file_name: &str,
+        bytes: Vec<u8>,
+        printer: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<ApiAnswer, reqwest::Error> {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name(file_name.to_string());
+        let mut form = reqwest::multipart::Form::new()
+            .part("file", part)
+            .text("plate", "1");
+        if let Some(p) = printer {
+            form = form.text("printer", p.to_string());
+        }
+        let mut rb = self
+            .client
+            .post(format!("{}/api/v1/jobs", self.base))
+            .multipart(form);
+        if let Some(k) = key {
+            rb = rb.header("Idempotency-Key", k);
+        }
+        Self::answer(self.with_auth(rb)).await
+    }
+
+    /// `POST /api/v1/printers/{name}/plate-clear` with `{"tap_id": …}`.
+    pub async fn tap(&self, printer: &str, tap_id: &str) -> Result<ApiAnswer, reqwest::Error> {
+        let rb = self
+            .client
+            .post(format!(
+                "{}/api/v1/printers/{}/plate-clear",
+                self.base,
+                path_segment(printer)
+            ))
+            .json(&serde_json::json!({ "tap_id": tap_id }));
+        Self::answer(self.with_auth(rb)).await
+    }
+
+    /// `POST /api/v1/jobs/{id}/{action}` (`cancel`, `start-again`, `up`, `down`).
+    pub async fn job_action(&self, id: JobId, action: &str) -> Result<ApiAnswer, reqwest::Error> {
+        let rb = self
+            .client
+            .post(format!("{}/api/v1/jobs/{id}/{action}", self.base));
+        Self::answer(self.with_auth(rb)).await
+    }
+
+    /// `GET /api/v1/jobs`: the queue and the jobs needing a person.
+    pub async fn jobs(&self) -> Result<ApiAnswer, reqwest::Error> {
+        let rb = self.client.get(format!("{}/api/v1/jobs", self.base));
+        Self::answer(self.with_auth(rb)).await
+    }
+
+    /// `GET /api/v1/printers`.
+    pub async fn printers(&self) -> Result<ApiAnswer, reqwest::Error> {
+        let rb = self.client.get(format!("{}/api/v1/printers", self.base));
+        Self::answer(self.with_auth(rb)).await
+    }
+}
+
+/// The dispatcher can decide for `printer`: link online with a full report on the current
+/// connection (what a tap needs to be accepted).
+pub fn dispatch_ready(s: &DispatchState, printer: &str) -> bool {
+    s.printers.get(printer).is_some_and(|p| {
+        p.link_online
+            && p.report.as_ref().is_some_and(|r| {
+                r.link_online && r.have_full_report && p.epoch == Some(r.connection_epoch)
+            })
+    })
+}
+
+impl TestGateway {
+    /// Wait (on dispatcher state changes) until the dispatcher can decide for every printer.
+    pub async fn wait_dispatch_ready(&self) {
+        let names: Vec<String> = self.gw().printers.iter().map(|p| p.name.clone()).collect();
+        let mut rx = self.gw().dispatcher.subscribe();
+        tokio::time::timeout(
+            WAIT,
+            rx.wait_for(|s| names.iter().all(|n| dispatch_ready(s, n))),
+        )
+        .await
+        .expect("dispatcher sees every printer online in time")
+        .expect("dispatcher running");
+    }
+
+    /// Wait until the job is in one of `states` (a fast print may pass `printing` between two
+    /// looks, so callers list every acceptable state).
+    pub async fn wait_job_in(&self, id: JobId, states: &[JobState]) -> Job {
+        let gw = self.gw();
+        let mut rx = gw.dispatcher.subscribe();
+        let wait = async {
+            loop {
+                if let Ok(Some(job)) = gw.store.job(id)
+                    && states.contains(&job.state)
+                {
+                    return job;
+                }
+                if rx.changed().await.is_err() {
+                    panic!("dispatcher stopped");
+                }
+            }
+        };
+        match tokio::time::timeout(WAIT, wait).await {
+            Ok(job) => job,
+            Err(_) => panic!(
+                "job {id} did not reach {states:?}; it is {:?}",
+                gw.store
+                    .job(id)
+                    .ok()
+                    .flatten()
+                    .map(|j| (j.state, j.message))
+            ),
+        }
+    }
+
+    /// A client of this gateway's JSON API, authenticated with the demo account's API token.
+    pub fn api(&self) -> Api {
+        let token = demo_api_token(&self.gw().store);
+        Api::new(
+            self.running.as_ref().expect("running").web_addr,
+            Some(token),
+        )
+    }
+
+    /// The SQLite file of this gateway.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.dir.path().join(printgate::DATABASE_FILE)
+    }
+}
+
+/// One `project_file` a simulator received.
+#[derive(Debug, Clone)]
+pub struct DeliveredStart {
+    pub printer: String,
+    pub subtask_id: u32,
+    /// Arrival, unix milliseconds.
+    pub unix_ms: u64,
+    pub at: std::time::Instant,
+    /// Simulator connection it arrived on, and when that connection's first request arrived.
+    pub conn_id: u64,
+    pub conn_first_unix_ms: u64,
+}
+
+/// The `project_file` commands in one simulator's log, with their subtask ids.
+pub fn delivered_starts(printer: &str, log: &[LoggedCommand]) -> Vec<DeliveredStart> {
+    let mut first: BTreeMap<u64, u64> = BTreeMap::new();
+    for c in log {
+        let e = first.entry(c.conn_id).or_insert(c.unix_ms);
+        *e = (*e).min(c.unix_ms);
+    }
+    log.iter()
+        .filter(|c| c.is_project_file())
+        .map(|c| {
+            let id = c
+                .json
+                .as_ref()
+                .and_then(|j| j.pointer("/print/subtask_id"))
+                .and_then(|v| match v {
+                    serde_json::Value::String(s) => s.parse().ok(),
+                    serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            DeliveredStart {
+                printer: printer.to_string(),
+                subtask_id: id,
+                unix_ms: c.unix_ms,
+                at: c.at,
+                conn_id: c.conn_id,
+                conn_first_unix_ms: first.get(&c.conn_id).copied().unwrap_or(c.unix_ms),
+            }
+        })
+        .collect()
+}
+
+/// What the audit needs besides the database.
+pub struct AuditRules {
+    pub start_window_ms: u64,
+    pub plate_clear_ttl_ms: u64,
+    /// Allowed difference between the simulator's and the gateway's clocks (same machine).
+    pub clock_tolerance_ms: u64,
+    /// Subtask ids a job had before a "start again" (the database keeps only the current one).
+    pub previous_subtask_ids: BTreeMap<u32, JobId>,
+    /// Tap ids people made (test side); `None` = any tap recorded by a person.
+    pub person_taps: Option<BTreeSet<String>>,
+}
+
+/// The outcome of [`audit_starts`]: which job and tap authorised each delivered start.
+#[derive(Debug, Default)]
+pub struct Audit {
+    /// (printer, subtask id, job, tap id) per delivered start.
+    pub authorised: Vec<(String, u32, JobId, String)>,
+    pub violations: Vec<String>,
+}
+
+/// Check every delivered start against the database (opened read-only at `db`): no subtask id
+/// twice; each maps to a job with a `starting` event (a consumed person's tap, I1) decided before
+/// the start arrived, on the connection it arrived on, with the start inside its window (I3);
+/// no tap authorises two starts.
+pub fn audit_starts(db: &std::path::Path, starts: &[DeliveredStart], rules: &AuditRules) -> Audit {
+    use rusqlite::{Connection, OpenFlags, OptionalExtension};
+    let mut audit = Audit::default();
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .expect("open the database read-only");
+    let tol = rules.clock_tolerance_ms;
+    let mut seen_subtasks: BTreeMap<u32, String> = BTreeMap::new();
+    let mut used_attempts: BTreeSet<(JobId, u64)> = BTreeSet::new();
+    let mut used_taps: BTreeMap<String, u32> = BTreeMap::new();
+    for s in starts {
+        let v = &mut audit.violations;
+        if let Some(other) = seen_subtasks.insert(s.subtask_id, s.printer.clone()) {
+            v.push(format!(
+                "subtask {} started twice (on {other} and on {})",
+                s.subtask_id, s.printer
+            ));
+        }
+        let job: Option<JobId> = conn
+            .query_row(
+                "SELECT id FROM jobs WHERE subtask_id = ?1",
+                [s.subtask_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .expect("query jobs")
+            .or_else(|| rules.previous_subtask_ids.get(&s.subtask_id).copied());
+        let Some(job) = job else {
+            v.push(format!(
+                "{}: start of subtask {} belongs to no job",
+                s.printer, s.subtask_id
+            ));
+            continue;
+        };
+        // The attempt that sent it: the last `starting` event of the job before it arrived.
+        let mut stmt = conn
+            .prepare(
+                "SELECT at_ms, printer, outcome FROM job_events
+                 WHERE job_id = ?1 AND what = 'starting' ORDER BY id",
+            )
+            .expect("prepare");
+        let attempts: Vec<(i64, Option<String>, Option<String>)> = stmt
+            .query_map([job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query events")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let attempt = attempts
+            .iter()
+            .rev()
+            .find(|(at, ..)| (*at as u64) <= s.unix_ms.saturating_add(tol));
+        let Some((decided_at, printer, outcome)) = attempt else {
+            v.push(format!(
+                "{}: subtask {} (job {job}) arrived with no consumed tap before it",
+                s.printer, s.subtask_id
+            ));
+            continue;
+        };
+        let decided_at = *decided_at as u64;
+        if printer.as_deref() != Some(s.printer.as_str()) {
+            v.push(format!(
+                "job {job} was decided for {printer:?} but arrived at {}",
+                s.printer
+            ));
+        }
+        if !used_attempts.insert((job, decided_at)) {
+            v.push(format!(
+                "{}: one start decision of job {job} delivered twice",
+                s.printer
+            ));
+        }
+        let tap_id = outcome
+            .as_deref()
+            .and_then(|o| o.strip_prefix("consumed plate-clear tap "))
+            .unwrap_or_default()
+            .to_string();
+        type TapRow = (String, String, i64, Option<JobId>);
+        let tap: Option<TapRow> = conn
+            .query_row(
+                "SELECT printer, tapped_by, tapped_at_ms, consumed_by_job FROM plate_taps WHERE tap_id = ?1",
+                [&tap_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .expect("query taps");
+        match tap {
+            None => v.push(format!("job {job}: tap {tap_id:?} is not recorded")),
+            Some((tap_printer, by, tapped_at, consumer)) => {
+                let tapped_at = tapped_at as u64;
+                if tap_printer != s.printer {
+                    v.push(format!(
+                        "tap {tap_id} of {tap_printer} started a print on {}",
+                        s.printer
+                    ));
+                }
+                if consumer != Some(job) {
+                    v.push(format!(
+                        "tap {tap_id} is consumed by {consumer:?}, not by job {job}"
+                    ));
+                }
+                if by == "gateway" || by == "dispatcher" {
+                    v.push(format!("tap {tap_id} was not made by a person ({by})"));
+                }
+                if let Some(people) = &rules.person_taps
+                    && !people.contains(&tap_id)
+                {
+                    v.push(format!("tap {tap_id} was never made by the test's people"));
+                }
+                if tapped_at > decided_at || decided_at >= tapped_at + rules.plate_clear_ttl_ms {
+                    v.push(format!(
+                        "tap {tap_id} (at {tapped_at}) did not vouch for the decision at {decided_at}"
+                    ));
+                }
+                if let Some(prev) = used_taps.insert(tap_id.clone(), s.subtask_id) {
+                    v.push(format!(
+                        "tap {tap_id} authorised two starts (subtasks {prev} and {})",
+                        s.subtask_id
+                    ));
+                }
+            }
+        }
+        let deadline = decided_at + rules.start_window_ms;
+        if s.unix_ms >= deadline + tol {
+            v.push(format!(
+                "{}: subtask {} arrived {} ms after its start window closed",
+                s.printer,
+                s.subtask_id,
+                s.unix_ms - deadline
+            ));
+        }
+        if decided_at + tol < s.conn_first_unix_ms {
+            v.push(format!(
+                "{}: subtask {} was decided at {decided_at} before the connection it arrived on \
+                 existed (first request {}): a start requested before a reconnect was delivered after it",
+                s.printer, s.subtask_id, s.conn_first_unix_ms
+            ));
+        }
+        audit
+            .authorised
+            .push((s.printer.clone(), s.subtask_id, job, tap_id));
+    }
+    audit
+}
+
 // ---- Safety runtime helpers (safetyrt) ----
 
 /// BCM pin of the simulated smoke input in tests.
