@@ -329,8 +329,22 @@ impl Machine {
             Some(Heater::Bed) => self.bed = (self.bed + 1.0 * dt).min(200.0),
             None => {}
         }
-        let nozzle_over = self.nozzle > self.nozzle_target.max(AMBIENT) + RUNAWAY_MARGIN;
-        let bed_over = self.bed > self.bed_target.max(AMBIENT) + RUNAWAY_MARGIN;
+        // A heater cooling down after a print (target 0) is not over temperature: only a heater
+        // driven past its target (the runaway knob, or above a set target) raises the HMS.
+        let over = |temp: f64, target: f64, runaway: bool| {
+            (runaway && temp > target.max(AMBIENT) + RUNAWAY_MARGIN)
+                || (target > 0.0 && temp > target + RUNAWAY_MARGIN)
+        };
+        let nozzle_over = over(
+            self.nozzle,
+            self.nozzle_target,
+            knobs.thermal_runaway == Some(Heater::Nozzle),
+        );
+        let bed_over = over(
+            self.bed,
+            self.bed_target,
+            knobs.thermal_runaway == Some(Heater::Bed),
+        );
         latch(&mut self.hms, HMS_NOZZLE_OVER_TEMP, nozzle_over);
         latch(&mut self.hms, HMS_BED_OVER_TEMP, bed_over);
     }
@@ -973,5 +987,25 @@ mod tests {
         m.nozzle_target = 0.0;
         m.advance(2000.0, &k);
         assert_eq!(m.nozzle, AMBIENT);
+    }
+
+    #[test]
+    fn cooling_down_after_a_print_raises_no_over_temperature_message() {
+        let mut m = Machine::new(Model::P1S, 1.0);
+        let k = knobs();
+        m.nozzle_target = 220.0;
+        m.bed_target = 60.0;
+        m.advance(600.0, &k);
+        m.nozzle_target = 0.0;
+        m.bed_target = 0.0;
+        for _ in 0..200 {
+            m.advance(1.0, &k);
+            assert!(m.hms.is_empty(), "HMS while cooling at {} °C", m.nozzle);
+        }
+        // A heater driven past its target still raises it.
+        let mut hot = knobs();
+        hot.thermal_runaway = Some(Heater::Nozzle);
+        m.advance(60.0, &hot);
+        assert!(!m.hms.is_empty());
     }
 }
