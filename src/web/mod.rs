@@ -5,6 +5,7 @@ pub mod actor;
 pub mod auth;
 pub mod live;
 pub mod octoprint;
+pub mod openapi;
 pub mod printer_page;
 pub mod queue;
 pub mod views;
@@ -27,6 +28,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/", get(status_page))
         .route("/static/style.css", get(style_css))
         .route("/api/v1/printers", get(api_printers))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/healthz", get(|| async { "ok" }))
         .route("/live", get(live::live))
         .route("/thumbnails/{sha}/{plate}", get(thumbnail))
@@ -113,7 +115,14 @@ async fn status_page(
     })
 }
 
-async fn api_printers(State(gw): State<Arc<Gateway>>) -> Json<Vec<PrinterView>> {
+/// Every configured printer: link, state, temperatures, progress and its plate gate.
+#[utoipa::path(
+    get,
+    path = "/api/v1/printers",
+    tag = "printers",
+    responses((status = 200, description = "The printers, in configuration order", body = [PrinterView]))
+)]
+pub(crate) async fn api_printers(State(gw): State<Arc<Gateway>>) -> Json<Vec<PrinterView>> {
     Json(printer_views(&gw))
 }
 
