@@ -284,6 +284,9 @@ pub struct Config {
     /// Smoke input, relays, thermal watchdog (`[safety]`).
     #[serde(default)]
     pub safety: crate::safety::config::SafetyConfig,
+    /// MQTT broker, Home Assistant discovery, mDNS, printer discovery (`[broker]`).
+    #[serde(default)]
+    pub broker: crate::broker::config::BrokerConfig,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -420,6 +423,9 @@ impl Config {
         self.check_sections(&mut errs);
         check_printers(&self.printer_refs(), &mut errs);
         self.check_safety(&self.printers, &mut errs);
+        for message in self.broker.problems() {
+            errs.push(ConfigError::new("", "", message));
+        }
         sort_by_printer(&mut errs);
         if errs.is_empty() {
             Ok(())

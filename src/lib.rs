@@ -3,6 +3,7 @@
 //! `serve`, `demo` and the integration tests run identical code: [`start`] wires the store, the
 //! printer links, the recorder and the web server, and everything stops on one cancellation token.
 
+pub mod broker;
 pub mod config;
 pub mod jobs;
 pub mod printer;
@@ -49,6 +50,90 @@ async fn record_printer_events(
     }
 }
 
+/// Start the MQTT side and keep its gateway facts (plate, safety) in step with the dispatcher.
+async fn start_broker(
+    gateway: &Arc<Gateway>,
+    web_addr: SocketAddr,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<Option<broker::service::BrokerHandle>> {
+    let cfg = &gateway.config;
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(64);
+    let setup = broker::service::BrokerSetup {
+        config: cfg.broker.clone(),
+        data_dir: cfg.data_dir.clone(),
+        web_url: Some(format!(
+            "http://{}.local:{}/",
+            cfg.broker.mdns.hostname,
+            web_addr.port()
+        )),
+        web_port: web_addr.port(),
+        hms_text: gateway.hms_text,
+        executor: Some(cmd_tx),
+        tokens: Some(broker::executor::token_check(gateway.store.clone())),
+    };
+    let printers = gateway
+        .printers
+        .iter()
+        .map(|p| broker::service::BrokerPrinter {
+            name: p.name.clone(),
+            serial: cfg
+                .printers
+                .iter()
+                .find(|c| c.name == p.name)
+                .map(|c| c.serial.clone())
+                .unwrap_or_default(),
+            model: p.model,
+            snapshots: p.link.subscribe(),
+            has_relay: cfg.safety.relays.iter().any(|r| r.printer == p.name),
+        })
+        .collect();
+    let Some(handle) = broker::service::start(setup, printers, shutdown.clone()).await? else {
+        return Ok(None);
+    };
+    tasks.spawn(broker::executor::run(
+        Arc::downgrade(gateway),
+        cmd_rx,
+        shutdown.clone(),
+    ));
+    tasks.spawn(feed_broker_facts(
+        gateway.clone(),
+        handle.facts_feed(),
+        shutdown.clone(),
+    ));
+    Ok(Some(handle))
+}
+
+/// Publish plate and safety state on MQTT as the dispatcher's state changes.
+async fn feed_broker_facts(
+    gateway: Arc<Gateway>,
+    broker: broker::service::FactsFeed,
+    shutdown: CancellationToken,
+) {
+    let mut rx = gateway.dispatcher.subscribe();
+    loop {
+        let state = rx.borrow_and_update().clone();
+        for p in &gateway.printers {
+            let plate_clear = state
+                .printers
+                .get(&p.name)
+                .is_some_and(|r| matches!(r.plate, jobs::plate::PlateState::Clear(_)));
+            broker.set(
+                &p.name,
+                broker::topics::GatewayFacts {
+                    plate_clear: Some(plate_clear),
+                    safety_tripped: Some(state.safety_tripped),
+                    power_on: None,
+                },
+            );
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 /// One configured printer and its live link.
 pub struct PrinterEntry {
     pub name: String,
@@ -74,6 +159,8 @@ pub struct Gateway {
 pub struct RunningGateway {
     pub web_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
+    /// The MQTT side (embedded broker or external connection), unless `[broker] mode = "off"`.
+    pub broker: Option<broker::service::BrokerHandle>,
     tasks: JoinSet<()>,
 }
 
@@ -82,12 +169,18 @@ impl RunningGateway {
     pub async fn shutdown(mut self) {
         self.gateway.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+        if let Some(b) = self.broker.take() {
+            b.shutdown().await;
+        }
     }
 
     /// Wait until the shutdown token is cancelled (signal or test) and every task has stopped.
     pub async fn wait(mut self) {
         self.gateway.shutdown.cancelled().await;
         while self.tasks.join_next().await.is_some() {}
+        if let Some(b) = self.broker.take() {
+            b.shutdown().await;
+        }
     }
 }
 
@@ -177,9 +270,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         }
     });
     tracing::info!("web interface on http://{web_addr}");
+    let broker = start_broker(&gateway, web_addr, &shutdown, &mut tasks).await?;
     Ok(RunningGateway {
         web_addr,
         gateway,
+        broker,
         tasks,
     })
 }

@@ -81,6 +81,9 @@ enum Command {
         /// Address of the web interface (loopback only is recommended).
         #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Address of the embedded MQTT broker (user demo, password demo).
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:1883")]
+        mqtt_listen: SocketAddr,
         /// Data directory; a fresh temporary one when omitted (deleted on exit).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
@@ -182,9 +185,10 @@ fn main() -> ExitCode {
             }
             Command::Demo {
                 listen,
+                mqtt_listen,
                 data_dir,
                 time_scale,
-            } => printgate::sim::demo::run(listen, data_dir, time_scale, token)
+            } => printgate::sim::demo::run(listen, mqtt_listen, data_dir, time_scale, token)
                 .await
                 .map(|()| ExitCode::SUCCESS),
         }

@@ -372,10 +372,14 @@ async fn reconnects_after_a_disconnect_a_half_open_link_and_report_silence() {
     .await;
 
     // Silence with a live TCP connection: nudge (pushing.start + pushall), then a fresh client.
+    // An X1C pushes full reports even when idle, so its silence is abnormal at once (an idle
+    // P1S is quiet by design and is nudged later; see the next test).
     let mut silence_cfg = link_config();
     silence_cfg.silence_secs = 1;
     silence_cfg.silence_reconnect_secs = 1;
     drop(link);
+    sim.shutdown().await;
+    let sim = self::sim(Model::X1C, 1.0).await;
     let mut link = spawn(printer_config(&sim, sim.mqtt_port()), silence_cfg);
     until(&mut link.snapshots, "ready", ready).await;
     let before = sim.command_log().len();
@@ -401,16 +405,78 @@ async fn reconnects_after_a_disconnect_a_half_open_link_and_report_silence() {
             .iter()
             .any(|c| c.command.as_deref() == Some("pushall"))
     );
-    let clients: std::collections::BTreeSet<_> = log.iter().map(|c| c.client_id.clone()).collect();
-    assert!(
-        clients.len() >= 2,
-        "a fresh client id per connection: {clients:?}"
-    );
     sim.knobs().set(|k| k.report_silence = false);
     until(&mut link.snapshots, "online again", |s| {
         s.link == LinkState::Online && s.have_full_report
     })
     .await;
+    let clients: std::collections::BTreeSet<_> = sim
+        .command_log()
+        .iter()
+        .map(|c| c.client_id.clone())
+        .collect();
+    assert!(
+        clients.len() >= 2,
+        "a fresh client id per connection: {clients:?}"
+    );
+    sim.shutdown().await;
+}
+
+/// An idle P1S says nothing by design: the watchdog waits five times `silence_secs` before it
+/// asks for a full report, and the link stays online meanwhile (no "silent" flicker, no
+/// reconnect, no pushall every minute).
+#[tokio::test]
+async fn an_idle_p1_is_quiet_by_design_and_stays_online() {
+    let sim = sim(Model::P1S, 1.0).await;
+    let mut cfg = link_config();
+    cfg.silence_secs = 1;
+    cfg.silence_reconnect_secs = 3;
+    let mut link = spawn(printer_config(&sim, sim.mqtt_port()), cfg);
+    until(&mut link.snapshots, "ready", ready).await;
+    let ready_at = std::time::Instant::now();
+    let mut commands = sim.subscribe_commands();
+    let mut states = link.printer.subscribe();
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while states.changed().await.is_ok() {
+            let s = states.borrow_and_update().clone();
+            seen.push((s.link.clone(), s.connection_epoch));
+        }
+        seen
+    });
+    let nudge = timeout(WAIT, async {
+        loop {
+            match commands.recv().await {
+                Ok(c)
+                    if c.section.as_deref() == Some("pushing")
+                        && c.command.as_deref() == Some("start") =>
+                {
+                    return c;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("command log closed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("an idle printer is nudged eventually");
+    assert!(
+        nudge.at.duration_since(ready_at) >= Duration::from_secs(4),
+        "nudged after {:?}, before five silence periods",
+        nudge.at.duration_since(ready_at)
+    );
+    // The nudge is answered by a full report: still the first connection, never offline.
+    until(&mut link.snapshots, "answered", |s| {
+        s.last_full_report_at.is_some_and(|t| t > nudge.at)
+    })
+    .await;
+    drop(link);
+    let seen = watcher.await.expect("watcher");
+    assert!(
+        seen.iter()
+            .all(|(l, epoch)| *l == LinkState::Online && *epoch == 1),
+        "{seen:?}"
+    );
     sim.shutdown().await;
 }
 

@@ -18,7 +18,15 @@ impl Drop for Demo {
 #[test]
 fn demo_serves_three_printers_that_print() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_printgate"))
-        .args(["demo", "--listen", "127.0.0.1:0", "--time-scale", "400"])
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--time-scale",
+            "400",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -75,6 +75,11 @@ pub async fn start_simulators(
         dispatch: DispatchConfig::default(),
         printers,
         safety: Default::default(),
+        // Embedded broker on loopback with user demo/demo; no TLS, mDNS or SSDP socket.
+        broker: crate::broker::config::BrokerConfig::demo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            1883,
+        )))?,
     };
     Ok((sims, config))
 }
@@ -127,6 +132,7 @@ pub async fn queue_demo_jobs(gw: &crate::Gateway) -> anyhow::Result<()> {
 /// Run the demo until `shutdown` is cancelled.
 pub async fn run(
     listen: SocketAddr,
+    mqtt_listen: SocketAddr,
     data_dir: Option<PathBuf>,
     time_scale: f64,
     shutdown: CancellationToken,
@@ -144,7 +150,8 @@ pub async fn run(
     if !listen.ip().is_loopback() {
         tracing::warn!("demo listening on {listen}, which is not a loopback address");
     }
-    let (sims, config) = start_simulators(data_dir.clone(), listen, time_scale).await?;
+    let (sims, mut config) = start_simulators(data_dir.clone(), listen, time_scale).await?;
+    config.broker.listen = mqtt_listen;
     start_local_prints(&sims)?;
     // The demo account exists before the gateway starts, so no setup code is needed.
     std::fs::create_dir_all(&data_dir)?;
@@ -158,6 +165,9 @@ pub async fn run(
         running.web_addr,
         data_dir.display()
     );
+    if let Some(mqtt) = running.broker.as_ref().and_then(|b| b.mqtt_addr) {
+        println!("  MQTT broker on {mqtt} (user demo, password demo); topics under printgate/#");
+    }
     for sim in &sims {
         println!(
             "  simulated {:<8} serial {} on {}:{} (access code {})",

@@ -77,6 +77,10 @@ pub fn config_for(dir: &std::path::Path, sims: &[SimPrinter]) -> Config {
             .map(|(i, s)| printer_config(&format!("printer {}", i + 1), s))
             .collect(),
         safety: Default::default(),
+        broker: printgate::broker::config::BrokerConfig {
+            mode: printgate::broker::config::BrokerMode::Off,
+            ..Default::default()
+        },
     }
 }
 

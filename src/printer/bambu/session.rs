@@ -98,6 +98,9 @@ struct Awaiting {
     queued_at: Instant,
 }
 
+/// An idle P1/A1 may be silent this many times `silence_secs` before it is nudged.
+const IDLE_DELTA_SILENCE_FACTOR: u32 = 5;
+
 /// State of one connection attempt.
 struct Conn {
     id: u64,
@@ -433,12 +436,36 @@ impl LinkTask {
         }
     }
 
+    /// How long a silence may last before the watchdog nudges the printer. P1/A1 printers send
+    /// deltas only and say nothing while idle and unchanged, so an idle one is given
+    /// [`IDLE_DELTA_SILENCE_FACTOR`] times longer: the nudge's `pushall` then comes about every
+    /// 5 minutes, the rate BAMBU-LAN.md §3.4 advises for a P1P, instead of every minute.
+    fn silence_limit(&self) -> Duration {
+        let base = Duration::from_secs(self.link.silence_secs.max(1));
+        if self.expects_idle_silence() {
+            base * IDLE_DELTA_SILENCE_FACTOR
+        } else {
+            base
+        }
+    }
+
+    /// Silence is normal right now (an idle delta-report printer).
+    fn expects_idle_silence(&self) -> bool {
+        self.cfg.model.sends_deltas()
+            && !self
+                .snap
+                .borrow()
+                .state
+                .as_ref()
+                .is_some_and(|s| s.gcode_state.is_active())
+    }
+
     fn next_deadline(&self, conn: &Conn) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
         let mut deadline = far;
         if conn.up_since.is_some() {
             let silence = match conn.nudged_at {
-                None => conn.last_rx + Duration::from_secs(self.link.silence_secs.max(1)),
+                None => conn.last_rx + self.silence_limit(),
                 Some(n) => n + Duration::from_secs(self.link.silence_reconnect_secs.max(1)),
             };
             deadline = deadline.min(silence);
@@ -475,13 +502,18 @@ impl LinkTask {
         }
         conn.up_since?;
         match conn.nudged_at {
-            None if now >= conn.last_rx + Duration::from_secs(self.link.silence_secs.max(1)) => {
-                tracing::warn!(
-                    silence_secs = self.link.silence_secs,
-                    "no report from the printer; sending pushing.start and pushall"
-                );
+            None if now >= conn.last_rx + self.silence_limit() => {
                 conn.nudged_at = Some(now);
-                self.set_link(LinkState::Silent);
+                if self.expects_idle_silence() {
+                    // Normal for an idle P1/A1: ask for a full report without alarming anyone.
+                    tracing::debug!("idle printer quiet; sending pushing.start and pushall");
+                } else {
+                    tracing::warn!(
+                        silence_secs = self.link.silence_secs,
+                        "no report from the printer; sending pushing.start and pushall"
+                    );
+                    self.set_link(LinkState::Silent);
+                }
                 let built = commands::pushing_start(&self.seq);
                 self.publish(conn, built, "start", None, None);
                 self.request_pushall(conn, None);

@@ -1,0 +1,300 @@
+//! `[broker]` in printgate.toml: embedded or external broker, listeners, users and their access,
+//! limits, Home Assistant discovery, mDNS and SSDP discovery. Every limit has an explicit,
+//! reasoned default sized for a Raspberry Pi with ~10 printers and ~50 clients.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Where the `printgate/…` tree lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerMode {
+    /// printgate runs its own broker (rumqttd behind printgate's authentication and ACL).
+    #[default]
+    Embedded,
+    /// printgate publishes to and subscribes on an existing broker (Mosquitto, EMQX).
+    External,
+    /// No MQTT at all.
+    Off,
+}
+
+/// What a broker user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Subscribe to everything; publish nothing.
+    #[default]
+    Read,
+    /// Also send `cmd/*` and publish outside the `printgate/` and discovery trees.
+    Control,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerUser {
+    pub name: String,
+    /// Argon2 PHC string (`$argon2id$v=19$…`), e.g. from `printgate hash-password`.
+    pub password_hash: String,
+    #[serde(default)]
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerLimits {
+    /// Clients connected at once (all listeners together).
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted from a client, in bytes.
+    #[serde(default = "d_max_packet")]
+    pub max_packet_bytes: usize,
+    /// A client must send CONNECT within this many milliseconds.
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Publishes per second one client may send (sustained; bursts of the same size).
+    #[serde(default = "d_publish_rate")]
+    pub publishes_per_sec: u32,
+    /// QoS 1/2 messages in flight per client.
+    #[serde(default = "d_inflight")]
+    pub max_inflight: usize,
+}
+
+fn d_max_connections() -> usize {
+    64
+}
+fn d_max_packet() -> usize {
+    64 * 1024
+}
+fn d_connect_timeout() -> u64 {
+    5000
+}
+fn d_publish_rate() -> u32 {
+    50
+}
+fn d_inflight() -> usize {
+    32
+}
+
+impl Default for BrokerLimits {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or(BrokerLimits {
+            max_connections: d_max_connections(),
+            max_packet_bytes: d_max_packet(),
+            connect_timeout_ms: d_connect_timeout(),
+            publishes_per_sec: d_publish_rate(),
+            max_inflight: d_inflight(),
+        })
+    }
+}
+
+/// `[broker.external]`: the broker printgate connects to in external mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalBroker {
+    /// `mqtt://host:1883` or `mqtts://host:8883`.
+    pub url: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// PEM file with the CA that signed the broker's certificate (mqtts); system roots otherwise
+    /// are not used: give the CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "d_client_id")]
+    pub client_id: String,
+}
+
+fn d_client_id() -> String {
+    "printgate".into()
+}
+
+/// `[broker.mdns]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MdnsConfig {
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Service instance name shown in browsers and slicers.
+    #[serde(default = "d_instance")]
+    pub instance: String,
+    /// Host name announced as `<hostname>.local`.
+    #[serde(default = "d_instance")]
+    pub hostname: String,
+}
+
+impl Default for MdnsConfig {
+    fn default() -> Self {
+        MdnsConfig {
+            enabled: true,
+            instance: d_instance(),
+            hostname: d_instance(),
+        }
+    }
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_instance() -> String {
+    "printgate".into()
+}
+
+/// `[broker.ssdp]`: listening for Bambu printers' announcements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsdpConfig {
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    #[serde(default = "d_ssdp_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for SsdpConfig {
+    fn default() -> Self {
+        SsdpConfig {
+            enabled: true,
+            listen: d_ssdp_listen(),
+        }
+    }
+}
+
+fn d_ssdp_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 2021))
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    #[serde(default)]
+    pub mode: BrokerMode,
+    /// Plain MQTT listener (embedded mode).
+    #[serde(default = "d_listen")]
+    pub listen: SocketAddr,
+    /// TLS listener (embedded mode); `None` = no TLS listener.
+    #[serde(default = "d_tls_listen")]
+    pub tls_listen: Option<SocketAddr>,
+    /// Certificate chain and key (PEM) for the TLS listener; generated in `data_dir` on first
+    /// run when not given.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Allow clients without credentials (read-only). Off by default.
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    #[serde(default)]
+    pub users: Vec<BrokerUser>,
+    #[serde(default)]
+    pub limits: BrokerLimits,
+    /// Home Assistant discovery prefix.
+    #[serde(default = "d_prefix")]
+    pub discovery_prefix: String,
+    #[serde(default = "d_true")]
+    pub home_assistant: bool,
+    #[serde(default)]
+    pub external: Option<ExternalBroker>,
+    #[serde(default)]
+    pub mdns: MdnsConfig,
+    #[serde(default)]
+    pub ssdp: SsdpConfig,
+}
+
+fn d_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 1883))
+}
+fn d_tls_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([0, 0, 0, 0], 8883)))
+}
+fn d_prefix() -> String {
+    "homeassistant".into()
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            mode: BrokerMode::default(),
+            listen: d_listen(),
+            tls_listen: d_tls_listen(),
+            tls_cert: None,
+            tls_key: None,
+            allow_anonymous: false,
+            users: Vec::new(),
+            limits: BrokerLimits::default(),
+            discovery_prefix: d_prefix(),
+            home_assistant: true,
+            external: None,
+            mdns: MdnsConfig::default(),
+            ssdp: SsdpConfig::default(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Values for `demo` and tests: embedded broker on `listen` (loopback), no TLS, no mDNS, no
+    /// SSDP socket, user `demo`/`demo` with control access (password hashed here).
+    pub fn demo(listen: SocketAddr) -> anyhow::Result<Self> {
+        Ok(BrokerConfig {
+            listen,
+            tls_listen: None,
+            users: vec![BrokerUser {
+                name: "demo".into(),
+                password_hash: crate::broker::auth::hash_password("demo")?,
+                access: Access::Control,
+            }],
+            mdns: MdnsConfig {
+                enabled: false,
+                ..MdnsConfig::default()
+            },
+            ssdp: SsdpConfig {
+                enabled: false,
+                ..SsdpConfig::default()
+            },
+            ..BrokerConfig::default()
+        })
+    }
+
+    /// Problems, each naming the key and the fix.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.discovery_prefix.is_empty() || self.discovery_prefix.contains(['+', '#']) {
+            p.push("broker.discovery_prefix: must be a topic without wildcards, e.g. \"homeassistant\"".into());
+        }
+        if self.mode == BrokerMode::External && self.external.is_none() {
+            p.push("broker.mode = \"external\" needs a [broker.external] section with url = \"mqtt://host:1883\"".into());
+        }
+        if let Some(e) = &self.external
+            && !(e.url.starts_with("mqtt://") || e.url.starts_with("mqtts://"))
+        {
+            p.push(format!(
+                "broker.external.url = {:?}: write mqtt://host:port or mqtts://host:port",
+                e.url
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            p.push("broker.tls_cert and broker.tls_key: give both, or neither to generate a certificate".into());
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            if u.name.is_empty() {
+                p.push(format!("broker.users[{i}].name: must not be empty"));
+            }
+            if argon2::PasswordHash::new(&u.password_hash).is_err() {
+                p.push(format!("broker.users[{i}].password_hash: not an argon2 hash; create one with `printgate hash-password`"));
+            }
+        }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.max_packet_bytes < 1024
+            || l.connect_timeout_ms == 0
+            || l.publishes_per_sec == 0
+            || l.max_inflight == 0
+        {
+            p.push(
+                "broker.limits: every limit must be positive (max_packet_bytes at least 1024)"
+                    .into(),
+            );
+        }
+        p
+    }
+}

@@ -1,0 +1,132 @@
+//! The embedded rumqttd broker. rumqttd does the routing, retained messages, QoS and wills; it
+//! listens only on 127.0.0.1 (an MQTT 3.1.1 and an MQTT 5 port) and accepts only printgate's
+//! internal credentials, so every outside client has to come through printgate's front door
+//! ([`crate::broker::gate`]), which authenticates users and applies the ACL.
+//!
+//! rumqttd has no shutdown: its threads and loopback listeners live until the process exits.
+
+use crate::broker::config::BrokerLimits;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::time::Duration;
+
+/// Where the internal broker listens and how to log in to it.
+#[derive(Clone)]
+pub struct InternalBroker {
+    pub v4: SocketAddr,
+    pub v5: SocketAddr,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for InternalBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InternalBroker")
+            .field("v4", &self.v4)
+            .field("v5", &self.v5)
+            .finish_non_exhaustive()
+    }
+}
+
+fn free_loopback_port() -> std::io::Result<SocketAddr> {
+    // rumqttd binds by address itself; take a free port from the OS and hand it over.
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()
+}
+
+fn server(
+    name: &str,
+    listen: SocketAddr,
+    limits: &BrokerLimits,
+    user: &str,
+    pw: &str,
+) -> rumqttd::ServerSettings {
+    rumqttd::ServerSettings {
+        name: name.into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: u16::try_from(limits.connect_timeout_ms).unwrap_or(u16::MAX),
+            max_payload_size: limits.max_packet_bytes,
+            max_inflight_count: limits.max_inflight,
+            auth: Some(HashMap::from([(user.to_string(), pw.to_string())])),
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    }
+}
+
+/// rumqttd configuration: limits from `[broker.limits]`, commit-log segments sized for a Pi.
+pub fn rumqttd_config(limits: &BrokerLimits, internal: &InternalBroker) -> rumqttd::Config {
+    rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            // The gateway's own connection comes on top of the clients.
+            max_connections: limits.max_connections + 4,
+            max_outgoing_packet_count: 200,
+            // Each subscribed filter keeps up to count × size bytes of recent messages.
+            max_segment_size: limits.max_packet_bytes.max(64 * 1024),
+            max_segment_count: 2,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([(
+            "1".to_string(),
+            server(
+                "internal-v4",
+                internal.v4,
+                limits,
+                &internal.username,
+                &internal.password,
+            ),
+        )])),
+        v5: Some(HashMap::from([(
+            "1".to_string(),
+            server(
+                "internal-v5",
+                internal.v5,
+                limits,
+                &internal.username,
+                &internal.password,
+            ),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// Start rumqttd on two free loopback ports; returns once its MQTT 3.1.1 port accepts
+/// connections (or fails after 5 s).
+pub async fn start(limits: &BrokerLimits) -> anyhow::Result<InternalBroker> {
+    let internal = InternalBroker {
+        v4: free_loopback_port()?,
+        v5: free_loopback_port()?,
+        username: "printgate-internal".into(),
+        password: hex::encode(rand::random::<[u8; 24]>()),
+    };
+    let config = rumqttd_config(limits, &internal);
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!("embedded MQTT broker stopped: {e}");
+            }
+        })?;
+    for addr in [internal.v4, internal.v5] {
+        let ready = tokio::time::timeout(Duration::from_secs(5), async {
+            // rumqttd binds in its own thread; poll until it accepts (bounded by the timeout).
+            loop {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if ready.is_err() {
+            anyhow::bail!(
+                "the embedded MQTT broker did not start listening on {addr} within 5 s; see the log above for its error"
+            );
+        }
+    }
+    Ok(internal)
+}

@@ -1,0 +1,305 @@
+//! The embedded broker's front door: printgate's own listeners (plain and TLS) in front of
+//! rumqttd. Each client's CONNECT is authenticated ([`crate::broker::auth`]) and rewritten to the
+//! internal credentials with a `c-` prefixed client id (so no client can take over the gateway's
+//! session); every PUBLISH and the will are checked against the ACL ([`crate::broker::acl`]);
+//! commands are handed to the [`CommandRouter`] with the sender's identity. A forbidden publish
+//! closes the connection (MQTT 5: DISCONNECT "not authorized"). Limits: connections, packet
+//! size, CONNECT timeout, publish rate (backpressure, not disconnect).
+
+use crate::broker::acl::{self, Decision};
+use crate::broker::auth::Authenticator;
+use crate::broker::commands::CommandRouter;
+use crate::broker::config::BrokerLimits;
+use crate::broker::embedded::InternalBroker;
+use crate::broker::packets::{self, PUBLISH, PacketError};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub struct Gate {
+    pub auth: Authenticator,
+    pub internal: InternalBroker,
+    pub limits: BrokerLimits,
+    pub discovery_prefix: String,
+    pub commands: CommandRouter,
+    slots: Arc<Semaphore>,
+}
+
+impl Gate {
+    pub fn new(
+        auth: Authenticator,
+        internal: InternalBroker,
+        limits: BrokerLimits,
+        discovery_prefix: String,
+        commands: CommandRouter,
+    ) -> Self {
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        Gate {
+            auth,
+            internal,
+            limits,
+            discovery_prefix,
+            commands,
+            slots,
+        }
+    }
+}
+
+/// Accept plain MQTT clients until `shutdown`.
+pub async fn serve_plain(listener: TcpListener, gate: Arc<Gate>, shutdown: CancellationToken) {
+    serve(listener, gate, None, shutdown).await
+}
+
+/// Accept MQTT-over-TLS clients until `shutdown`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    gate: Arc<Gate>,
+    shutdown: CancellationToken,
+) {
+    serve(listener, gate, Some(acceptor), shutdown).await
+}
+
+async fn serve(
+    listener: TcpListener,
+    gate: Arc<Gate>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("MQTT accept failed: {e}");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            },
+        };
+        let Ok(permit) = gate.slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "MQTT connection refused: {} clients already connected (broker.limits.max_connections)", gate.limits.max_connections);
+            drop(stream);
+            continue;
+        };
+        let gate = gate.clone();
+        let tls = tls.clone();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = stream.set_nodelay(true);
+            let timeout = Duration::from_millis(gate.limits.connect_timeout_ms);
+            match tls {
+                None => client(stream, peer, &gate, token).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => client(s, peer, &gate, token).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, "MQTT TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "MQTT TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A token bucket: `rate` per second, bursts of `rate`.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Bucket {
+            tokens: rate,
+            rate,
+            at: Instant::now(),
+        }
+    }
+    /// How long to wait before one more publish may pass.
+    fn take(&mut self) -> Duration {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+async fn client<S>(stream: S, peer: SocketAddr, gate: &Gate, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let limit = gate.limits.max_packet_bytes;
+    let first = tokio::time::timeout(
+        Duration::from_millis(gate.limits.connect_timeout_ms),
+        packets::read_packet(&mut rd, limit),
+    )
+    .await;
+    let connect = match first {
+        Ok(Ok(p)) if p.kind() == packets::CONNECT => p,
+        Ok(Ok(_)) => return tracing::debug!(%peer, "first MQTT packet was not CONNECT"),
+        Ok(Err(e)) => return tracing::debug!(%peer, "MQTT CONNECT unreadable: {e}"),
+        Err(_) => return tracing::debug!(%peer, "no MQTT CONNECT in time"),
+    };
+    let info = match packets::parse_connect(&connect.body) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::debug!(%peer, "MQTT CONNECT refused: {e}");
+            let _ = wr.write_all(&packets::connack_refused(4, false)).await;
+            return;
+        }
+    };
+    let identity = match gate
+        .auth
+        .check(info.username.as_deref(), info.password.as_deref())
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::info!(%peer, user = info.username.as_deref().unwrap_or(""), "MQTT login refused: {e}");
+            let _ = wr
+                .write_all(&packets::connack_refused(info.level, false))
+                .await;
+            return;
+        }
+    };
+    if let Some(will) = &info.will
+        && acl::may_publish(identity.access, &will.topic, &gate.discovery_prefix) != Decision::Allow
+    {
+        tracing::info!(%peer, user = %identity.user, topic = %will.topic, "MQTT will message not allowed for this user");
+        let _ = wr
+            .write_all(&packets::connack_refused(info.level, true))
+            .await;
+        return;
+    }
+    let client_id = if info.client_id.is_empty() {
+        format!("c-anon-{}", hex::encode(rand::random::<[u8; 8]>()))
+    } else {
+        format!("c-{}", info.client_id)
+    };
+    let rewritten = packets::rewrite_connect(
+        &connect.body,
+        &info,
+        &client_id,
+        &gate.internal.username,
+        &gate.internal.password,
+    );
+    let upstream_addr = if info.level == 5 {
+        gate.internal.v5
+    } else {
+        gate.internal.v4
+    };
+    let upstream = match TcpStream::connect(upstream_addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("embedded broker unreachable on {upstream_addr}: {e}");
+            let _ = wr
+                .write_all(&packets::connack_unavailable(info.level))
+                .await;
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let (mut up_rd, mut up_wr) = upstream.into_split();
+    if up_wr.write_all(&rewritten.encode()).await.is_err() {
+        return;
+    }
+    tracing::debug!(%peer, user = %identity.user, client_id = %info.client_id, "MQTT client connected");
+
+    // Broker → client: bytes as they are.
+    let mut down = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut up_rd, &mut wr).await;
+        wr
+    });
+    let mut writer = None;
+
+    // Client → broker: packet by packet, PUBLISH checked.
+    let mut bucket = Bucket::new(gate.limits.publishes_per_sec);
+    let denied = loop {
+        let packet = tokio::select! {
+            _ = shutdown.cancelled() => break None,
+            w = &mut down => {
+                // The broker ended the session (e.g. the same client id connected again).
+                writer = w.ok();
+                break None;
+            }
+            p = packets::read_packet(&mut rd, limit) => p,
+        };
+        let mut packet = match packet {
+            Ok(p) => p,
+            Err(PacketError::Closed) => break None,
+            Err(e) => {
+                tracing::debug!(%peer, user = %identity.user, "MQTT client dropped: {e}");
+                break None;
+            }
+        };
+        if packet.kind() == PUBLISH {
+            let wait = bucket.take();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let publish = match packets::parse_publish(packet.first, &packet.body, info.level) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(%peer, "malformed PUBLISH: {e}");
+                    break None;
+                }
+            };
+            match acl::may_publish(identity.access, publish.topic, &gate.discovery_prefix) {
+                Decision::Allow => {}
+                Decision::Command(printer, kind) => {
+                    // A redelivery (DUP) may be a command from before a reconnect: never
+                    // execute it late (I3). Retained commands are not kept either.
+                    if publish.dup {
+                        tracing::info!(%peer, user = %identity.user, topic = %publish.topic, "duplicate MQTT command ignored");
+                    } else {
+                        gate.commands
+                            .submit(printer, kind, publish.payload, &identity.user);
+                    }
+                    packet.first &= !0x01;
+                }
+                Decision::Deny => {
+                    tracing::warn!(%peer, user = %identity.user, topic = %publish.topic, "MQTT publish not allowed for this user; disconnecting");
+                    break Some(info.level);
+                }
+            }
+        }
+        if up_wr.write_all(&packet.encode()).await.is_err() {
+            break None;
+        }
+    };
+    // Closing our half makes rumqttd end the session; the copy task then hands back the writer.
+    let _ = up_wr.shutdown().await;
+    if writer.is_none() {
+        writer = match tokio::time::timeout(Duration::from_secs(2), &mut down).await {
+            Ok(Ok(w)) => Some(w),
+            _ => {
+                down.abort();
+                None
+            }
+        };
+    }
+    if let Some(mut wr) = writer {
+        if let Some(bytes) = denied.and_then(packets::disconnect_not_authorized) {
+            let _ = wr.write_all(&bytes).await;
+        }
+        let _ = wr.shutdown().await;
+    }
+}

@@ -1,0 +1,443 @@
+//! Just enough MQTT 3.1.1 / 5 wire format for printgate's broker front door (pure apart from
+//! [`read_packet`]): split a byte stream into packets with a size cap, read CONNECT (credentials,
+//! will, client id) and rewrite its client id and credentials, read a PUBLISH's topic, flags and
+//! payload, and build CONNACK refusals. Everything else is relayed byte for byte.
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+pub const CONNECT: u8 = 1;
+pub const PUBLISH: u8 = 3;
+
+/// One MQTT control packet as it came off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPacket {
+    /// Fixed-header first byte (type << 4 | flags).
+    pub first: u8,
+    /// Everything after the remaining-length field.
+    pub body: Vec<u8>,
+}
+
+impl RawPacket {
+    pub fn kind(&self) -> u8 {
+        self.first >> 4
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 5);
+        out.push(self.first);
+        encode_varint(self.body.len(), &mut out);
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PacketError {
+    #[error("connection closed")]
+    Closed,
+    #[error("packet of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn encode_varint(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Decode a variable byte integer at the start of `buf`: (value, bytes used).
+pub fn decode_varint(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, b) in buf.iter().take(4).enumerate() {
+        value += usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Read one packet; refuses bodies over `max_body` before reading them.
+pub async fn read_packet<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_body: usize,
+) -> Result<RawPacket, PacketError> {
+    let first = match r.read_u8().await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(PacketError::Closed),
+        Err(e) => return Err(e.into()),
+    };
+    let mut len = 0usize;
+    let mut shift = 0;
+    loop {
+        let b = r.read_u8().await?;
+        len += usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 21 {
+            return Err(PacketError::Malformed(
+                "remaining length longer than 4 bytes",
+            ));
+        }
+    }
+    if len > max_body {
+        return Err(PacketError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(RawPacket { first, body })
+}
+
+/// A cursor over a packet body.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn u8(&mut self) -> Result<u8, PacketError> {
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or(PacketError::Malformed("truncated"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+    fn u16(&mut self) -> Result<u16, PacketError> {
+        Ok(u16::from(self.u8()?) << 8 | u16::from(self.u8()?))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], PacketError> {
+        let n = usize::from(self.u16()?);
+        let s = self
+            .buf
+            .get(self.pos..self.pos + n)
+            .ok_or(PacketError::Malformed("truncated field"))?;
+        self.pos += n;
+        Ok(s)
+    }
+    fn string(&mut self) -> Result<&'a str, PacketError> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| PacketError::Malformed("string not UTF-8"))
+    }
+    /// Skip MQTT 5 properties (varint length + bytes).
+    fn skip_properties(&mut self) -> Result<(), PacketError> {
+        let rest = self.buf.get(self.pos..).unwrap_or(&[]);
+        let (n, used) =
+            decode_varint(rest).ok_or(PacketError::Malformed("bad properties length"))?;
+        if rest.len() < used + n {
+            return Err(PacketError::Malformed("truncated properties"));
+        }
+        self.pos += used + n;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will {
+    pub topic: String,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+/// What a CONNECT says, with the byte ranges needed to rewrite it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectInfo {
+    /// 4 = MQTT 3.1.1, 5 = MQTT 5 (3.1 "MQIsdp" is refused).
+    pub level: u8,
+    pub clean_start: bool,
+    pub keep_alive: u16,
+    pub client_id: String,
+    pub will: Option<Will>,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
+    flags_at: usize,
+    client_id_at: usize,
+    will_at: usize,
+    creds_at: usize,
+}
+
+pub fn parse_connect(body: &[u8]) -> Result<ConnectInfo, PacketError> {
+    let mut c = Cursor { buf: body, pos: 0 };
+    let name = c.string()?;
+    let level = c.u8()?;
+    if name != "MQTT" || !(level == 4 || level == 5) {
+        return Err(PacketError::Malformed(
+            "only MQTT 3.1.1 and 5 are supported",
+        ));
+    }
+    let flags_at = c.pos;
+    let flags = c.u8()?;
+    if flags & 1 != 0 {
+        return Err(PacketError::Malformed("reserved connect flag set"));
+    }
+    let keep_alive = c.u16()?;
+    if level == 5 {
+        c.skip_properties()?;
+    }
+    let client_id_at = c.pos;
+    let client_id = c.string()?.to_string();
+    let will_at = c.pos;
+    let will = if flags & 0x04 != 0 {
+        if level == 5 {
+            c.skip_properties()?;
+        }
+        let topic = c.string()?.to_string();
+        c.bytes()?;
+        Some(Will {
+            topic,
+            qos: (flags >> 3) & 3,
+            retain: flags & 0x20 != 0,
+        })
+    } else {
+        None
+    };
+    let creds_at = c.pos;
+    let username = if flags & 0x80 != 0 {
+        Some(c.string()?.to_string())
+    } else {
+        None
+    };
+    let password = if flags & 0x40 != 0 {
+        Some(c.bytes()?.to_vec())
+    } else {
+        None
+    };
+    if c.pos != body.len() {
+        return Err(PacketError::Malformed("trailing bytes after CONNECT"));
+    }
+    Ok(ConnectInfo {
+        level,
+        clean_start: flags & 0x02 != 0,
+        keep_alive,
+        client_id,
+        will,
+        username,
+        password,
+        flags_at,
+        client_id_at,
+        will_at,
+        creds_at,
+    })
+}
+
+fn push_str(out: &mut Vec<u8>, s: &[u8]) {
+    let n = s.len().min(usize::from(u16::MAX));
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    out.extend_from_slice(s.get(..n).unwrap_or(s));
+}
+
+/// The same CONNECT with another client id and credentials (everything else byte-identical).
+pub fn rewrite_connect(
+    body: &[u8],
+    info: &ConnectInfo,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> RawPacket {
+    let mut out = Vec::with_capacity(body.len() + 64);
+    out.extend_from_slice(body.get(..info.client_id_at).unwrap_or(&[]));
+    if let Some(f) = out.get_mut(info.flags_at) {
+        *f |= 0xC0;
+    }
+    push_str(&mut out, client_id.as_bytes());
+    out.extend_from_slice(body.get(info.will_at..info.creds_at).unwrap_or(&[]));
+    push_str(&mut out, username.as_bytes());
+    push_str(&mut out, password.as_bytes());
+    RawPacket {
+        first: CONNECT << 4,
+        body: out,
+    }
+}
+
+/// A PUBLISH's topic, flags and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishInfo<'a> {
+    pub topic: &'a str,
+    pub qos: u8,
+    pub retain: bool,
+    pub dup: bool,
+    pub payload: &'a [u8],
+}
+
+pub fn parse_publish(first: u8, body: &[u8], level: u8) -> Result<PublishInfo<'_>, PacketError> {
+    let qos = (first >> 1) & 3;
+    if qos == 3 {
+        return Err(PacketError::Malformed("QoS 3"));
+    }
+    let mut c = Cursor { buf: body, pos: 0 };
+    let topic = c.string()?;
+    if qos > 0 {
+        c.u16()?;
+    }
+    if level == 5 {
+        c.skip_properties()?;
+    }
+    Ok(PublishInfo {
+        topic,
+        qos,
+        retain: first & 1 != 0,
+        dup: first & 0x08 != 0,
+        payload: body.get(c.pos..).unwrap_or(&[]),
+    })
+}
+
+/// CONNACK refusing the connection: "bad user name or password" / "not authorized".
+pub fn connack_refused(level: u8, not_authorized: bool) -> Vec<u8> {
+    if level == 5 {
+        vec![0x20, 3, 0, if not_authorized { 0x87 } else { 0x86 }, 0]
+    } else {
+        vec![0x20, 2, 0, if not_authorized { 5 } else { 4 }]
+    }
+}
+
+/// CONNACK "server unavailable / server busy".
+pub fn connack_unavailable(level: u8) -> Vec<u8> {
+    if level == 5 {
+        vec![0x20, 3, 0, 0x89, 0]
+    } else {
+        vec![0x20, 2, 0, 3]
+    }
+}
+
+/// MQTT 5 DISCONNECT with reason "not authorized" (3.1.1 has no server DISCONNECT: just close).
+pub fn disconnect_not_authorized(level: u8) -> Option<Vec<u8>> {
+    (level == 5).then(|| vec![0xE0, 1, 0x87])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn connect_v4(will: bool, user: Option<&str>, pass: Option<&[u8]>) -> Vec<u8> {
+        let mut b = Vec::new();
+        push_str(&mut b, b"MQTT");
+        b.push(4);
+        let mut flags = 0x02;
+        if will {
+            flags |= 0x04 | 0x20 | 0x08;
+        }
+        if user.is_some() {
+            flags |= 0x80;
+        }
+        if pass.is_some() {
+            flags |= 0x40;
+        }
+        b.push(flags);
+        b.extend_from_slice(&30u16.to_be_bytes());
+        push_str(&mut b, b"phone-1");
+        if will {
+            push_str(&mut b, b"home/phone/lwt");
+            push_str(&mut b, b"gone");
+        }
+        if let Some(u) = user {
+            push_str(&mut b, u.as_bytes());
+        }
+        if let Some(p) = pass {
+            push_str(&mut b, p);
+        }
+        b
+    }
+
+    #[test]
+    fn connect_parse_and_rewrite() {
+        let body = connect_v4(true, Some("ha"), Some(b"secret"));
+        let info = parse_connect(&body).unwrap();
+        assert_eq!(info.level, 4);
+        assert_eq!(info.client_id, "phone-1");
+        assert_eq!(info.username.as_deref(), Some("ha"));
+        assert_eq!(info.password.as_deref(), Some(&b"secret"[..]));
+        assert_eq!(
+            info.will,
+            Some(Will {
+                topic: "home/phone/lwt".into(),
+                qos: 1,
+                retain: true
+            })
+        );
+        let re = rewrite_connect(&body, &info, "c-phone-1", "internal", "pw");
+        let again = parse_connect(&re.body).unwrap();
+        assert_eq!(again.client_id, "c-phone-1");
+        assert_eq!(again.username.as_deref(), Some("internal"));
+        assert_eq!(again.password.as_deref(), Some(&b"pw"[..]));
+        assert_eq!(again.will, info.will);
+        assert_eq!(again.keep_alive, 30);
+        // Without credentials the flags are set by the rewrite.
+        let anon = connect_v4(false, None, None);
+        let info = parse_connect(&anon).unwrap();
+        assert_eq!(info.username, None);
+        let re = rewrite_connect(&anon, &info, "c-x", "u", "p");
+        assert_eq!(
+            parse_connect(&re.body).unwrap().username.as_deref(),
+            Some("u")
+        );
+    }
+
+    #[test]
+    fn publish_parse() {
+        let mut body = Vec::new();
+        push_str(&mut body, b"printgate/P1/cmd/stop");
+        body.extend_from_slice(&[0, 7]);
+        body.extend_from_slice(b"PRESS");
+        let p = parse_publish(0x30 | 0x02 | 0x01, &body, 4).unwrap();
+        assert_eq!(p.topic, "printgate/P1/cmd/stop");
+        assert_eq!((p.qos, p.retain, p.dup), (1, true, false));
+        assert_eq!(p.payload, b"PRESS");
+        // MQTT 5: properties between packet id and payload.
+        let mut v5 = Vec::new();
+        push_str(&mut v5, b"t");
+        v5.extend_from_slice(&[0, 1, 2, 0x01, 0x01]);
+        v5.extend_from_slice(b"x");
+        assert_eq!(parse_publish(0x32, &v5, 5).unwrap().payload, b"x");
+    }
+
+    #[tokio::test]
+    async fn framing_with_size_cap() {
+        let p = RawPacket {
+            first: 0x30,
+            body: vec![7; 300],
+        };
+        let wire = p.encode();
+        assert_eq!(read_packet(&mut &wire[..], 1000).await.unwrap(), p);
+        assert!(matches!(
+            read_packet(&mut &wire[..], 299).await,
+            Err(PacketError::TooLarge(300))
+        ));
+        assert!(matches!(
+            read_packet(&mut &[][..], 10).await,
+            Err(PacketError::Closed)
+        ));
+        let endless = [0x30u8, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert!(matches!(
+            read_packet(&mut &endless[..], usize::MAX).await,
+            Err(PacketError::Malformed(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(first in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..200), level in 4u8..=5) {
+            let _ = parse_connect(&body);
+            let _ = parse_publish(first, &body, level);
+        }
+
+        #[test]
+        fn varint_round_trip(n in 0usize..268_435_455) {
+            let mut out = Vec::new();
+            encode_varint(n, &mut out);
+            prop_assert_eq!(decode_varint(&out), Some((n, out.len())));
+        }
+    }
+}
