@@ -95,7 +95,7 @@ fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
 async fn the_document_lists_every_api_route_and_needs_a_sign_in() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "data_dir = '{}'\n[web]\nlisten = \"127.0.0.1:0\"\n",
+        "data_dir = '{}'\n[web]\nlisten = \"127.0.0.1:0\"\n[broker]\nmode = \"off\"\n",
         dir.path().display()
     );
     let config = Config::parse_toml(&text, "test").unwrap();

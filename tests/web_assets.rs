@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 async fn start() -> (printgate::RunningGateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "data_dir = '{}'\n[web]\nlisten = \"127.0.0.1:0\"\n",
+        "data_dir = '{}'\n[web]\nlisten = \"127.0.0.1:0\"\n[broker]\nmode = \"off\"\n",
         dir.path().display()
     );
     let config = Config::parse_toml(&text, "test").unwrap();
