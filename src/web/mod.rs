@@ -2,9 +2,11 @@
 //! the static assets embedded in the binary, and the JSON API under `/api/v1/`.
 
 pub mod actor;
+pub mod assets;
 pub mod auth;
 pub mod live;
 pub mod octoprint;
+pub mod openapi;
 pub mod printer_page;
 pub mod queue;
 pub mod settings;
@@ -20,28 +22,31 @@ use axum::routing::get;
 use axum::{Json, Router};
 use std::sync::Arc;
 use std::time::Instant;
+use tower_http::compression::CompressionLayer;
 use views::{PrinterView, fmt_minutes, fmt_temp};
 
 /// Build the router for one gateway.
 pub fn router(gw: Arc<Gateway>) -> Router {
     let app = Router::new()
         .route("/", get(status_page))
-        .route("/static/style.css", get(style_css))
         .route("/api/v1/printers", get(api_printers))
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route("/healthz", get(|| async { "ok" }))
         .route("/live", get(live::live))
         .route("/thumbnails/{sha}/{plate}", get(thumbnail))
-        .route("/static/app.js", get(app_js))
         .merge(queue::routes(gw.files.limits().max_file_bytes))
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
         .merge(printer_page::routes())
         .merge(settings::routes())
-        .merge(crate::safety::web::routes());
+        .merge(crate::safety::web::routes())
+        .merge(assets::routes());
     // ---- auth (src/web/auth.rs): add routes above this line. Every route added before
     // `auth::protect` needs a signed-in user or an API token, except auth::PUBLIC_PATHS;
     // handlers take `auth::CurrentUser`. ----
     let app = auth::protect(app.merge(auth::routes()), &gw);
-    app.with_state(gw)
+    // gzip for text answers; the default predicate leaves out images, tiny bodies and the SSE
+    // stream (`text/event-stream` must reach the page unbuffered).
+    app.layer(CompressionLayer::new().gzip(true)).with_state(gw)
 }
 
 #[derive(Template)]
@@ -116,7 +121,14 @@ async fn status_page(
     })
 }
 
-async fn api_printers(State(gw): State<Arc<Gateway>>) -> Json<Vec<PrinterView>> {
+/// Every configured printer: link, state, temperatures, progress and its plate gate.
+#[utoipa::path(
+    get,
+    path = "/api/v1/printers",
+    tag = "printers",
+    responses((status = 200, description = "The printers, in configuration order", body = [PrinterView]))
+)]
+pub(crate) async fn api_printers(State(gw): State<Arc<Gateway>>) -> Json<Vec<PrinterView>> {
     Json(printer_views(&gw))
 }
 
@@ -136,26 +148,6 @@ async fn thumbnail(
             .into_response(),
         None => (StatusCode::NOT_FOUND, "no thumbnail for this plate").into_response(),
     }
-}
-
-async fn app_js() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        include_str!("../../static/app.js"),
-    )
-}
-
-async fn style_css() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        include_str!("../../static/style.css"),
-    )
 }
 
 /// An error answer of the JSON API: `{"error":{"code":…,"message":…}}` with a status.

@@ -188,13 +188,40 @@ async fn control_form(
     Redirect::to(&url).into_response()
 }
 
-#[derive(Deserialize, Default)]
-struct ApiControl {
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+pub(crate) struct ApiControl {
+    /// Must be true for `stop` (it cancels the print for good).
     #[serde(default)]
     confirm: bool,
 }
 
-async fn api_control(
+/// The message of a control action.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ControlMessage {
+    message: String,
+}
+
+/// Send a control to a printer: `pause`, `resume`, `stop` (with `confirm: true`), `light-on`,
+/// `light-off`. None of them can start a print; each is recorded in the printer's history.
+#[utoipa::path(
+    post,
+    path = "/api/v1/printers/{name}/{action}",
+    tag = "printers",
+    params(
+        ("name" = String, Path, description = "Printer name"),
+        ("action" = String, Path, description = "`pause`, `resume`, `stop`, `light-on` or `light-off`"),
+    ),
+    request_body(content = Option<ApiControl>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Sent", body = ControlMessage),
+        (status = 400, description = "Stop without confirmation", body = super::openapi::ErrorBody),
+        (status = 404, description = "Unknown printer or action", body = super::openapi::ErrorBody),
+        (status = 409, description = "Printer offline; nothing sent", body = super::openapi::ErrorBody),
+        (status = 503, description = "May not have reached the printer", body = super::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn api_control(
     State(gw): State<Arc<Gateway>>,
     Path((name, action)): Path<(String, String)>,
     actor: Actor,

@@ -45,7 +45,7 @@ pub fn routes(max_upload: u64) -> Router<Arc<Gateway>> {
 }
 
 /// A job as pages and the API show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: JobId,
     pub name: String,
@@ -362,7 +362,41 @@ async fn upload_form(State(gw): State<Arc<Gateway>>, actor: Actor, mp: Multipart
     }
 }
 
-async fn api_upload(
+/// The multipart form of an upload (documentation only; the handler reads the fields in any
+/// order).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct UploadRequest {
+    /// The sliced `.gcode.3mf` file.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// Printer name, or `any` (default) for any printer of the model the file was sliced for.
+    printer: Option<String>,
+    /// Plate number in the file (default 1).
+    plate: Option<u32>,
+    /// Repeating a request with the same key queues one job (also the `Idempotency-Key` header).
+    idempotency_key: Option<String>,
+}
+
+/// Upload a sliced file and queue it. It starts only after Plate clear is tapped.
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    request_body(content = UploadRequest, content_type = "multipart/form-data"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key, same job (retries are safe)")),
+    responses(
+        (status = 201, description = "Queued", body = JobView),
+        (status = 200, description = "Already queued with this idempotency key", body = JobView),
+        (status = 400, description = "Malformed upload", body = super::openapi::ErrorBody),
+        (status = 404, description = "Unknown printer", body = super::openapi::ErrorBody),
+        (status = 413, description = "File too large", body = super::openapi::ErrorBody),
+        (status = 415, description = "Not a sliced .gcode.3mf", body = super::openapi::ErrorBody),
+        (status = 422, description = "File does not fit the printer or plate", body = super::openapi::ErrorBody),
+        (status = 507, description = "Disk full", body = super::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn api_upload(
     State(gw): State<Arc<Gateway>>,
     actor: Actor,
     headers: HeaderMap,
@@ -381,7 +415,14 @@ async fn api_upload(
     Ok((status, Json(JobView::from_job(&job))).into_response())
 }
 
-async fn api_jobs(State(gw): State<Arc<Gateway>>) -> Json<Vec<JobView>> {
+/// Jobs still in the queue or needing a person, in queue order.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "jobs",
+    responses((status = 200, description = "The queue", body = [JobView]))
+)]
+pub(crate) async fn api_jobs(State(gw): State<Arc<Gateway>>) -> Json<Vec<JobView>> {
     Json(queue_views(&gw))
 }
 
@@ -464,18 +505,35 @@ async fn plate_clear_form(
     }
 }
 
-#[derive(Deserialize, Default)]
-struct ApiTap {
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+pub(crate) struct ApiTap {
+    /// Sending the same tap id again (a retry) counts as one tap.
     tap_id: Option<String>,
 }
 
-#[derive(Serialize)]
-struct ApiOutcome {
+/// What an action did: the dispatcher's notices and, for a tap, the plate's new state.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ApiOutcome {
     notices: Vec<String>,
+    /// `clear`, `occupied` or `unknown` (plate-clear only).
     plate: Option<String>,
 }
 
-async fn api_plate_clear(
+/// Tap "plate clear": the person confirms the printer's plate is empty; the next queued job for
+/// it may start.
+#[utoipa::path(
+    post,
+    path = "/api/v1/printers/{name}/plate-clear",
+    tag = "printers",
+    params(("name" = String, Path, description = "Printer name")),
+    request_body(content = Option<ApiTap>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Tap recorded", body = ApiOutcome),
+        (status = 404, description = "Unknown printer", body = super::openapi::ErrorBody),
+        (status = 503, description = "Dispatcher not running", body = super::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn api_plate_clear(
     State(gw): State<Arc<Gateway>>,
     Path(name): Path<String>,
     actor: Actor,
@@ -563,7 +621,22 @@ async fn job_action_form(
     }
 }
 
-async fn api_job_action(
+/// Act on a job: `cancel`, `up`, `down` (queue order) or `start-again` (needs a new tap).
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/{action}",
+    tag = "jobs",
+    params(
+        ("id" = i64, Path, description = "Job id"),
+        ("action" = String, Path, description = "`cancel`, `up`, `down` or `start-again`"),
+    ),
+    responses(
+        (status = 200, description = "Done", body = ApiOutcome),
+        (status = 404, description = "Unknown job or action", body = super::openapi::ErrorBody),
+        (status = 503, description = "Dispatcher not running", body = super::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn api_job_action(
     State(gw): State<Arc<Gateway>>,
     Path((id, action)): Path<(JobId, String)>,
     actor: Actor,
@@ -577,7 +650,7 @@ async fn api_job_action(
 }
 
 #[derive(Deserialize, Default)]
-struct QueueQuery {
+pub(crate) struct QueueQuery {
     printer: Option<String>,
 }
 
@@ -616,7 +689,22 @@ async fn queue_action_form(
     }
 }
 
-async fn api_queue_action(
+/// Pause or resume the whole queue, or one printer's queue (`?printer=`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/queue/{action}",
+    tag = "jobs",
+    params(
+        ("action" = String, Path, description = "`pause` or `resume`"),
+        ("printer" = Option<String>, Query, description = "Only this printer's queue"),
+    ),
+    responses(
+        (status = 200, description = "Done", body = ApiOutcome),
+        (status = 404, description = "Unknown action", body = super::openapi::ErrorBody),
+        (status = 503, description = "Dispatcher not running", body = super::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn api_queue_action(
     State(gw): State<Arc<Gateway>>,
     Path(action): Path<String>,
     Query(q): Query<QueueQuery>,

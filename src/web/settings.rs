@@ -30,7 +30,8 @@ pub struct ConfiguredPrinter {
     pub certificate_pinned: bool,
 }
 
-#[derive(Serialize, Clone)]
+/// A Bambu printer announcing itself on the LAN that is not configured yet.
+#[derive(Serialize, Clone, utoipa::ToSchema)]
 pub struct DiscoveredPrinter {
     pub serial: String,
     pub ip: String,
@@ -126,6 +127,12 @@ async fn page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Response {
     })
 }
 
-async fn api_discovered(State(gw): State<Arc<Gateway>>) -> Json<Vec<DiscoveredPrinter>> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/discovered-printers",
+    tag = "printers",
+    responses((status = 200, description = "Printers seen on the LAN (SSDP) that are not configured", body = [DiscoveredPrinter]))
+)]
+pub(crate) async fn api_discovered(State(gw): State<Arc<Gateway>>) -> Json<Vec<DiscoveredPrinter>> {
     Json(discovered(&gw))
 }

@@ -8,14 +8,15 @@ use crate::printer::PrinterSnapshot;
 use serde::Serialize;
 use std::time::Instant;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HmsView {
     pub code: String,
     pub severity: u32,
     pub text: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A printer as the status page and `GET /api/v1/printers` show it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PrinterView {
     pub name: String,
     pub model: String,
@@ -44,7 +45,7 @@ pub struct PrinterView {
 }
 
 /// The plate gate of one printer, the most visible thing on its card.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default, utoipa::ToSchema)]
 pub struct PlateView {
     /// `clear`, `occupied` or `unknown`.
     pub state: String,

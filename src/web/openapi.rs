@@ -1,0 +1,131 @@
+//! The reference of the JSON API: an OpenAPI 3.1 document generated at compile time from the
+//! `#[utoipa::path]` annotations on the `/api/v1/` handlers and the `ToSchema` derives on what
+//! they return, served at `GET /api/v1/openapi.json`.
+//!
+//! It sits behind the same guard as the API it describes (a session or an `X-Api-Key` token):
+//! it holds no secrets, but a gateway that switches mains power need not describe itself to
+//! anonymous LAN clients, and anyone who can use the API can read it.
+
+use super::queue::{ApiOutcome, ApiTap, JobView, UploadRequest};
+use super::views::{HmsView, PlateView, PrinterView};
+use axum::http::header;
+use axum::response::IntoResponse;
+use std::sync::OnceLock;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// The error body of every failed API call.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong (`message` says what to do about it).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ErrorDetail {
+    /// Stable machine-readable code such as `unknown_printer` or `invalid_file`.
+    code: String,
+    message: String,
+}
+
+/// The two ways to authenticate, named in the document.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                super::auth::API_KEY_HEADER,
+                "An API token from Settings → API tokens (also accepted as `Authorization: Bearer`)",
+            ))),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                super::auth::SESSION_COOKIE,
+                "The browser session; state-changing requests then also need the `X-CSRF-Token` header",
+            ))),
+        );
+    }
+}
+
+/// The API document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "printgate",
+        description = "JSON API of the printgate LAN gateway: everything the web UI does. Nothing here starts a print by itself: a queued job starts only after Plate clear is tapped for its printer."
+    ),
+    paths(
+        super::api_printers,
+        openapi_json,
+        super::queue::api_jobs,
+        super::queue::api_upload,
+        super::queue::api_plate_clear,
+        super::queue::api_job_action,
+        super::queue::api_queue_action,
+        super::printer_page::api_control,
+        super::settings::api_discovered,
+    ),
+    components(schemas(
+        PrinterView,
+        PlateView,
+        HmsView,
+        JobView,
+        super::settings::DiscoveredPrinter,
+        ApiOutcome,
+        ApiTap,
+        UploadRequest,
+        super::printer_page::ApiControl,
+        super::printer_page::ControlMessage,
+        ErrorBody,
+        ErrorDetail,
+    )),
+    modifiers(&Security),
+    security(("api_key" = []), ("session" = [])),
+    tags(
+        (name = "printers", description = "Printers, their plate gate and controls"),
+        (name = "jobs", description = "The print queue"),
+        (name = "meta", description = "This document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as JSON (built once).
+pub fn document_json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        ApiDoc::openapi().to_json().unwrap_or_else(|e| {
+            format!("{{\"error\":\"the API document could not be built: {e}\"}}")
+        })
+    })
+}
+
+/// This OpenAPI document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json"))
+)]
+pub(crate) async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document_json(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_is_valid_json() {
+        let v: serde_json::Value = serde_json::from_str(document_json()).unwrap();
+        assert!(v["paths"]["/api/v1/printers"]["get"].is_object());
+    }
+}

@@ -1,0 +1,513 @@
+//! The web UI in a real headless Chromium, driven over WebDriver (fantoccini + chromedriver)
+//! against the real gateway (`printgate::start`) and simulated printers on loopback.
+//!
+//! `the_whole_flow_in_a_browser`: first-run setup with the setup code → sign out → sign in →
+//! upload a few-MB 3MF with the progress bar reaching its end → the job waits for the plate →
+//! Plate clear behind its confirmation → the simulator receives exactly one start → the card
+//! follows the print live over SSE (the test never reloads) and ends with "Remove the print,
+//! then tap Plate clear" → a second tap starts the next job. Screenshots at a 390×844 phone
+//! viewport and at 1280×900 go to `target/test-output/browser/`.
+//!
+//! `the_main_flow_works_without_javascript`: the same upload → tap flow with JavaScript off
+//! (plain form posts and redirects).
+//!
+//! Chromium and chromedriver come from Debian (`/usr/bin/chromium`, `/usr/bin/chromedriver`;
+//! override with `PRINTGATE_CHROMIUM` / `PRINTGATE_CHROMEDRIVER`). When they are missing the
+//! tests fail with instructions: CI installs them, so a skip would hide a broken UI.
+
+mod common;
+
+use common::{TestGateway, starts};
+use fantoccini::{Client, ClientBuilder, Locator};
+use printgate::config::Model;
+use printgate::jobs::model::{JobId, JobState};
+use printgate::sim::fixtures::{Fixture3mf, build_3mf};
+use printgate::web::auth;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const USER: &str = "admin";
+const PASSWORD: &str = "correct horse battery";
+/// How long any one thing in the browser may take.
+const UI_WAIT: Duration = Duration::from_secs(30);
+/// Simulated seconds per real second: the fixture's 20-minute print takes about 4 s.
+const TIME_SCALE: f64 = 300.0;
+const PRINT_SECS: u64 = 1200;
+
+/// Two Chromiums at once are too much for a 2-core CI machine: the tests take turns.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn tool(env: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default));
+    assert!(
+        path.exists(),
+        "{} not found: the browser tests need Chromium and its WebDriver. Install them with \
+         `apt-get install -y chromium chromium-driver` (Debian), or point {env} at the binary.",
+        path.display()
+    );
+    path
+}
+
+/// `target/test-output/browser/` (under `CARGO_TARGET_DIR` when set).
+fn output_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("test-output").join("browser");
+    std::fs::create_dir_all(&dir).expect("create the test output folder");
+    dir
+}
+
+/// chromedriver on an ephemeral loopback port, killed when dropped.
+struct Driver {
+    _child: Child,
+    url: String,
+}
+
+async fn start_driver() -> Driver {
+    let bin = tool("PRINTGATE_CHROMEDRIVER", "/usr/bin/chromedriver");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        l.local_addr().expect("port").port()
+    };
+    let mut child = Command::new(&bin)
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("started successfully") {
+                return true;
+            }
+        }
+        false
+    };
+    let ok = tokio::time::timeout(UI_WAIT, ready).await;
+    assert!(
+        matches!(ok, Ok(true)),
+        "chromedriver did not report that it started"
+    );
+    // Keep draining its output so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Driver {
+        _child: child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// A fresh headless Chromium (own profile directory, no network beyond loopback).
+async fn browser(driver: &Driver, profile: &Path, javascript: bool) -> Client {
+    let chromium = tool("PRINTGATE_CHROMIUM", "/usr/bin/chromium");
+    let mut args = vec![
+        "--headless".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--disable-quic".into(),
+        "--no-first-run".into(),
+        "--disable-background-networking".into(),
+        "--disable-component-update".into(),
+        "--disable-sync".into(),
+        "--disable-dev-shm-usage".into(),
+        "--window-size=1280,900".into(),
+        format!("--user-data-dir={}", profile.display()),
+    ];
+    let mut prefs = json!({});
+    if !javascript {
+        args.push("--blink-settings=scriptEnabled=false".into());
+        prefs = json!({ "profile.managed_default_content_settings.javascript": 2 });
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({ "binary": chromium, "args": args, "prefs": prefs }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("chromedriver opens a Chromium session")
+}
+
+/// Poll the page (waiting on a browser cannot be event-driven from here) until `check` holds.
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let polled = async {
+        loop {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    if tokio::time::timeout(UI_WAIT, polled).await.is_err() {
+        panic!("timed out waiting for: {what}");
+    }
+}
+
+async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(UI_WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no element {css:?} appeared: {e}"))
+}
+
+async fn wait_path(c: &Client, path: &str) {
+    wait_until(&format!("the browser at {path}"), || async {
+        c.current_url().await.is_ok_and(|u| u.path() == path)
+    })
+    .await;
+}
+
+async fn fill(c: &Client, css: &str, text: &str) {
+    let el = wait_for(c, css).await;
+    el.clear().await.ok();
+    el.send_keys(text).await.expect("type into a field");
+}
+
+async fn click(c: &Client, css: &str) {
+    wait_for(c, css).await.click().await.expect("click");
+}
+
+async fn text_of(c: &Client, css: &str) -> String {
+    match c.find(Locator::Css(css)).await {
+        Ok(el) => el.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Resize the window so that the page's viewport is `w`×`h` CSS pixels.
+async fn set_viewport(c: &Client, w: u32, h: u32) {
+    c.set_window_size(w, h).await.expect("resize");
+    let inner = c
+        .execute("return [window.innerWidth, window.innerHeight]", vec![])
+        .await
+        .ok()
+        .and_then(|v| serde_json::from_value::<(u32, u32)>(v).ok());
+    if let Some((iw, ih)) = inner
+        && (iw, ih) != (w, h)
+    {
+        let dw = w.saturating_sub(iw);
+        let dh = h.saturating_sub(ih);
+        c.set_window_size(w + dw, h + dh).await.expect("resize");
+    }
+}
+
+/// Screenshots of the current page at a 390×844 phone viewport and at 1280×900.
+async fn screenshots(c: &Client, dir: &Path, name: &str) {
+    for (label, w, h) in [("phone", 390, 844), ("desktop", 1280, 900)] {
+        set_viewport(c, w, h).await;
+        let png = c.screenshot().await.expect("screenshot");
+        let path = dir.join(format!("{name}-{label}.png"));
+        std::fs::write(&path, png).expect("write a screenshot");
+        println!("screenshot: {}", path.display());
+    }
+}
+
+/// Write a sliced P1S file to `dir` (`padding` extra bytes of G-code make it big).
+fn fixture_file(dir: &Path, name: &str, padding: u64) -> PathBuf {
+    let bytes = build_3mf(&Fixture3mf {
+        prediction_secs: PRINT_SECS,
+        layers: 20,
+        gcode_padding_bytes: padding,
+        ..Fixture3mf::for_model(Model::P1S)
+    });
+    let path = dir.join(format!("{name}.gcode.3mf"));
+    std::fs::write(&path, bytes).expect("write the fixture file");
+    path
+}
+
+fn job_named(t: &TestGateway, name: &str) -> JobId {
+    let state = t.gw().dispatcher.state();
+    state
+        .jobs
+        .values()
+        .find(|j| j.name == name)
+        .map(|j| j.id)
+        .unwrap_or_else(|| panic!("no queued job called {name:?}"))
+}
+
+/// First-run setup through the page, with the code the gateway issued.
+async fn setup_account(c: &Client, t: &TestGateway) {
+    let code = auth::issue_setup_code(&t.gw().store)
+        .expect("setup code stored")
+        .expect("no account exists yet");
+    c.goto(&t.url("/")).await.expect("open the gateway");
+    // Without an account the guard sends the browser to sign in; the sign-in page links setup.
+    c.goto(&t.url("/setup")).await.expect("open setup");
+    fill(c, "input[name=code]", &code).await;
+    fill(c, "input[name=username]", USER).await;
+    fill(c, "input[name=password]", PASSWORD).await;
+    fill(c, "input[name=confirm]", PASSWORD).await;
+    click(c, "form[action='/setup'] button").await;
+    wait_path(c, "/").await;
+    wait_for(c, "article.card").await;
+}
+
+async fn upload(c: &Client, t: &TestGateway, file: &Path) {
+    c.goto(&t.url("/upload"))
+        .await
+        .expect("open the upload page");
+    wait_for(c, "select[name=printer]")
+        .await
+        .select_by_value("printer 1")
+        .await
+        .expect("choose the printer");
+    let input = wait_for(c, "input[type=file][name=file]").await;
+    input
+        .send_keys(&file.display().to_string())
+        .await
+        .expect("choose the file");
+    click(c, "form.upload button").await;
+}
+
+async fn tap_plate_clear(c: &Client) {
+    click(c, "article[data-printer='printer 1'] a.button").await;
+    wait_path(c, "/printers/printer%201/plate-clear").await;
+    click(c, "input[name=confirm]").await;
+    click(c, "form.confirm button").await;
+    wait_path(c, "/").await;
+    let notice = text_of(c, "p.notice").await;
+    assert!(
+        !notice.contains("not confirmed") && !notice.contains("not accepted"),
+        "tap refused: {notice}"
+    );
+}
+
+/// Whether the page's scripts run: with scripting off, the parser turns the `<noscript>`
+/// content (the dashboard's meta refresh) into elements; with it on, it stays text.
+async fn scripting_enabled(c: &Client) -> bool {
+    c.find(Locator::Css("noscript meta")).await.is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_flow_in_a_browser() {
+    let _turn = ONE_BROWSER.lock().await;
+    let out = output_dir();
+    println!("browser test output: {}", out.display());
+    let t = TestGateway::start(&[Model::P1S], TIME_SCALE).await;
+    t.wait_online().await;
+    let sim = &t.sims[0];
+    let driver = start_driver().await;
+    let profile = tempfile::tempdir().expect("profile dir");
+    let c = browser(&driver, profile.path(), true).await;
+
+    // First run: the setup code creates the account (and signs in).
+    setup_account(&c, &t).await;
+    assert!(scripting_enabled(&c).await, "JavaScript is on in this run");
+    screenshots(&c, &out, "01-dashboard-empty").await;
+
+    // Sign out, then sign in through the sign-in page.
+    click(&c, "form.logout button").await;
+    wait_path(&c, "/login").await;
+    screenshots(&c, &out, "02-login").await;
+    fill(&c, "input[name=username]", USER).await;
+    fill(&c, "input[name=password]", PASSWORD).await;
+    click(&c, "form[action='/login'] button").await;
+    wait_path(&c, "/").await;
+    wait_for(&c, "article[data-printer='printer 1']").await;
+
+    // Upload a 4 MB file and record every change of the progress bar (the page moves on to
+    // the dashboard when the upload ends, so the record is kept in sessionStorage).
+    let files = tempfile::tempdir().expect("upload dir");
+    let big = fixture_file(files.path(), "big benchy", 4 * 1024 * 1024);
+    let big_len = std::fs::metadata(&big).expect("fixture size").len();
+    c.goto(&t.url("/upload")).await.expect("open upload");
+    wait_for(&c, "#upload-progress").await;
+    screenshots(&c, &out, "03-upload").await;
+    c.execute(
+        r#"var bar = document.getElementById("upload-progress");
+           sessionStorage.setItem("pg-progress", "[]");
+           new MutationObserver(function () {
+             var seen = JSON.parse(sessionStorage.getItem("pg-progress"));
+             seen.push([Number(bar.value), Number(bar.max), bar.hidden]);
+             sessionStorage.setItem("pg-progress", JSON.stringify(seen));
+           }).observe(bar, { attributes: true });
+           return true;"#,
+        vec![],
+    )
+    .await
+    .expect("install the progress recorder");
+    wait_for(&c, "select[name=printer]")
+        .await
+        .select_by_value("printer 1")
+        .await
+        .expect("choose the printer");
+    wait_for(&c, "input[type=file][name=file]")
+        .await
+        .send_keys(&big.display().to_string())
+        .await
+        .expect("choose the file");
+    click(&c, "form.upload button").await;
+    wait_path(&c, "/").await;
+    let notice = wait_for(&c, "p.notice")
+        .await
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(notice.contains("added to the queue"), "{notice}");
+    let seen = c
+        .execute(
+            "return JSON.parse(sessionStorage.getItem('pg-progress') || '[]')",
+            vec![],
+        )
+        .await
+        .expect("read the progress record");
+    let seen: Vec<(f64, f64, bool)> =
+        serde_json::from_value(seen).expect("progress record is [value, max, hidden] triples");
+    let (value, max, hidden) = *seen.last().expect("the progress bar changed");
+    assert!(!hidden, "the progress bar was shown: {seen:?}");
+    assert!(
+        max > 0.0 && value == max,
+        "progress reached its end: {seen:?}"
+    );
+    if max != 100.0 {
+        // The browser reported byte counts: the whole file went up.
+        assert!(max >= big_len as f64, "{max} < {big_len}: {seen:?}");
+    }
+    println!("upload progress samples (value, max, hidden): {seen:?}");
+
+    // A second, small job for the same printer.
+    let small = fixture_file(files.path(), "second part", 0);
+    upload(&c, &t, &small).await;
+    wait_path(&c, "/").await;
+    wait_for(&c, "p.notice").await;
+
+    // Both jobs wait for the plate; nothing has started on the printer.
+    let first = job_named(&t, "big benchy");
+    let second = job_named(&t, "second part");
+    t.wait_job(first, JobState::Staged).await;
+    c.goto(&t.url("/")).await.expect("dashboard");
+    wait_for(&c, &format!("li[data-job='{first}']")).await;
+    wait_for(&c, &format!("li[data-job='{second}']")).await;
+    let plate = text_of(&c, "article[data-printer='printer 1'] .plate strong").await;
+    assert!(plate.contains("tap Plate clear"), "{plate}");
+    assert!(starts(sim).is_empty(), "nothing starts before a tap");
+    screenshots(&c, &out, "04-waiting-for-plate").await;
+
+    // Plate clear behind its confirmation page: exactly one start.
+    tap_plate_clear(&c).await;
+    t.wait_job(first, JobState::Printing).await;
+    let log = starts(sim);
+    assert_eq!(log.len(), 1, "one tap, one start: {log:?}");
+
+    // From here on the test only watches, never navigates: with JavaScript on there is no
+    // meta refresh, so every change the page shows arrived over the SSE stream (/live).
+    wait_until("the card shows the print running", || async {
+        text_of(
+            &c,
+            "article[data-printer='printer 1'] [data-field=gcode_state]",
+        )
+        .await
+            == "RUNNING"
+    })
+    .await;
+    screenshots(&c, &out, "05-printing").await;
+    t.wait_job(first, JobState::Finished).await;
+    wait_until("the card shows the print finished", || async {
+        text_of(
+            &c,
+            "article[data-printer='printer 1'] [data-field=gcode_state]",
+        )
+        .await
+            == "FINISH"
+    })
+    .await;
+    let plate = wait_for(
+        &c,
+        "article[data-printer='printer 1'] .plate[data-plate=occupied] strong",
+    )
+    .await
+    .text()
+    .await
+    .unwrap_or_default();
+    assert_eq!(plate, "Remove the print, then tap Plate clear");
+    assert_eq!(starts(sim).len(), 1, "the next job waits for a new tap");
+    screenshots(&c, &out, "06-finished-remove-the-print").await;
+
+    // The second tap starts the next job; the card shows it live.
+    tap_plate_clear(&c).await;
+    t.wait_job(second, JobState::Printing).await;
+    assert_eq!(starts(sim).len(), 2, "one start per tap");
+    let job_state = format!("li[data-job='{second}'] [data-field=job-state]");
+    wait_until("the page shows the second job printing", || async {
+        text_of(&c, "article[data-printer='printer 1'] [data-field=job]")
+            .await
+            .contains("second part")
+            || text_of(&c, &job_state).await == "printing"
+    })
+    .await;
+    screenshots(&c, &out, "07-next-job").await;
+
+    c.close().await.expect("close the browser");
+    drop(driver);
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_main_flow_works_without_javascript() {
+    let _turn = ONE_BROWSER.lock().await;
+    let out = output_dir();
+    let t = TestGateway::start(&[Model::P1S], TIME_SCALE).await;
+    t.wait_online().await;
+    let sim = &t.sims[0];
+    let driver = start_driver().await;
+    let profile = tempfile::tempdir().expect("profile dir");
+    let c = browser(&driver, profile.path(), false).await;
+
+    setup_account(&c, &t).await;
+    assert!(
+        !scripting_enabled(&c).await,
+        "JavaScript is off in this run"
+    );
+
+    let files = tempfile::tempdir().expect("upload dir");
+    let file = fixture_file(files.path(), "no script benchy", 256 * 1024);
+    upload(&c, &t, &file).await;
+    wait_path(&c, "/").await;
+    let notice = wait_for(&c, "p.notice")
+        .await
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(notice.contains("added to the queue"), "{notice}");
+    let job = job_named(&t, "no script benchy");
+    t.wait_job(job, JobState::Staged).await;
+    assert!(starts(sim).is_empty());
+    screenshots(&c, &out, "nojs-01-queued").await;
+
+    tap_plate_clear(&c).await;
+    t.wait_job(job, JobState::Printing).await;
+    assert_eq!(starts(sim).len(), 1, "one tap, one start");
+    // Without scripts the page refreshes itself (meta refresh in <noscript>).
+    wait_until("the refreshed page shows the print", || async {
+        let s = text_of(
+            &c,
+            "article[data-printer='printer 1'] [data-field=gcode_state]",
+        )
+        .await;
+        s == "RUNNING" || s == "FINISH"
+    })
+    .await;
+    screenshots(&c, &out, "nojs-02-printing").await;
+
+    c.close().await.expect("close the browser");
+    drop(driver);
+    t.shutdown().await;
+}
