@@ -88,6 +88,10 @@ enum Command {
         #[arg(value_name = "ARCHIVE")]
         file: PathBuf,
     },
+    /// Print the argon2 hash of a password for `[[broker.users]] password_hash`.
+    ///
+    /// Reads the password from the terminal (twice), or one line from stdin when not a terminal.
+    HashPassword,
     /// Run the dispatcher's seeded fault simulation and check the safety invariants.
     ///
     /// Random schedules of reports, taps, uploads,
@@ -133,6 +137,47 @@ enum BenchWhat {
     Safety,
 }
 
+/// `printgate hash-password`: read a password, print its argon2 PHC string.
+fn hash_password_cli() -> i32 {
+    use std::io::{BufRead, IsTerminal};
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ");
+        let second = rpassword::prompt_password("Again: ");
+        match (first, second) {
+            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(_), Ok(_)) => {
+                eprintln!("error: the two passwords differ; nothing was printed");
+                return 1;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("error: cannot read the password: {e}");
+                return 1;
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+            eprintln!("error: cannot read the password from stdin: {e}");
+            return 1;
+        }
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        eprintln!("error: empty password; nothing was printed");
+        return 1;
+    }
+    match printgate::broker::auth::hash_password(&password) {
+        Ok(hash) => {
+            println!("{hash}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
 fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -174,6 +219,7 @@ fn main() -> ExitCode {
         } => {
             return exit_code(printgate::safety::bench::bench_safety_cli());
         }
+        Command::HashPassword => return exit_code(hash_password_cli()),
         Command::Doctor { config } => return exit_code(printgate::doctor::doctor_cli(config)),
         Command::Backup { config, file } => {
             return exit_code(printgate::backup::backup_cli(config, file));
@@ -214,6 +260,7 @@ fn main() -> ExitCode {
             }
             Command::CheckConfig { .. }
             | Command::Doctor { .. }
+            | Command::HashPassword
             | Command::Backup { .. }
             | Command::Restore { .. }
             | Command::Gpio(_)
