@@ -9,6 +9,7 @@ pub mod octoprint;
 pub mod openapi;
 pub mod printer_page;
 pub mod queue;
+pub mod safety_page;
 pub mod settings;
 pub mod views;
 
@@ -38,6 +39,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
         .merge(printer_page::routes())
         .merge(settings::routes())
+        .merge(safety_page::routes())
         .merge(crate::safety::web::routes())
         .merge(assets::routes());
     // ---- auth (src/web/auth.rs): add routes above this line. Every route added before
@@ -59,6 +61,7 @@ struct StatusPage {
     plate_ttl_minutes: u64,
     refresh_secs: u32,
     csrf: String,
+    safety_banner: Option<String>,
 }
 
 impl StatusPage {
@@ -118,6 +121,7 @@ async fn status_page(
         plate_ttl_minutes: gw.config.dispatch.plate_clear_ttl_secs / 60,
         refresh_secs: 5,
         csrf: user.csrf_token().to_string(),
+        safety_banner: safety_page::banner(&gw),
     })
 }
 

@@ -42,6 +42,7 @@ struct PrinterPage {
     events: Vec<EventLine>,
     notice: Option<String>,
     csrf: String,
+    safety_banner: Option<String>,
 }
 
 impl PrinterPage {
@@ -92,6 +93,7 @@ async fn page(
         events,
         notice: q.notice.filter(|n| !n.is_empty()),
         csrf: user.csrf_token().to_string(),
+        safety_banner: super::safety_page::banner(&gw),
     })
 }
 
