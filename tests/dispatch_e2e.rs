@@ -53,7 +53,12 @@ async fn one_tap_starts_exactly_one_job_and_the_next_waits_for_the_next_tap() {
     );
 
     t.tap("printer 1", "tap-2").await;
-    t.wait_job(second.id, JobState::Finished).await;
+    let done = t.wait_job(second.id, JobState::Finished).await;
+    let view = printgate::web::queue::JobView::from_job(&done);
+    assert!(
+        view.duration.is_some(),
+        "the history shows how long it printed"
+    );
     let log = starts(sim);
     assert_eq!(log.len(), 2, "one start per tap");
     let ids: Vec<_> = log

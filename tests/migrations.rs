@@ -89,7 +89,11 @@ fn template(dir: &Path) -> PathBuf {
         "INSERT INTO plate_taps (tap_id, printer, tapped_by, tapped_at_ms) VALUES ('tap-1', 'Garage P1S', 'alice', 1760000300000);
          INSERT INTO plates (printer, state, tap_id, changed_at_ms, reason) VALUES ('Garage P1S', 'clear', 'tap-1', 1760000300000, 'tapped');
          INSERT INTO queue_flags (scope, paused) VALUES ('', 0), ('Garage P1S', 1);
-         INSERT OR IGNORE INTO safety_relays (pin, on_state, updated_at_ms) VALUES (27, 0, 1760000100000);",
+         INSERT OR IGNORE INTO safety_relays (pin, on_state, updated_at_ms) VALUES (27, 0, 1760000100000);
+         INSERT INTO users (id, username, password_hash, is_admin, created_at_ms) VALUES (1, 'alice', '$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g', 1, 1760000400000);
+         INSERT INTO sessions (id_hash, user_id, csrf_token, created_at_ms, last_seen_ms, expires_at_ms) VALUES ('s-hash', 1, 'csrf', 1760000400000, 1760000400000, 1762592400000);
+         INSERT INTO api_tokens (user_id, name, token_hash, default_printer, created_at_ms) VALUES (1, 'slicer', 't-hash', 'Garage P1S', 1760000400000);
+         INSERT INTO setup_code (id, code_hash, created_at_ms) VALUES (1, 'code-hash', 1760000400000);",
     )
     .unwrap();
     path

@@ -128,7 +128,11 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         (
             Some(tap_id),
             Some(decided_at),
-            JobState::Starting | JobState::Printing | JobState::Unconfirmed,
+            JobState::Starting
+            | JobState::Printing
+            | JobState::Unconfirmed
+            | JobState::Finished
+            | JobState::Failed,
         ) => Some(StartAttempt {
             tap: Tap {
                 tap_id,

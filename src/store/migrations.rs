@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/003_safety.sql"),
     include_str!("migrations/004_jobs.sql"),
     include_str!("migrations/005_users.sql"),
+    include_str!("migrations/006_jobs_by_printer.sql"),
 ];
 
 /// The schema version this build writes (= number of known migrations).

@@ -58,6 +58,8 @@ pub struct JobView {
     pub can_move: bool,
     pub can_cancel: bool,
     pub can_start_again: bool,
+    /// From the start being sent to the job's end (ended jobs only), e.g. `1 h 05 min`.
+    pub duration: Option<String>,
 }
 
 impl JobView {
@@ -83,6 +85,15 @@ impl JobView {
                 j.state,
                 JobState::Unconfirmed | JobState::Failed | JobState::Expired
             ),
+            duration: match j.state {
+                JobState::Finished | JobState::Failed | JobState::Cancelled => j
+                    .start
+                    .as_ref()
+                    .and_then(|s| s.published_at.or(s.publish_attempted_at))
+                    .map(|from| j.updated_at.saturating_sub(from) / 60_000)
+                    .map(|m| super::views::fmt_minutes(u32::try_from(m).ok())),
+                _ => None,
+            },
         }
     }
 }
