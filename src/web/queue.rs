@@ -141,6 +141,8 @@ pub(super) struct UploadForm {
     pub(super) printer: Option<String>,
     pub(super) plate: u32,
     pub(super) idempotency_key: Option<String>,
+    /// The job must start within this many minutes, else it expires (never starts later).
+    pub(super) start_within_minutes: Option<f64>,
 }
 
 pub(super) async fn read_upload(gw: &Gateway, mut mp: Multipart) -> Result<UploadForm, ApiError> {
@@ -149,6 +151,7 @@ pub(super) async fn read_upload(gw: &Gateway, mut mp: Multipart) -> Result<Uploa
         printer: None,
         plate: 1,
         idempotency_key: None,
+        start_within_minutes: None,
     };
     loop {
         let field = match mp.next_field().await {
@@ -185,6 +188,22 @@ pub(super) async fn read_upload(gw: &Gateway, mut mp: Multipart) -> Result<Uploa
                 })?;
             }
             "idempotency_key" => form.idempotency_key = Some(text(field).await?),
+            "start_within_minutes" => {
+                let t = text(field).await?;
+                let t = t.trim();
+                if !t.is_empty() {
+                    let minutes: f64 = t
+                        .parse()
+                        .ok()
+                        .filter(|m: &f64| m.is_finite() && *m > 0.0)
+                        .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "start_within_minutes must be a positive number of minutes, not {t:?}"
+                        ))
+                    })?;
+                    form.start_within_minutes = Some(minutes);
+                }
+            }
             _ => {}
         }
     }
@@ -221,6 +240,9 @@ pub(super) async fn queue_upload(
             "no file in the upload; send the sliced .gcode.3mf in the form field \"file\"",
         ));
     };
+    let deadline = form
+        .start_within_minutes
+        .map(|m| gw.dispatcher.now().saturating_add((m * 60_000.0) as u64));
     let result = job_for_file(
         gw,
         &stored,
@@ -228,6 +250,7 @@ pub(super) async fn queue_upload(
         form.plate,
         form.idempotency_key,
         user,
+        deadline,
     );
     let outcome = match result {
         Ok(new) => gw
@@ -263,6 +286,7 @@ fn job_for_file(
     plate: u32,
     key: Option<String>,
     user: &str,
+    deadline: Option<crate::jobs::model::Millis>,
 ) -> Result<NewJob, ApiError> {
     if stored.kind != FileKind::ThreeMf {
         return Err(ApiError::new(
@@ -337,7 +361,7 @@ fn job_for_file(
         file_sha256: stored.sha256.clone(),
         plate,
         name,
-        deadline: None,
+        deadline,
         created_by: user.to_string(),
     })
 }
@@ -387,6 +411,8 @@ pub(crate) struct UploadRequest {
     plate: Option<u32>,
     /// Repeating a request with the same key queues one job (also the `Idempotency-Key` header).
     idempotency_key: Option<String>,
+    /// The job must start within this many minutes, else it expires and never starts.
+    start_within_minutes: Option<f64>,
 }
 
 /// Upload a sliced file and queue it. It starts only after Plate clear is tapped.
