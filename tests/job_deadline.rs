@@ -35,7 +35,9 @@ async fn an_expired_job_never_starts() {
     // 0.01 min = 600 ms.
     let r = upload("0.01").await.unwrap();
     assert_eq!(r.status(), 201);
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_i64().unwrap();
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
     let job = t.wait_job(id, JobState::Expired).await;
     assert_eq!(job.state, JobState::Expired);
     // A tap now starts nothing.
