@@ -176,7 +176,10 @@ fn notify(state: &[sd_notify::NotifyState]) {
 /// comes from `RUST_LOG` (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rumqttd only ever talks to printgate's own MQTT front door (which logs what clients
+        // do); its per-connection errors (e.g. the start-up readiness probe) are noise, and its
+        // failures are logged by `broker::embedded`. RUST_LOG overrides this.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)

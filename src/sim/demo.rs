@@ -18,6 +18,10 @@ pub const DEMO_PRINTERS: [(&str, Model, &str, u64); 3] = [
     ("Desk A1 mini", Model::A1Mini, "phone_stand", 2400),
 ];
 
+/// The demo's simulated smoke input (active low, pull-up) and relay pins, one per printer.
+pub const DEMO_SMOKE_PIN: u8 = 17;
+pub const DEMO_RELAY_PINS: [u8; 3] = [5, 6, 13];
+
 /// Put a sliced file on each simulated printer and start it from the printer's "screen", the
 /// way a person at the printer would, so the demo shows prints in progress from the first
 /// second. The gateway only observes these prints (and marks the plates occupied).
@@ -74,9 +78,27 @@ pub async fn start_simulators(
         link: LinkConfig::default(),
         dispatch: DispatchConfig::default(),
         printers,
-        // Never the Pi's pins in the demo, even when run on a Pi.
+        // Never the Pi's pins in the demo, even when run on a Pi: a simulated smoke input on
+        // GPIO 17 (`printgate gpio set 17 low` asserts it) and one relay per printer.
         safety: crate::safety::SafetyConfig {
             gpio_backend: crate::safety::config::GpioBackendChoice::Simulated,
+            smoke: Some(crate::safety::config::InputPinConfig {
+                pin: DEMO_SMOKE_PIN,
+                pull: Default::default(),
+                active_level: Default::default(),
+                debounce_ms: 50,
+            }),
+            relays: DEMO_PRINTERS
+                .iter()
+                .zip(DEMO_RELAY_PINS)
+                .map(|((name, ..), pin)| crate::safety::config::RelayConfig {
+                    printer: name.to_string(),
+                    pin,
+                    active_low: true,
+                    on_at_boot: true,
+                })
+                .collect(),
+            relay_fail_safe: crate::safety::config::RelayFailSafe::PowerOffWhenGatewayDown,
             ..Default::default()
         },
         alerts: Default::default(),
@@ -169,6 +191,11 @@ pub async fn run(
         "printgate demo: open http://{} (data in {})",
         running.web_addr,
         data_dir.display()
+    );
+    println!(
+        "  simulated GPIO: smoke input on {DEMO_SMOKE_PIN} (try `printgate gpio set {DEMO_SMOKE_PIN} low --url http://{} --token {}`), relays on {DEMO_RELAY_PINS:?}",
+        running.web_addr,
+        crate::web::auth::DEMO_API_TOKEN
     );
     if let Some(mqtt) = running.broker.as_ref().and_then(|b| b.mqtt_addr) {
         println!("  MQTT broker on {mqtt} (user demo, password demo); topics under printgate/#");
