@@ -206,7 +206,9 @@ async fn until<F: Fn(&Event) -> bool>(el: &mut EventLoop, what: &str, f: F) -> R
 }
 
 async fn connect(t: &Target, id: &str) -> Res<(AsyncClient, EventLoop)> {
-    let (c, mut el) = AsyncClient::new(options(t, id), 1000);
+    // rumqttd refuses client ids with '/' (and drops the connection without a CONNACK).
+    let id = id.replace('/', "-");
+    let (c, mut el) = AsyncClient::new(options(t, &id), 1000);
     until(&mut el, "CONNACK", |e| {
         matches!(e, Event::Incoming(Packet::ConnAck(_)))
     })
@@ -224,13 +226,42 @@ async fn subscriber(t: &Target, id: &str, filter: &str, qos: QoS) -> Res<(AsyncC
     Ok((c, el))
 }
 
+/// Flow control shared by the publishers and subscribers of one run: a publisher waits while
+/// more than `WINDOW` messages per subscriber are on their way, so the figures measure what a
+/// broker sustains rather than how much of an unbounded burst it buffers or drops.
+#[derive(Default)]
+struct Window {
+    sent: AtomicUsize,
+    received: AtomicUsize,
+    subs: usize,
+    notify: tokio::sync::Notify,
+}
+
+const WINDOW: usize = 100;
+
+impl Window {
+    async fn wait_room(&self) {
+        let end = tokio::time::Instant::now() + QUIET_LIMIT;
+        for _ in 0..1_000_000 {
+            let notified = self.notify.notified();
+            let out = self.sent.load(Ordering::Acquire) * self.subs;
+            if out <= self.received.load(Ordering::Acquire) + WINDOW * self.subs
+                || tokio::time::Instant::now() >= end
+            {
+                return;
+            }
+            let _ = tokio::time::timeout_at(end, notified).await;
+        }
+    }
+}
+
 struct Received {
     lat_ns: Vec<u64>,
     last_rx_ns: u64,
 }
 
 /// Receive up to `expected` publishes (bounded by RUN_LIMIT and QUIET_LIMIT).
-async fn receive(mut el: EventLoop, expected: usize) -> Received {
+async fn receive(mut el: EventLoop, expected: usize, w: Arc<Window>) -> Received {
     let mut lat = Vec::with_capacity(expected);
     let mut last = 0;
     let end = tokio::time::Instant::now() + RUN_LIMIT;
@@ -246,6 +277,8 @@ async fn receive(mut el: EventLoop, expected: usize) -> Received {
                     .unwrap_or(now);
                 lat.push(now.saturating_sub(sent));
                 last = now;
+                w.received.fetch_add(1, Ordering::Release);
+                w.notify.notify_waiters();
             }
             Ok(Ok(_)) => {}
             Ok(Err(_)) | Err(_) => break,
@@ -258,7 +291,14 @@ async fn receive(mut el: EventLoop, expected: usize) -> Received {
 }
 
 /// Publish `n` messages on `topic`, then wait for the acks (QoS 1).
-async fn publish(c: AsyncClient, mut el: EventLoop, topic: String, qos: QoS, n: usize) -> Res<()> {
+async fn publish(
+    c: AsyncClient,
+    mut el: EventLoop,
+    topic: String,
+    qos: QoS,
+    n: usize,
+    w: Arc<Window>,
+) -> Res<()> {
     let acks_wanted = if qos == QoS::AtMostOnce { 0 } else { n };
     let poller = tokio::spawn(async move {
         let mut acks = 0;
@@ -278,6 +318,8 @@ async fn publish(c: AsyncClient, mut el: EventLoop, topic: String, qos: QoS, n: 
     });
     let mut payload = vec![b'x'; PAYLOAD];
     for _ in 0..n {
+        w.wait_room().await;
+        w.sent.fetch_add(1, Ordering::Release);
         payload[..8].copy_from_slice(&now_ns().to_be_bytes());
         c.publish(topic.clone(), qos, false, payload.clone())
             .await?;
@@ -318,10 +360,14 @@ async fn flow(
     per_pub: usize,
 ) -> Res<Flow> {
     let expected = pubs * per_pub;
+    let w = Arc::new(Window {
+        subs,
+        ..Default::default()
+    });
     let mut rx = Vec::new();
     for s in 0..subs {
         let (c, el) = subscriber(t, &format!("bs{s}-{base}"), &format!("{base}/+"), qos).await?;
-        rx.push((c, tokio::spawn(receive(el, expected))));
+        rx.push((c, tokio::spawn(receive(el, expected, w.clone()))));
     }
     let mut clients = Vec::new();
     for p in 0..pubs {
@@ -336,6 +382,7 @@ async fn flow(
             format!("{base}/{p}"),
             qos,
             per_pub,
+            w.clone(),
         )));
     }
     for h in tx {
@@ -405,8 +452,7 @@ fn start_mosquitto(dir: &Path) -> Res<(Guard, Target)> {
         &conf,
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             log_dest file {}\nmax_connections 500\n",
-            dir.join("mosquitto.log").display()
+             log_dest stderr\nmax_connections 500\n"
         ),
     )?;
     let g = Guard::spawn(
@@ -416,7 +462,9 @@ fn start_mosquitto(dir: &Path) -> Res<(Guard, Target)> {
             .arg(&conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+            // Our own file: mosquitto running as root drops to its own user and could not
+            // open a log file in the temp dir.
+            .stderr(std::fs::File::create(dir.join("mosquitto.log"))?),
     )?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     for _ in 0..500 {
@@ -559,7 +607,9 @@ fn ratio(a: f64, b: f64) -> String {
 async fn part1(dir: &Path) -> Res<()> {
     let n = env_u64("PRINTGATE_BENCH_MSGS", 20_000) as usize;
     let fan_n = env_u64("PRINTGATE_BENCH_FAN_MSGS", 1_000) as usize;
-    println!("== part 1: brokers side by side ({n} msgs 1→1, 10×{fan_n} fan-out, {PAYLOAD} B) ==");
+    println!(
+        "== part 1: brokers side by side ({n} msgs 1→1, 10×{fan_n} fan-out, {PAYLOAD} B, at most {WINDOW} msgs per subscriber in flight) =="
+    );
     let (mosq_guard, mosq) = start_mosquitto(dir)?;
     let (running, pg) = start_printgate(&dir.join("pg-data")).await?;
     let internal = printgate::broker::embedded::start(&bench_limits())
@@ -573,7 +623,9 @@ async fn part1(dir: &Path) -> Res<()> {
 
     // Warm-up (connection paths, allocations) on each, not counted.
     for t in [&mosq, &pg, &direct] {
-        flow(t, "bench/warm", QoS::AtLeastOnce, 1, 1, 500).await?;
+        flow(t, "bench/warm", QoS::AtLeastOnce, 1, 1, 500)
+            .await
+            .map_err(|e| format!("{} warm-up: {e}", t.name))?;
     }
     let rows = vec![
         measure(&mosq, "m", n, fan_n, Some(mosq_guard.pid())).await?,
@@ -1075,6 +1127,11 @@ async fn part3(bin: &Path, dir: &Path, hash: &str, secs: u64) -> Res<()> {
 
 fn main() -> Res<()> {
     EPOCH.get_or_init(Instant::now);
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let secs = env_u64("PRINTGATE_BENCH_SECS", 30).max(5);
     let dir = tempfile::tempdir()?;
     let bin = dir.path().join("printgate");
