@@ -21,7 +21,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -108,7 +108,7 @@ impl Drop for Guard {
     }
 }
 
-fn drain(out: ChildStdout, log: PathBuf, marker: &'static str) -> Arc<AtomicUsize> {
+fn drain(out: std::process::ChildStderr, log: PathBuf, marker: &'static str) -> Arc<AtomicUsize> {
     let count = Arc::new(AtomicUsize::new(0));
     let c = count.clone();
     std::thread::spawn(move || {
@@ -452,7 +452,7 @@ fn start_mosquitto(dir: &Path) -> Res<(Guard, Target)> {
         &conf,
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             log_dest stderr\nmax_connections 500\n"
+             log_dest stderr\nmax_connections 500\nset_tcp_nodelay true\n"
         ),
     )?;
     let g = Guard::spawn(
