@@ -869,14 +869,14 @@ fn start_serve(
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit()),
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
     )?;
     let out = guard
         .child
-        .stdout
+        .stderr
         .take()
-        .ok_or("serve stdout not captured")?;
+        .ok_or("serve stderr (its log) not captured")?;
     let connected = drain(out, dir.join(format!("serve-{tag}.log")), MARKER_CONNECTED);
     let addr = SocketAddr::from(([127, 0, 0, 1], ports.mqtt));
     let mut up = false;
