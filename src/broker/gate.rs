@@ -189,11 +189,7 @@ where
             .await;
         return;
     }
-    let client_id = if info.client_id.is_empty() {
-        format!("c-anon-{}", hex::encode(rand::random::<[u8; 8]>()))
-    } else {
-        format!("c-{}", info.client_id)
-    };
+    let client_id = internal_client_id(&info.client_id);
     let rewritten = packets::rewrite_connect(
         &connect.body,
         &info,
@@ -301,5 +297,59 @@ where
             let _ = wr.write_all(&bytes).await;
         }
         let _ = wr.shutdown().await;
+    }
+}
+
+/// The client id printgate gives a client inside the embedded broker: `c-` + the client's own
+/// id, so no client can take over the gateway's own session. rumqttd refuses ids with
+/// characters such as `/` by dropping the connection (and was seen disturbing other sessions
+/// when it did), so anything outside `[A-Za-z0-9_.-]` is replaced and a short hash of the
+/// original keeps distinct ids distinct; over-long ids are shortened the same way.
+pub fn internal_client_id(requested: &str) -> String {
+    const MAX: usize = 64;
+    if requested.is_empty() {
+        return format!("c-anon-{}", hex::encode(rand::random::<[u8; 8]>()));
+    }
+    let clean: String = requested
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX)
+        .collect();
+    if clean == requested {
+        format!("c-{clean}")
+    } else {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(requested.as_bytes());
+        format!("c-{clean}-{}", hex::encode(&digest[..4]))
+    }
+}
+
+#[cfg(test)]
+mod client_id_tests {
+    use super::internal_client_id;
+
+    #[test]
+    fn plain_ids_are_kept_and_others_made_safe_and_distinct() {
+        assert_eq!(internal_client_id("homeassistant"), "c-homeassistant");
+        let a = internal_client_id("bench/pub-1");
+        let b = internal_client_id("bench_pub-1");
+        assert!(a.starts_with("c-bench_pub-1-"), "{a}");
+        assert_eq!(b, "c-bench_pub-1");
+        assert_ne!(a, b, "sanitising never merges two clients' sessions");
+        let long = internal_client_id(&"x".repeat(500));
+        assert!(long.len() < 80, "{long}");
+        assert!(internal_client_id("").starts_with("c-anon-"));
+        for id in [a, long] {
+            assert!(
+                id.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            );
+        }
     }
 }
