@@ -64,6 +64,7 @@ fn config(dir: &std::path::Path, sims: &[SimPrinter]) -> Config {
                 tls: TlsMode::Pin,
                 mqtt_port: s.mqtt_port(),
                 ftps_port: s.ftps_port(),
+                ..PrinterConfig::default()
             })
             .collect(),
         safety: Default::default(),

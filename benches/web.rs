@@ -170,6 +170,7 @@ fn sim_printer(i: usize, sim: &SimPrinter) -> PrinterConfig {
         tls: TlsMode::Pin,
         mqtt_port: sim.mqtt_port(),
         ftps_port: sim.ftps_port(),
+        ..PrinterConfig::default()
     }
 }
 
@@ -319,6 +320,7 @@ async fn server_time() {
             tls: TlsMode::Pin,
             mqtt_port: free_port(),
             ftps_port: free_port(),
+            ..PrinterConfig::default()
         })
         .collect();
     let (config, port) = base_config(dir.path(), printers);

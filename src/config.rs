@@ -21,9 +21,14 @@ pub enum Model {
     A1Mini,
     P2S,
     H2D,
+    /// Any Klipper printer reached through Moonraker's `[mqtt]` component (`kind = "moonraker"`).
+    #[serde(rename = "KLIPPER", alias = "klipper", alias = "Klipper")]
+    Klipper,
 }
 
 impl Model {
+    /// The Bambu Lab models (Klipper printers are not listed: they have no model code, serial
+    /// prefix or SSDP announcement).
     pub const ALL: [Model; 8] = [
         Model::X1C,
         Model::X1E,
@@ -45,6 +50,7 @@ impl Model {
             Model::A1Mini => "N1",
             Model::P2S => "N7",
             Model::H2D => "O1D",
+            Model::Klipper => "klipper",
         }
     }
     /// Serial number prefix.
@@ -58,6 +64,7 @@ impl Model {
             Model::A1Mini => "030",
             Model::P2S => "22E",
             Model::H2D => "094",
+            Model::Klipper => "",
         }
     }
     pub fn display_name(self) -> &'static str {
@@ -70,6 +77,7 @@ impl Model {
             Model::A1Mini => "A1 mini",
             Model::P2S => "P2S",
             Model::H2D => "H2D",
+            Model::Klipper => "Klipper",
         }
     }
     pub fn config_name(self) -> &'static str {
@@ -82,14 +90,22 @@ impl Model {
             Model::A1Mini => "A1MINI",
             Model::P2S => "P2S",
             Model::H2D => "H2D",
+            Model::Klipper => "KLIPPER",
         }
+    }
+    /// A Bambu Lab printer (MQTT/FTPS on the printer) rather than a Klipper one.
+    pub fn is_bambu(self) -> bool {
+        self != Model::Klipper
     }
     pub fn from_model_code(code: &str) -> Option<Model> {
         Model::ALL.into_iter().find(|m| m.model_code() == code)
     }
     pub fn parse(name: &str) -> Option<Model> {
         let n = name.to_ascii_uppercase().replace(['-', ' ', '_'], "");
-        Model::ALL.into_iter().find(|m| m.config_name() == n)
+        Model::ALL
+            .into_iter()
+            .chain([Model::Klipper])
+            .find(|m| m.config_name() == n)
     }
     /// P1/A1 send deltas and allow one local MQTT client.
     pub fn sends_deltas(self) -> bool {
@@ -123,12 +139,18 @@ pub enum TlsMode {
 pub struct PrinterConfig {
     /// Unique display name, also used in URLs and MQTT topics.
     pub name: String,
+    /// How printgate talks to the printer: `bambu` (default) or `moonraker`.
+    #[serde(default)]
+    pub kind: PrinterKind,
+    /// Bambu model; `KLIPPER` for Moonraker printers (may be left out there).
     pub model: Model,
-    /// 15-character serial (printer screen / SSDP USN), case-sensitive.
+    /// 15-character serial (printer screen / SSDP USN), case-sensitive. Bambu only.
+    #[serde(default)]
     pub serial: String,
     /// IP address or host name on the LAN.
     pub host: String,
-    /// 8-character LAN access code from the printer screen.
+    /// 8-character LAN access code from the printer screen. Bambu only.
+    #[serde(default)]
     pub access_code: String,
     #[serde(default)]
     pub tls: TlsMode,
@@ -138,6 +160,50 @@ pub struct PrinterConfig {
     /// FTPS port (990 on real printers).
     #[serde(default = "default_ftps_port")]
     pub ftps_port: u16,
+    /// Moonraker only: `instance_name` of the printer's `[mqtt]` section in moonraker.conf.
+    #[serde(default)]
+    pub instance_name: String,
+    /// Moonraker only: port of Moonraker's HTTP API (file uploads).
+    #[serde(default = "default_moonraker_http_port")]
+    pub http_port: u16,
+    /// Moonraker only: Moonraker API key, when its `[authorization]` requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+}
+
+impl Default for PrinterConfig {
+    /// Only for struct-update syntax in code; a real printer comes from the config file.
+    fn default() -> Self {
+        PrinterConfig {
+            name: String::new(),
+            kind: PrinterKind::Bambu,
+            model: Model::X1C,
+            serial: String::new(),
+            host: String::new(),
+            access_code: String::new(),
+            tls: TlsMode::Pin,
+            mqtt_port: default_mqtt_port(),
+            ftps_port: default_ftps_port(),
+            instance_name: String::new(),
+            http_port: default_moonraker_http_port(),
+            api_key: None,
+        }
+    }
+}
+
+/// Which protocol a printer speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PrinterKind {
+    /// Bambu Lab LAN mode: printgate connects to the printer's MQTT broker and FTPS server.
+    #[default]
+    Bambu,
+    /// Klipper + Moonraker: Moonraker's `[mqtt]` component connects to printgate's broker.
+    Moonraker,
+}
+
+fn default_moonraker_http_port() -> u16 {
+    7125
 }
 
 fn default_mqtt_port() -> u16 {
@@ -374,7 +440,10 @@ impl From<Vec<ConfigError>> for ConfigErrors {
 
 /// The valid model names, for messages.
 fn model_list() -> String {
-    Model::ALL.map(Model::config_name).join(", ")
+    format!(
+        "{} (Bambu Lab), or KLIPPER with kind = \"moonraker\"",
+        Model::ALL.map(Model::config_name).join(", ")
+    )
 }
 
 impl Config {
@@ -426,6 +495,7 @@ impl Config {
         self.check_sections(&mut errs);
         check_printers(&self.printer_refs(), &mut errs);
         self.check_safety(&self.printers, &mut errs);
+        self.check_moonraker_broker(&self.printers, &mut errs);
         for message in self.broker.problems() {
             errs.push(ConfigError::new("", "", message));
         }
@@ -447,6 +517,27 @@ impl Config {
                 model_known: true,
             })
             .collect()
+    }
+
+    /// Moonraker printers reach printgate through its broker: it must be on.
+    fn check_moonraker_broker(&self, printers: &[PrinterConfig], errs: &mut Vec<ConfigError>) {
+        if self.broker.mode != crate::broker::config::BrokerMode::Off {
+            return;
+        }
+        if let Some((i, p)) = printers
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.kind == PrinterKind::Moonraker)
+        {
+            errs.push(ConfigError::new(
+                format!("printers[{i}].kind"),
+                "\"moonraker\"",
+                format!(
+                    "{} is a Moonraker printer, which connects to printgate's MQTT broker, but [broker] mode = \"off\"; set mode = \"embedded\" (or \"external\")",
+                    p.name
+                ),
+            ));
+        }
     }
 
     /// `[safety]` problems; relays must name configured printers.
@@ -688,7 +779,8 @@ fn hidden_len(s: &str) -> String {
 }
 
 fn is_secret_key(key: &str) -> bool {
-    key.to_ascii_lowercase().contains("code")
+    let k = key.to_ascii_lowercase();
+    k.contains("code") || k.contains("key") || k.contains("password")
 }
 
 /// Parse the whole table leniently: every section and every printer is deserialized on its
@@ -762,6 +854,7 @@ fn parse_table(mut table: toml::Table, errs: &mut Vec<ConfigError>) -> Option<Co
     if let Some(config) = &config {
         let parsed: Vec<PrinterConfig> = refs.iter().map(|r| r.printer.clone()).collect();
         config.check_safety(&parsed, errs);
+        config.check_moonraker_broker(&parsed, errs);
     }
     let complete = all_printers_parsed && refs.iter().all(|r| r.model_known);
     let mut config = config?;
@@ -780,6 +873,16 @@ fn parse_printer(
     errs: &mut Vec<ConfigError>,
 ) -> Option<(PrinterConfig, bool)> {
     let mut model_known = true;
+    let moonraker = matches!(t.get("kind"), Some(toml::Value::String(k)) if k.eq_ignore_ascii_case("moonraker"));
+    let klipper_model = matches!(t.get("model"), Some(toml::Value::String(m)) if Model::parse(m) == Some(Model::Klipper));
+    if moonraker && !t.contains_key("model") {
+        t.insert(
+            "model".into(),
+            toml::Value::String(Model::Klipper.config_name().into()),
+        );
+    } else if klipper_model && !t.contains_key("kind") {
+        t.insert("kind".into(), toml::Value::String("moonraker".into()));
+    }
     if let Some(toml::Value::String(name)) = t.get("model") {
         match Model::parse(name) {
             Some(m) => {
@@ -1164,6 +1267,22 @@ fn check_printers(printers: &[PrinterRef<'_>], errs: &mut Vec<ConfigError>) {
                 ),
             ));
         }
+        if !p.instance_name.is_empty()
+            && let Some(first) = earlier.iter().find(|o| {
+                o.printer
+                    .instance_name
+                    .eq_ignore_ascii_case(&p.instance_name)
+            })
+        {
+            errs.push(ConfigError::new(
+                format!("printers[{}].instance_name", r.index),
+                render(&toml::Value::String(p.instance_name.clone())),
+                format!(
+                    "printers[{}] already uses this instance_name; every Moonraker needs its own (it names its MQTT topics)",
+                    first.index
+                ),
+            ));
+        }
         if !p.serial.is_empty()
             && let Some(first) = earlier
                 .iter()
@@ -1199,6 +1318,18 @@ fn check_printer(r: &PrinterRef<'_>, errs: &mut Vec<ConfigError>) {
         ));
     }
 
+    if p.kind == PrinterKind::Moonraker {
+        check_moonraker_printer(r, errs);
+        return;
+    }
+    if p.model == Model::Klipper {
+        errs.push(ConfigError::new(
+            key("model"),
+            quoted(p.model.config_name()),
+            "Klipper printers are reached through Moonraker; write kind = \"moonraker\" (and instance_name) or choose a Bambu model",
+        ));
+        return;
+    }
     if let Some(problem) = serial_problem(&p.serial, r.model_known.then_some(p.model)) {
         errs.push(ConfigError::new(key("serial"), quoted(&p.serial), problem));
     }
@@ -1234,6 +1365,80 @@ fn check_printer(r: &PrinterRef<'_>, errs: &mut Vec<ConfigError>) {
             ));
         }
     }
+}
+
+/// The keys of a Moonraker printer: instance name, host, HTTP port; no Bambu keys.
+fn check_moonraker_printer(r: &PrinterRef<'_>, errs: &mut Vec<ConfigError>) {
+    let p = r.printer;
+    let key = |k: &str| format!("printers[{}].{k}", r.index);
+    let quoted = |s: &str| render(&toml::Value::String(s.to_string()));
+    if p.model != Model::Klipper {
+        errs.push(ConfigError::new(
+            key("model"),
+            quoted(p.model.config_name()),
+            "a Moonraker printer is a Klipper printer; leave model out (or write model = \"KLIPPER\")",
+        ));
+    }
+    if let Some(problem) = instance_name_problem(&p.instance_name) {
+        errs.push(ConfigError::new(
+            key("instance_name"),
+            quoted(&p.instance_name),
+            format!(
+                "{problem}; write the instance_name of the [mqtt] section in the printer's moonraker.conf (letters, digits, '-', '_', '.')"
+            ),
+        ));
+    }
+    if !is_valid_host(&p.host) {
+        errs.push(ConfigError::new(
+            key("host"),
+            quoted(&p.host),
+            "not an IP address or host name; write the address of the printer running Moonraker, e.g. \"192.168.1.60\" or \"voron.local\" (no http://, port or path)",
+        ));
+    }
+    if p.http_port == 0 {
+        errs.push(ConfigError::new(
+            key("http_port"),
+            "0",
+            "port 0 cannot be used; leave the key out to use Moonraker's standard port 7125",
+        ));
+    }
+    for (name, set) in [
+        ("serial", !p.serial.is_empty()),
+        ("access_code", !p.access_code.is_empty()),
+    ] {
+        if set {
+            errs.push(ConfigError::new(
+                key(name),
+                "(set)",
+                format!("{name} belongs to Bambu printers; remove it from this kind = \"moonraker\" printer"),
+            ));
+        }
+    }
+}
+
+/// Why a Moonraker `instance_name` cannot be used as the first level of its MQTT topics.
+pub fn instance_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("instance_name is missing".into());
+    }
+    if name.len() > 64 {
+        return Some(format!(
+            "the name has {} characters (at most 64)",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Some(format!("{c:?} is not allowed"));
+    }
+    if name.eq_ignore_ascii_case(crate::broker::topics::ROOT)
+        || name.eq_ignore_ascii_case("homeassistant")
+    {
+        return Some("this name is reserved for printgate's own topics".into());
+    }
+    None
 }
 
 /// Why a printer name is unusable, or `None`.

@@ -75,6 +75,13 @@ async fn start_broker(
         hms_text: gateway.hms_text,
         executor: Some(cmd_tx),
         tokens: Some(broker::executor::token_check(gateway.store.clone())),
+        printer_logins: Some(printer_login_check(gateway.store.clone())),
+        printer_instances: cfg
+            .printers
+            .iter()
+            .filter(|p| p.kind == config::PrinterKind::Moonraker)
+            .map(|p| p.instance_name.clone())
+            .collect(),
     };
     let printers = gateway
         .printers
@@ -85,7 +92,7 @@ async fn start_broker(
                 .printers
                 .iter()
                 .find(|c| c.name == p.name)
-                .map(|c| c.serial.clone())
+                .map(printer_unique_id)
                 .unwrap_or_default(),
             model: p.model,
             snapshots: p.link.subscribe(),
@@ -98,6 +105,9 @@ async fn start_broker(
     if let Some(d) = &handle.discovery {
         let _ = gateway.discovery.set(d.clone());
     }
+    gateway
+        .broker_endpoint
+        .send_replace(Some(handle.endpoint.clone()));
     tasks.spawn(broker::executor::run(
         Arc::downgrade(gateway),
         cmd_rx,
@@ -109,6 +119,28 @@ async fn start_broker(
         shutdown.clone(),
     ));
     Ok(Some(handle))
+}
+
+/// The broker accepts the logins issued to Klipper printers (checked against the store at each
+/// CONNECT, so a re-issued or withdrawn login applies at once).
+fn printer_login_check(store: Arc<Store>) -> broker::auth::PrinterLoginCheck {
+    Arc::new(move |user, password| {
+        store
+            .check_printer_credential(user, password)
+            .unwrap_or_else(|e| {
+                tracing::warn!("could not check a printer login: {e}");
+                None
+            })
+    })
+}
+
+/// A stable unique id of a printer (Home Assistant): the Bambu serial, or
+/// `klipper-<instance_name>` for a Klipper printer.
+pub fn printer_unique_id(p: &config::PrinterConfig) -> String {
+    match p.kind {
+        config::PrinterKind::Bambu => p.serial.clone(),
+        config::PrinterKind::Moonraker => format!("klipper-{}", p.instance_name),
+    }
 }
 
 /// Publish plate and safety state on MQTT as the dispatcher's state changes.
@@ -165,6 +197,8 @@ pub struct Gateway {
     /// Smoke input, relays, thermal watchdog, trip latch and alerts (`None` only in setups that
     /// build a `Gateway` without [`start`]).
     pub safety: Option<safety::runtime::SafetyHandle>,
+    /// Where Klipper printers' links reach the broker, once the MQTT side has started.
+    pub broker_endpoint: tokio::sync::watch::Sender<Option<printer::moonraker::BrokerEndpoint>>,
 }
 
 /// A started gateway: its address and the handle to stop it.
@@ -205,14 +239,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let first_id = store.reserve_sequence_ids(SEQUENCE_IDS_PER_BOOT)?;
     let seq = printer::bambu::commands::SequenceIds::new(first_id);
     let mut printers = Vec::new();
+    let (broker_endpoint, endpoint_rx) = tokio::sync::watch::channel(None);
     for pc in &config.printers {
-        let link = printer::bambu::BambuPrinter::spawn(
-            pc.clone(),
-            config.link.clone(),
-            store.clone(),
-            seq.clone(),
-            shutdown.child_token(),
-        );
+        let link: Arc<dyn PrinterLink> = match pc.kind {
+            config::PrinterKind::Bambu => printer::bambu::BambuPrinter::spawn(
+                pc.clone(),
+                config.link.clone(),
+                store.clone(),
+                seq.clone(),
+                shutdown.child_token(),
+            ),
+            config::PrinterKind::Moonraker => printer::moonraker::MoonrakerPrinter::spawn(
+                pc.clone(),
+                config.link.clone(),
+                endpoint_rx.clone(),
+                seq.clone(),
+                shutdown.child_token(),
+            ),
+        };
         printers.push(PrinterEntry {
             name: pc.name.clone(),
             model: pc.model,
@@ -273,6 +317,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 .to_string()
         },
         safety: Some(safety),
+        broker_endpoint,
     });
     let listener = tokio::net::TcpListener::bind(gateway.config.web.listen).await?;
     let web_addr = listener.local_addr()?;

@@ -58,6 +58,7 @@ fn printer_config(sim: &SimPrinter, port: u16) -> PrinterConfig {
         tls: TlsMode::Pin,
         mqtt_port: port,
         ftps_port: sim.ftps_port(),
+        ..PrinterConfig::default()
     }
 }
 
@@ -927,6 +928,7 @@ fn peer_config(peer: &Peer, model: Model) -> PrinterConfig {
         tls: TlsMode::Pin,
         mqtt_port: peer.port,
         ftps_port: 990,
+        ..PrinterConfig::default()
     }
 }
 

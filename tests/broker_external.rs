@@ -133,6 +133,8 @@ async fn start(
             hms_text: |_, _| String::new(),
             executor: Some(tx),
             tokens: None,
+            printer_logins: None,
+            printer_instances: Vec::new(),
         },
         list,
         token,

@@ -77,6 +77,8 @@ async fn rig() -> Rig {
             hms_text: g.hms_text,
             executor: Some(tx),
             tokens: None,
+            printer_logins: None,
+            printer_instances: Vec::new(),
         },
         printers,
         token.clone(),

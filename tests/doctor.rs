@@ -275,6 +275,7 @@ async fn clock_skew_unsynchronised_clock_and_full_disk() {
             tls: Default::default(),
             mqtt_port: 8883,
             ftps_port: 990,
+            ..printgate::config::PrinterConfig::default()
         };
         store.sync_printers(&[p]).unwrap();
         let at = now

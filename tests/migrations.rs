@@ -25,6 +25,7 @@ fn printer() -> PrinterConfig {
         tls: TlsMode::Pin,
         mqtt_port: 8883,
         ftps_port: 990,
+        ..PrinterConfig::default()
     }
 }
 

@@ -16,6 +16,7 @@ fn printer(name: &str, model: Model, serial: &str, code: &str) -> PrinterConfig 
         tls: TlsMode::Pin,
         mqtt_port: 8883,
         ftps_port: 990,
+        ..PrinterConfig::default()
     }
 }
 

@@ -1,4 +1,5 @@
-//! Who may use the embedded broker: users from `[broker]` with argon2-hashed passwords, the web's
+//! Who may use the embedded broker: users from `[broker]` with argon2-hashed passwords, the
+//! logins printgate issued to Klipper printers (scoped to their `<instance>/` topics), the web's
 //! API tokens (through a hook, as password with any user name), or — only when configured —
 //! anonymous read-only clients. Verification is serialised (argon2 needs ~19 MiB per check) and
 //! successful checks are cached by SHA-256 of the credentials so reconnecting clients are cheap.
@@ -14,6 +15,10 @@ use tokio::sync::Semaphore;
 /// Checks an API token of the web interface; `Some(access)` when valid.
 pub type TokenCheck = Arc<dyn Fn(&str) -> Option<Access> + Send + Sync>;
 
+/// Checks a printer login (user name, password); `Some(instance name)` when valid. Not cached:
+/// a re-issued or withdrawn login takes effect at the next CONNECT.
+pub type PrinterLoginCheck = Arc<dyn Fn(&str, &str) -> Option<String> + Send + Sync>;
+
 /// Hash a password for `[[broker.users]]` (argon2id, random salt, PHC string).
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
     Argon2::default()
@@ -28,6 +33,8 @@ pub struct Identity {
     /// User name as configured, `token:<user name given>` for API tokens, or `anonymous`.
     pub user: String,
     pub access: Access,
+    /// A Klipper printer's login: only topics under this Moonraker instance name.
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +53,7 @@ struct User {
 pub struct Authenticator {
     users: HashMap<String, User>,
     tokens: Option<TokenCheck>,
+    printer_logins: Option<PrinterLoginCheck>,
     allow_anonymous: bool,
     /// SHA-256(user \0 password) of recent successes → access.
     cache: Mutex<HashMap<[u8; 32], Access>>,
@@ -71,10 +79,17 @@ impl Authenticator {
                 })
                 .collect(),
             tokens,
+            printer_logins: None,
             allow_anonymous: cfg.allow_anonymous,
             cache: Mutex::new(HashMap::new()),
             verify_slot: Semaphore::new(1),
         }
+    }
+
+    /// Accept the logins printgate issues to Klipper printers.
+    pub fn with_printer_logins(mut self, check: PrinterLoginCheck) -> Self {
+        self.printer_logins = Some(check);
+        self
     }
 
     fn key(user: &str, password: &[u8]) -> [u8; 32] {
@@ -96,11 +111,22 @@ impl Authenticator {
                 return Ok(Identity {
                     user: "anonymous".into(),
                     access: Access::Read,
+                    scope: None,
                 });
             }
             (_, None) => return Err(AuthError::Missing),
             (u, Some(p)) => (u.unwrap_or(""), p),
         };
+        if let (Some(check), Ok(pw)) = (&self.printer_logins, std::str::from_utf8(password))
+            && !self.users.contains_key(user)
+            && let Some(instance) = check(user, pw)
+        {
+            return Ok(Identity {
+                user: user.to_string(),
+                access: Access::Read,
+                scope: Some(instance),
+            });
+        }
         let key = Self::key(user, password);
         let cached = self.cache.lock().ok().and_then(|c| c.get(&key).copied());
         if let Some(access) = cached {
@@ -134,6 +160,7 @@ impl Authenticator {
             return Ok(Identity {
                 user: format!("token:{user}"),
                 access,
+                scope: None,
             });
         }
         Err(AuthError::Rejected)
@@ -144,11 +171,13 @@ impl Authenticator {
             Identity {
                 user: user.to_string(),
                 access,
+                scope: None,
             }
         } else {
             Identity {
                 user: format!("token:{user}"),
                 access,
+                scope: None,
             }
         }
     }

@@ -1,17 +1,18 @@
 //! The embedded broker's front door: printgate's own listeners (plain and TLS) in front of
 //! rumqttd. Each client's CONNECT is authenticated ([`crate::broker::auth`]) and rewritten to the
 //! internal credentials with a `c-` prefixed client id (so no client can take over the gateway's
-//! session); every PUBLISH and the will are checked against the ACL ([`crate::broker::acl`]);
-//! commands are handed to the [`CommandRouter`] with the sender's identity. A forbidden publish
-//! closes the connection (MQTT 5: DISCONNECT "not authorized"). Limits: connections, packet
+//! session); every PUBLISH and the will are checked against the ACL ([`crate::broker::acl`]),
+//! and so is every SUBSCRIBE of a Klipper printer's login (which also always gets a clean
+//! session); commands are handed to the [`CommandRouter`] with the sender's identity. A
+//! forbidden publish or subscribe closes the connection (MQTT 5: DISCONNECT "not authorized"). Limits: connections, packet
 //! size, CONNECT timeout, publish rate (backpressure, not disconnect).
 
 use crate::broker::acl::{self, Decision};
-use crate::broker::auth::Authenticator;
+use crate::broker::auth::{Authenticator, Identity};
 use crate::broker::commands::CommandRouter;
 use crate::broker::config::BrokerLimits;
 use crate::broker::embedded::InternalBroker;
-use crate::broker::packets::{self, PUBLISH, PacketError};
+use crate::broker::packets::{self, PUBLISH, PacketError, SUBSCRIBE};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ pub struct Gate {
     pub limits: BrokerLimits,
     pub discovery_prefix: String,
     pub commands: CommandRouter,
+    /// Moonraker instance names of configured Klipper printers: their topics are theirs alone.
+    pub printer_instances: Vec<String>,
     slots: Arc<Semaphore>,
 }
 
@@ -44,7 +47,28 @@ impl Gate {
             limits,
             discovery_prefix,
             commands,
+            printer_instances: Vec::new(),
             slots,
+        }
+    }
+
+    /// Reserve the topics of these Moonraker instances for their printers' logins.
+    pub fn with_printer_instances(mut self, instances: Vec<String>) -> Self {
+        self.printer_instances = instances;
+        self
+    }
+
+    /// What this client may publish on `topic`.
+    fn publish_decision<'a>(&self, identity: &Identity, topic: &'a str) -> Decision<'a> {
+        match &identity.scope {
+            Some(instance) if acl::may_publish_scoped(instance, topic) => Decision::Allow,
+            Some(_) => Decision::Deny,
+            None => acl::may_publish(
+                identity.access,
+                topic,
+                &self.discovery_prefix,
+                &self.printer_instances,
+            ),
         }
     }
 }
@@ -181,7 +205,7 @@ where
         }
     };
     if let Some(will) = &info.will
-        && acl::may_publish(identity.access, &will.topic, &gate.discovery_prefix) != Decision::Allow
+        && gate.publish_decision(&identity, &will.topic) != Decision::Allow
     {
         tracing::info!(%peer, user = %identity.user, topic = %will.topic, "MQTT will message not allowed for this user");
         let _ = wr
@@ -190,13 +214,17 @@ where
         return;
     }
     let client_id = internal_client_id(&info.client_id);
-    let rewritten = packets::rewrite_connect(
+    let mut rewritten = packets::rewrite_connect(
         &connect.body,
         &info,
         &client_id,
         &gate.internal.username,
         &gate.internal.password,
     );
+    if identity.scope.is_some() {
+        // A printer never gets messages stored for an earlier session (I3).
+        packets::force_clean_start(&mut rewritten, &info);
+    }
     let upstream_addr = if info.level == 5 {
         gate.internal.v5
     } else {
@@ -258,7 +286,7 @@ where
                     break None;
                 }
             };
-            match acl::may_publish(identity.access, publish.topic, &gate.discovery_prefix) {
+            match gate.publish_decision(&identity, publish.topic) {
                 Decision::Allow => {}
                 Decision::Command(printer, kind) => {
                     // A redelivery (DUP) may be a command from before a reconnect: never
@@ -274,6 +302,25 @@ where
                 Decision::Deny => {
                     tracing::warn!(%peer, user = %identity.user, topic = %publish.topic, "MQTT publish not allowed for this user; disconnecting");
                     break Some(info.level);
+                }
+            }
+        }
+        if packet.kind() == SUBSCRIBE && identity.scope.is_some() {
+            let allowed = packets::parse_subscribe(&packet.body, info.level).map(|filters| {
+                filters
+                    .into_iter()
+                    .find(|f| !acl::may_subscribe(identity.scope.as_deref(), f))
+                    .map(str::to_string)
+            });
+            match allowed {
+                Ok(None) => {}
+                Ok(Some(filter)) => {
+                    tracing::warn!(%peer, user = %identity.user, %filter, "MQTT subscription outside this printer's topics; disconnecting");
+                    break Some(info.level);
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, "malformed SUBSCRIBE: {e}");
+                    break None;
                 }
             }
         }

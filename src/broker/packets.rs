@@ -7,6 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub const CONNECT: u8 = 1;
 pub const PUBLISH: u8 = 3;
+pub const SUBSCRIBE: u8 = 8;
 
 /// One MQTT control packet as it came off the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +294,32 @@ pub fn parse_publish(first: u8, body: &[u8], level: u8) -> Result<PublishInfo<'_
     })
 }
 
+/// The topic filters of a SUBSCRIBE.
+pub fn parse_subscribe(body: &[u8], level: u8) -> Result<Vec<&str>, PacketError> {
+    let mut c = Cursor { buf: body, pos: 0 };
+    c.u16()?;
+    if level == 5 {
+        c.skip_properties()?;
+    }
+    let mut filters = Vec::new();
+    while c.pos < body.len() {
+        filters.push(c.string()?);
+        c.u8()?;
+    }
+    if filters.is_empty() {
+        return Err(PacketError::Malformed("SUBSCRIBE without a topic filter"));
+    }
+    Ok(filters)
+}
+
+/// Make a (rewritten) CONNECT start a clean session: nothing stored for an earlier session of
+/// the same client id is delivered, and nothing is kept for a later one.
+pub fn force_clean_start(packet: &mut RawPacket, info: &ConnectInfo) {
+    if let Some(f) = packet.body.get_mut(info.flags_at) {
+        *f |= 0x02;
+    }
+}
+
 /// CONNACK refusing the connection: "bad user name or password" / "not authorized".
 pub fn connack_refused(level: u8, not_authorized: bool) -> Vec<u8> {
     if level == 5 {
@@ -320,6 +347,25 @@ pub fn disconnect_not_authorized(level: u8) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn subscribe_filters() {
+        let mut b = vec![0, 7];
+        push_str(&mut b, b"voron/#");
+        b.push(1);
+        push_str(&mut b, b"voron/moonraker/api/request");
+        b.push(0);
+        assert_eq!(
+            parse_subscribe(&b, 4).unwrap(),
+            vec!["voron/#", "voron/moonraker/api/request"]
+        );
+        let mut v5 = vec![0, 7, 0];
+        push_str(&mut v5, b"a/b");
+        v5.push(0);
+        assert_eq!(parse_subscribe(&v5, 5).unwrap(), vec!["a/b"]);
+        assert!(parse_subscribe(&[0, 7], 4).is_err());
+        assert!(parse_subscribe(&[0, 7, 0, 9, b'a'], 4).is_err());
+    }
 
     fn connect_v4(will: bool, user: Option<&str>, pass: Option<&[u8]>) -> Vec<u8> {
         let mut b = Vec::new();

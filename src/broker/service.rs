@@ -3,7 +3,7 @@
 //! printer snapshots to the topic tree, Home Assistant discovery (including removal of printers
 //! that were deleted since the last run) and SSDP printer discovery.
 
-use crate::broker::auth::{Authenticator, TokenCheck};
+use crate::broker::auth::{Authenticator, PrinterLoginCheck, TokenCheck};
 use crate::broker::commands::{BrokerCommand, CommandRouter};
 use crate::broker::config::{BrokerConfig, BrokerMode};
 use crate::broker::gate::{self, Gate};
@@ -47,6 +47,10 @@ pub struct BrokerSetup {
     pub executor: Option<mpsc::Sender<BrokerCommand>>,
     /// The web's API tokens, accepted as MQTT passwords.
     pub tokens: Option<TokenCheck>,
+    /// Logins issued to Klipper printers (embedded mode).
+    pub printer_logins: Option<PrinterLoginCheck>,
+    /// Moonraker instance names of the configured Klipper printers (their topics are reserved).
+    pub printer_instances: Vec<String>,
 }
 
 /// The running MQTT side.
@@ -59,6 +63,9 @@ pub struct BrokerHandle {
     pub discovery: Option<Discovery>,
     /// Connection state of the gateway's own client.
     pub publisher: watch::Receiver<PublisherState>,
+    /// Where the gateway's Moonraker links connect (the internal listener or the external
+    /// broker), with the gateway's own credentials.
+    pub endpoint: crate::printer::moonraker::BrokerEndpoint,
     outbox: Arc<Outbox>,
     facts: HashMap<String, watch::Sender<GatewayFacts>>,
     topic_ids: HashMap<String, String>,
@@ -283,13 +290,20 @@ pub async fn start(
     let target = match cfg.mode {
         BrokerMode::Embedded => {
             let internal = crate::broker::embedded::start(&cfg.limits).await?;
-            let gate = Arc::new(Gate::new(
-                Authenticator::new(&cfg, setup.tokens.clone()),
-                internal.clone(),
-                cfg.limits.clone(),
-                cfg.discovery_prefix.clone(),
-                router.clone(),
-            ));
+            let mut auth = Authenticator::new(&cfg, setup.tokens.clone());
+            if let Some(check) = setup.printer_logins.clone() {
+                auth = auth.with_printer_logins(check);
+            }
+            let gate = Arc::new(
+                Gate::new(
+                    auth,
+                    internal.clone(),
+                    cfg.limits.clone(),
+                    cfg.discovery_prefix.clone(),
+                    router.clone(),
+                )
+                .with_printer_instances(setup.printer_instances.clone()),
+            );
             let plain = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("cannot listen for MQTT on {} (broker.listen); is another broker (Mosquitto) running there? Stop it or choose another port", cfg.listen))?;
@@ -316,6 +330,14 @@ pub async fn start(
         }
         BrokerMode::External => external_target(&cfg)?,
         BrokerMode::Off => return Ok(None),
+    };
+
+    let endpoint = crate::printer::moonraker::BrokerEndpoint {
+        host: target.host.clone(),
+        port: target.port,
+        tls: target.tls.clone(),
+        username: target.username.clone(),
+        password: target.password.clone(),
     };
 
     // Home Assistant discovery, with removal of printers deleted since the last run.
@@ -424,6 +446,7 @@ pub async fn start(
         mqtts_addr,
         discovery,
         publisher: state_rx,
+        endpoint,
         outbox,
         facts,
         topic_ids,

@@ -197,7 +197,11 @@ pub struct Job {
 impl Job {
     /// Remote file name on the printer's storage (ASCII; changes with the subtask id).
     pub fn remote_name(&self) -> String {
-        remote_name_for(self.subtask_id)
+        if self.model_code == crate::config::Model::Klipper.model_code() {
+            gcode_remote_name_for(self.subtask_id)
+        } else {
+            remote_name_for(self.subtask_id)
+        }
     }
 
     /// Whether this job may run on a printer with this name and model code.
@@ -216,6 +220,24 @@ impl Job {
 /// Remote file name used for a subtask id.
 pub fn remote_name_for(subtask_id: u32) -> String {
     format!("pg-{subtask_id}.gcode.3mf")
+}
+
+/// Remote file name of a plain G-code job (Klipper printers) for a subtask id.
+pub fn gcode_remote_name_for(subtask_id: u32) -> String {
+    format!("pg-{subtask_id}.gcode")
+}
+
+/// The subtask id in a remote file name printgate gave (`pg-<id>.gcode[.3mf]`), if it is one.
+pub fn subtask_id_in_remote_name(name: &str) -> Option<u32> {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let rest = base.strip_prefix("pg-")?;
+    let digits = rest
+        .strip_suffix(".gcode.3mf")
+        .or_else(|| rest.strip_suffix(".gcode"))?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// A job as submitted (web form, API, slicer upload).

@@ -1,14 +1,18 @@
 //! Printer links: the vendor-neutral view of a printer (state, link health, commands) and the
-//! per-vendor implementations (`bambu/` now, `moonraker/` later).
+//! per-vendor implementations: `bambu/` (the gateway connects to the printer) and `moonraker/`
+//! (Klipper's Moonraker connects to the gateway's broker).
 //!
 //! Everything above this module (dispatcher, web, broker) talks to printers only through
 //! [`PrinterLink`] and the [`PrinterSnapshot`] it publishes on a `watch` channel.
 
 pub mod bambu;
 pub mod events;
+pub mod moonraker;
 pub mod state;
 
-pub use state::{ControlState, GcodeState, HmsEntry, LinkState, PrinterSnapshot, PrinterState};
+pub use state::{
+    CommandAck, ControlState, GcodeState, HmsEntry, LinkState, PrinterSnapshot, PrinterState,
+};
 
 use futures::future::BoxFuture;
 use std::path::PathBuf;

@@ -113,6 +113,8 @@ pub struct PrinterState {
     pub wifi_signal: Option<String>,
     /// Firmware version from `get_version` (module `ota`).
     pub firmware: Option<String>,
+    /// A printer-side message for people (e.g. "Klipper is shutdown: …"); Klipper printers.
+    pub status_message: Option<String>,
 }
 
 /// Health of the link to a printer, shown to the user as is.

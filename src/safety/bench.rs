@@ -234,6 +234,7 @@ async fn bench_gateway_edges(n: usize) -> anyhow::Result<LatencySummary> {
             tls: TlsMode::Pin,
             mqtt_port: s.mqtt_port(),
             ftps_port: s.ftps_port(),
+            ..PrinterConfig::default()
         })
         .collect();
     let relays: Vec<RelayConfig> = printers

@@ -283,6 +283,8 @@ pub fn studio_limits(model: Model) -> (f64, f64) {
         Model::A1Mini => (300.0, 80.0),
         Model::P2S => (300.0, 110.0),
         Model::H2D => (350.0, 120.0),
+        // Klipper has its own max_temp per heater; this is a common ceiling (override per model).
+        Model::Klipper => (300.0, 120.0),
     }
 }
 

@@ -66,6 +66,7 @@ pub async fn start_simulators(
             tls: TlsMode::Pin,
             mqtt_port: sim.mqtt_port(),
             ftps_port: sim.ftps_port(),
+            ..PrinterConfig::default()
         });
         sims.push(sim);
     }

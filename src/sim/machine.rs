@@ -629,7 +629,7 @@ pub fn idle_stg_cur(model: Model) -> i32 {
     match model {
         Model::P1P | Model::P1S => 255,
         Model::A1 | Model::A1Mini => 0,
-        Model::X1C | Model::X1E | Model::P2S | Model::H2D => -1,
+        Model::X1C | Model::X1E | Model::P2S | Model::H2D | Model::Klipper => -1,
     }
 }
 

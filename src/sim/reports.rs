@@ -16,7 +16,7 @@ pub fn firmware_version(model: Model) -> &'static str {
         Model::P1P | Model::P1S => "01.08.02.00",
         Model::A1 | Model::A1Mini => "01.05.00.00",
         Model::P2S => "01.02.00.00",
-        Model::H2D => "01.02.00.00",
+        Model::H2D | Model::Klipper => "01.02.00.00",
     }
 }
 
@@ -35,6 +35,7 @@ fn product_name(model: Model) -> &'static str {
         Model::A1Mini => "Bambu Lab A1 mini",
         Model::P2S => "Bambu Lab P2S",
         Model::H2D => "Bambu Lab H2D",
+        Model::Klipper => "Klipper",
     }
 }
 

@@ -13,6 +13,7 @@ pub mod files;
 pub mod jobs;
 mod migrations;
 mod pins;
+pub mod printer_credentials;
 mod printers;
 mod safety;
 mod sequence;

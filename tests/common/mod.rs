@@ -53,6 +53,7 @@ pub fn printer_config(name: &str, sim: &SimPrinter) -> PrinterConfig {
         tls: TlsMode::Pin,
         mqtt_port: sim.mqtt_port(),
         ftps_port: sim.ftps_port(),
+        ..PrinterConfig::default()
     }
 }
 

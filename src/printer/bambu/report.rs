@@ -500,6 +500,7 @@ pub fn printer_state(doc: &Value, model: Model) -> PrinterState {
         chamber_light_on,
         wifi_signal: get("wifi_signal").and_then(as_string),
         firmware: None,
+        status_message: None,
     }
 }
 

@@ -792,7 +792,7 @@ impl LinkTask {
 
 /// Poll the event loop until its first error, forwarding every event. The event loop is dropped
 /// when this returns (or is aborted), so rumqttc never reconnects or replays anything.
-async fn poll_until_error(
+pub(crate) async fn poll_until_error(
     mut eventloop: EventLoop,
     tx: mpsc::Sender<Result<Event, ConnectionError>>,
 ) {
@@ -805,7 +805,7 @@ async fn poll_until_error(
     }
 }
 
-struct AbortOnDrop(tokio::task::AbortHandle);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
