@@ -282,6 +282,10 @@ pub async fn run(config_path: &Path, opts: &DoctorOptions) -> Report {
     check_clock(opts, db.as_ref(), &mut report);
     check_disk(&config, opts, &mut report);
     for p in &config.printers {
+        if p.kind == crate::config::PrinterKind::Moonraker {
+            check_moonraker(p, &mut report).await;
+            continue;
+        }
         if running.is_some() && p.model.max_mqtt_clients() == 1 {
             report.add(
                 Subject::PrinterReachable(p.name.clone()),
@@ -675,6 +679,66 @@ enum MqttOutcome {
     Tls(String),
     Other(String),
     TimedOut,
+}
+
+/// A Klipper printer: Moonraker's HTTP API answers (uploads go there) and Klipper's state.
+async fn check_moonraker(p: &PrinterConfig, report: &mut Report) {
+    let base = crate::printer::moonraker::upload::base_url(&p.host, p.http_port);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
+    let mut req = client.get(format!("{base}/server/info"));
+    if let Some(key) = &p.api_key {
+        req = req.header("X-Api-Key", key);
+    }
+    let subject = Subject::PrinterReachable(p.name.clone());
+    match req.send().await {
+        Ok(r) if r.status().is_success() => {
+            let info: serde_json::Value = r.json().await.unwrap_or_default();
+            let result = info.get("result").unwrap_or(&info);
+            let klippy = result
+                .get("klippy_state")
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown");
+            let mqtt = result
+                .get("components")
+                .and_then(|c| c.as_array())
+                .is_some_and(|c| c.iter().any(|v| v.as_str() == Some("mqtt")));
+            if mqtt {
+                report.add(
+                    subject,
+                    Status::Ok,
+                    format!("Moonraker answers on {base}; Klipper is {klippy}; its [mqtt] component is loaded"),
+                );
+            } else {
+                report.add_fix(
+                    subject,
+                    Status::Warn,
+                    format!("Moonraker answers on {base} (Klipper is {klippy}) but its [mqtt] component is not loaded"),
+                    "add the [mqtt] section shown on this printer's page in printgate to moonraker.conf and restart Moonraker",
+                );
+            }
+        }
+        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => report.add_fix(
+            subject,
+            Status::Fail,
+            format!("Moonraker on {base} refused printgate ({})", r.status()),
+            "set api_key for this printer in printgate.toml (Moonraker: Settings → API key), or add printgate's address to trusted_clients in [authorization]",
+        ),
+        Ok(r) => report.add_fix(
+            subject,
+            Status::Fail,
+            format!("{base}/server/info answered {}", r.status()),
+            "check host and http_port: they must point at Moonraker (port 7125 by default)",
+        ),
+        Err(e) => report.add_fix(
+            subject,
+            Status::Fail,
+            format!("Moonraker on {base} does not answer: {e}"),
+            "check that the printer is on, host and http_port are right (Moonraker listens on 7125 by default) and nothing blocks the port",
+        ),
+    }
 }
 
 async fn check_printer(

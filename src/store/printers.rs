@@ -37,6 +37,8 @@ impl Store {
         let mut released: HashMap<String, String> = HashMap::new();
         for p in printers {
             let model = p.model.config_name();
+            // Klipper printers have no serial; their unique id takes the column.
+            let serial = crate::printer_unique_id(p);
             let by_name: Option<(i64, String, String, String, Option<String>)> = tx
                 .query_row(
                     "SELECT id, serial, model, host, cert_fingerprint FROM printers WHERE name = ?1",
@@ -47,13 +49,13 @@ impl Store {
             let by_serial: Option<(i64, Option<String>)> = tx
                 .query_row(
                     "SELECT id, cert_fingerprint FROM printers WHERE serial = ?1",
-                    [&p.serial],
+                    [&serial],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
 
             // The serial is held by another row: take it over, with its pin.
-            let mut carried_pin = released.remove(&p.serial);
+            let mut carried_pin = released.remove(&serial);
             if let Some((other_id, pin)) = by_serial
                 && by_name.as_ref().map(|(id, ..)| *id) != Some(other_id)
             {
@@ -66,7 +68,7 @@ impl Store {
             }
 
             match by_name {
-                Some((id, serial, old_model, old_host, _)) if serial == p.serial => {
+                Some((id, row_serial, old_model, old_host, _)) if row_serial == serial => {
                     if old_model != model || old_host != p.host {
                         tx.execute(
                             "UPDATE printers SET model = ?2, host = ?3, updated_at = ?4 WHERE id = ?1",
@@ -81,7 +83,7 @@ impl Store {
                     tx.execute(
                         "UPDATE printers SET serial = ?2, cert_fingerprint = ?3, model = ?4,
                              host = ?5, updated_at = ?6 WHERE id = ?1",
-                        params![id, p.serial, carried_pin, model, p.host, now],
+                        params![id, serial, carried_pin, model, p.host, now],
                     )?;
                 }
                 None => {
@@ -89,7 +91,7 @@ impl Store {
                         "INSERT INTO printers
                              (name, serial, model, host, cert_fingerprint, created_at, updated_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-                        params![p.name, p.serial, model, p.host, carried_pin, now],
+                        params![p.name, serial, model, p.host, carried_pin, now],
                     )?;
                 }
             }

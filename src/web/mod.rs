@@ -7,6 +7,7 @@ pub mod auth;
 pub mod live;
 pub mod octoprint;
 pub mod openapi;
+pub mod printer_login;
 pub mod printer_page;
 pub mod queue;
 pub mod safety_page;
@@ -38,6 +39,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(queue::routes(gw.files.limits().max_file_bytes))
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
         .merge(printer_page::routes())
+        .merge(printer_login::routes())
         .merge(settings::routes())
         .merge(safety_page::routes())
         .merge(crate::safety::web::routes())

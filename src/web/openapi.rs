@@ -69,6 +69,8 @@ impl Modify for Security {
         super::queue::api_job_action,
         super::queue::api_queue_action,
         super::printer_page::api_control,
+        super::printer_login::api_issue,
+        super::printer_login::api_withdraw,
         super::settings::api_discovered,
     ),
     components(schemas(
@@ -77,6 +79,7 @@ impl Modify for Security {
         HmsView,
         JobView,
         super::settings::DiscoveredPrinter,
+        super::printer_login::IssuedLogin,
         ApiOutcome,
         ApiTap,
         UploadRequest,

@@ -43,6 +43,14 @@ struct PrinterPage {
     notice: Option<String>,
     csrf: String,
     safety_banner: Option<String>,
+    /// Klipper printers: how Moonraker connects (instance name, issued login).
+    klipper: Option<KlipperSetup>,
+}
+
+struct KlipperSetup {
+    instance_name: String,
+    /// `(user name, issued at)` of the current login.
+    login: Option<(String, String)>,
 }
 
 impl PrinterPage {
@@ -88,8 +96,25 @@ async fn page(
             detail: e.detail.to_string(),
         })
         .collect();
+    let klipper = gw
+        .config
+        .printers
+        .iter()
+        .find(|c| c.name == name && c.kind == crate::config::PrinterKind::Moonraker)
+        .map(|c| KlipperSetup {
+            instance_name: c.instance_name.clone(),
+            login: gw.store.printer_credential(&name).ok().flatten().map(|l| {
+                (
+                    l.username,
+                    chrono::DateTime::from_timestamp_millis(l.created_at_ms)
+                        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                        .unwrap_or_default(),
+                )
+            }),
+        });
     render(&PrinterPage {
         p,
+        klipper,
         events,
         notice: q.notice.filter(|n| !n.is_empty()),
         csrf: user.csrf_token().to_string(),

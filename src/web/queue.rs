@@ -288,12 +288,8 @@ fn job_for_file(
     user: &str,
     deadline: Option<crate::jobs::model::Millis>,
 ) -> Result<NewJob, ApiError> {
-    if stored.kind != FileKind::ThreeMf {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_file",
-            "Bambu printers print sliced .gcode.3mf files; plain .gcode cannot be started on them — export the plate as .gcode.3mf from the slicer",
-        ));
+    if stored.kind == FileKind::Gcode {
+        return gcode_job(gw, stored, printer, key, user, deadline);
     }
     let crate::jobs::threemf::FileInfo::ThreeMf(info) = &stored.info else {
         return Err(ApiError::bad_request("the file is not a sliced 3MF"));
@@ -361,6 +357,79 @@ fn job_for_file(
         file_sha256: stored.sha256.clone(),
         plate,
         name,
+        deadline,
+        created_by: user.to_string(),
+    })
+}
+
+/// A plain G-code job: for Klipper printers only. G-code does not say reliably which machine it
+/// was sliced for, so "any printer" is accepted only when exactly one Klipper printer exists.
+fn gcode_job(
+    gw: &Gateway,
+    stored: &StoredFile,
+    printer: &Option<String>,
+    key: Option<String>,
+    user: &str,
+    deadline: Option<crate::jobs::model::Millis>,
+) -> Result<NewJob, ApiError> {
+    let klipper: Vec<&str> = gw
+        .printers
+        .iter()
+        .filter(|p| p.model == Model::Klipper)
+        .map(|p| p.name.as_str())
+        .collect();
+    let printer = printer
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && *p != "any");
+    let target = match printer {
+        Some(name) => match printer_model(gw, name) {
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_printer",
+                    format!("there is no printer called {name:?}"),
+                ));
+            }
+            Some(Model::Klipper) => Target::Printer(name.to_string()),
+            Some(_) => {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "invalid_file",
+                    format!(
+                        "{name} is a Bambu printer: it prints sliced .gcode.3mf files, not plain .gcode — export the plate as .gcode.3mf from the slicer"
+                    ),
+                ));
+            }
+        },
+        None => match klipper.as_slice() {
+            [only] => Target::Printer((*only).to_string()),
+            [] => {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "invalid_file",
+                    "plain .gcode is printed by Klipper printers and none is configured; Bambu printers need the sliced .gcode.3mf",
+                ));
+            }
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "choose_printer",
+                    format!(
+                        "plain G-code does not say which printer it was sliced for; choose one of {}",
+                        klipper.join(", ")
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(NewJob {
+        idempotency_key: key.filter(|k| !k.trim().is_empty()).unwrap_or_else(new_id),
+        target,
+        model_code: Model::Klipper.model_code().to_string(),
+        file_sha256: stored.sha256.clone(),
+        plate: 1,
+        name: stored.display_name.trim_end_matches(".gcode").to_string(),
         deadline,
         created_by: user.to_string(),
     })

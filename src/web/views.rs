@@ -34,6 +34,8 @@ pub struct PrinterView {
     pub chamber_temp: Option<f64>,
     pub job_name: Option<String>,
     pub print_error: Option<String>,
+    /// A message from the printer for people (Klipper: "Klipper is shutdown: …").
+    pub printer_message: Option<String>,
     pub hms: Vec<HmsView>,
     /// Seconds since the last report, if any arrived on this connection.
     pub report_age_secs: Option<u64>,
@@ -114,6 +116,7 @@ pub fn printer_view(
         job_name: st
             .and_then(|s| s.subtask_name.clone())
             .filter(|n| !n.is_empty()),
+        printer_message: st.and_then(|s| s.status_message.clone()),
         print_error: st
             .filter(|s| s.print_error != 0)
             .map(|s| format!("{:04X}_{:04X}", s.print_error >> 16, s.print_error & 0xFFFF)),
