@@ -12,6 +12,7 @@ pub mod ftps;
 pub mod knobs;
 pub mod log;
 pub mod machine;
+pub mod moonraker;
 mod mqtt;
 pub mod printer;
 pub mod reports;
