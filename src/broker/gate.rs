@@ -213,7 +213,7 @@ where
             .await;
         return;
     }
-    let client_id = internal_client_id(&info.client_id);
+    let client_id = internal_client_id(&identity.user, &info.client_id);
     let mut rewritten = packets::rewrite_connect(
         &connect.body,
         &info,
@@ -347,15 +347,24 @@ where
     }
 }
 
-/// The client id printgate gives a client inside the embedded broker: `c-` + the client's own
-/// id, so no client can take over the gateway's own session. rumqttd refuses ids with
-/// characters such as `/` by dropping the connection (and was seen disturbing other sessions
-/// when it did), so anything outside `[A-Za-z0-9_.-]` is replaced and a short hash of the
-/// original keeps distinct ids distinct; over-long ids are shortened the same way.
-pub fn internal_client_id(requested: &str) -> String {
+/// The client id printgate gives a client inside the embedded broker: `c-`, a short hash of
+/// the signed-in user, and the client's own id — so no client can take over the gateway's own
+/// session, and a client of one user cannot take over the session of another user's client
+/// that happens to use the same id (the same user reconnecting with its id still replaces its
+/// old session, as MQTT wants). rumqttd refuses ids with characters such as `/` by dropping
+/// the connection (and was seen disturbing other sessions when it did), so anything outside
+/// `[A-Za-z0-9_.-]` is replaced and a short hash of the original keeps distinct ids distinct;
+/// over-long ids are shortened the same way.
+pub fn internal_client_id(user: &str, requested: &str) -> String {
+    use sha2::Digest;
+    let owner = hex::encode(&sha2::Sha256::digest(user.as_bytes())[..3]);
+    format!("c-{owner}-{}", client_id_part(requested))
+}
+
+fn client_id_part(requested: &str) -> String {
     const MAX: usize = 64;
     if requested.is_empty() {
-        return format!("c-anon-{}", hex::encode(rand::random::<[u8; 8]>()));
+        return format!("anon-{}", hex::encode(rand::random::<[u8; 8]>()));
     }
     let clean: String = requested
         .chars()
@@ -369,11 +378,11 @@ pub fn internal_client_id(requested: &str) -> String {
         .take(MAX)
         .collect();
     if clean == requested {
-        format!("c-{clean}")
+        clean
     } else {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(requested.as_bytes());
-        format!("c-{clean}-{}", hex::encode(&digest[..4]))
+        format!("{clean}-{}", hex::encode(&digest[..4]))
     }
 }
 
@@ -383,15 +392,22 @@ mod client_id_tests {
 
     #[test]
     fn plain_ids_are_kept_and_others_made_safe_and_distinct() {
-        assert_eq!(internal_client_id("homeassistant"), "c-homeassistant");
-        let a = internal_client_id("bench/pub-1");
-        let b = internal_client_id("bench_pub-1");
-        assert!(a.starts_with("c-bench_pub-1-"), "{a}");
-        assert_eq!(b, "c-bench_pub-1");
+        let ha = internal_client_id("ha", "homeassistant");
+        assert!(ha.starts_with("c-") && ha.ends_with("-homeassistant"), "{ha}");
+        assert_eq!(ha, internal_client_id("ha", "homeassistant"));
+        assert_ne!(
+            ha,
+            internal_client_id("phone", "homeassistant"),
+            "another user's client never takes over this session"
+        );
+        let a = internal_client_id("u", "bench/pub-1");
+        let b = internal_client_id("u", "bench_pub-1");
+        assert!(a.contains("-bench_pub-1-"), "{a}");
+        assert!(b.ends_with("-bench_pub-1"), "{b}");
         assert_ne!(a, b, "sanitising never merges two clients' sessions");
-        let long = internal_client_id(&"x".repeat(500));
+        let long = internal_client_id("u", &"x".repeat(500));
         assert!(long.len() < 80, "{long}");
-        assert!(internal_client_id("").starts_with("c-anon-"));
+        assert!(internal_client_id("u", "").contains("-anon-"));
         for id in [a, long] {
             assert!(
                 id.chars()
