@@ -113,7 +113,8 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
-    /// Run the gateway with three simulated printers (P1S, X1C, A1 mini) in one process.
+    /// Run the gateway with three simulated Bambu printers (P1S, X1C, A1 mini) and one simulated
+    /// Klipper printer (its Moonraker connects to the embedded broker) in one process.
     Demo {
         /// Address of the web interface (loopback only is recommended).
         #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]

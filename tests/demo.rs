@@ -1,6 +1,7 @@
 //! `printgate demo` as a newcomer runs it: the real binary, its own simulators, a web page on an
-//! ephemeral loopback port. The page lists the three printers, and each goes through a print
-//! (RUNNING, then FINISH) while the page is watched.
+//! ephemeral loopback port. The page lists the four printers (three Bambu, one Klipper through
+//! its simulated Moonraker), and each goes through a print (RUNNING, then FINISH) while the
+//! page is watched.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -16,7 +17,7 @@ impl Drop for Demo {
 }
 
 #[test]
-fn demo_serves_three_printers_that_print() {
+fn demo_serves_four_printers_that_print() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_printgate"))
         .args([
             "demo",
@@ -56,13 +57,18 @@ fn demo_serves_three_printers_that_print() {
             .expect("request")
     };
     let page = get("/").text().expect("body");
-    for name in ["Garage P1S", "Office X1C", "Desk A1 mini"] {
+    for name in [
+        "Garage P1S",
+        "Office X1C",
+        "Desk A1 mini",
+        "Workbench Voron",
+    ] {
         assert!(page.contains(name), "{name} on the page");
     }
 
     // Each printer is seen printing and then finished, through the gateway's own view.
-    let mut seen_running = [false; 3];
-    let mut seen_finished = [false; 3];
+    let mut seen_running = [false; 4];
+    let mut seen_finished = [false; 4];
     let deadline = Instant::now() + Duration::from_secs(90);
     while seen_finished.iter().any(|f| !f) {
         assert!(
@@ -75,7 +81,7 @@ fn demo_serves_three_printers_that_print() {
             .expect("array")
             .iter()
             .enumerate()
-            .take(3)
+            .take(4)
         {
             match p["gcode_state"].as_str() {
                 Some("RUNNING") | Some("PREPARE") => seen_running[i] = true,

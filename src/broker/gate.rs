@@ -362,7 +362,7 @@ pub fn internal_client_id(user: &str, requested: &str) -> String {
 }
 
 fn client_id_part(requested: &str) -> String {
-    const MAX: usize = 64;
+    const MAX: usize = 56;
     if requested.is_empty() {
         return format!("anon-{}", hex::encode(rand::random::<[u8; 8]>()));
     }
@@ -393,7 +393,10 @@ mod client_id_tests {
     #[test]
     fn plain_ids_are_kept_and_others_made_safe_and_distinct() {
         let ha = internal_client_id("ha", "homeassistant");
-        assert!(ha.starts_with("c-") && ha.ends_with("-homeassistant"), "{ha}");
+        assert!(
+            ha.starts_with("c-") && ha.ends_with("-homeassistant"),
+            "{ha}"
+        );
         assert_eq!(ha, internal_client_id("ha", "homeassistant"));
         assert_ne!(
             ha,

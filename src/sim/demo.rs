@@ -1,6 +1,8 @@
-//! `printgate demo`: three simulated printers (P1S, X1C, A1 mini) and the real gateway in one
-//! process, with a temporary data directory unless one is given. Everything listens on the
-//! address the user chose for the web page (loopback by default); the simulators on 127.0.0.1.
+//! `printgate demo`: three simulated Bambu printers (P1S, X1C, A1 mini), one simulated Klipper
+//! printer (Moonraker connecting to the gateway's broker with a login the gateway issued) and
+//! the real gateway in one process, with a temporary data directory unless one is given.
+//! Everything listens on the address the user chose for the web page (loopback by default);
+//! the simulators on 127.0.0.1.
 
 use crate::config::{Config, DispatchConfig, LinkConfig, Model, PrinterConfig, TlsMode, WebConfig};
 use crate::sim::fixtures::{Fixture3mf, build_3mf};
@@ -18,9 +20,13 @@ pub const DEMO_PRINTERS: [(&str, Model, &str, u64); 3] = [
     ("Desk A1 mini", Model::A1Mini, "phone_stand", 2400),
 ];
 
-/// The demo's simulated smoke input (active low, pull-up) and relay pins, one per printer.
+/// The demo's Klipper printer: name and Moonraker instance name.
+pub const DEMO_KLIPPER: (&str, &str) = ("Workbench Voron", "voron");
+
+/// The demo's simulated smoke input (active low, pull-up) and relay pins, one per printer
+/// (the Klipper printer's last).
 pub const DEMO_SMOKE_PIN: u8 = 17;
-pub const DEMO_RELAY_PINS: [u8; 3] = [5, 6, 13];
+pub const DEMO_RELAY_PINS: [u8; 4] = [5, 6, 13, 19];
 
 /// Put a sliced file on each simulated printer and start it from the printer's "screen", the
 /// way a person at the printer would, so the demo shows prints in progress from the first
@@ -70,6 +76,20 @@ pub async fn start_simulators(
         });
         sims.push(sim);
     }
+    // Moonraker's HTTP API port must be in the config before the gateway starts; the
+    // simulated Moonraker binds it once the broker it connects to is up.
+    let klipper_http = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port();
+    printers.push(PrinterConfig {
+        name: DEMO_KLIPPER.0.to_string(),
+        kind: crate::config::PrinterKind::Moonraker,
+        model: Model::Klipper,
+        host: "127.0.0.1".into(),
+        instance_name: DEMO_KLIPPER.1.to_string(),
+        http_port: klipper_http,
+        ..PrinterConfig::default()
+    });
     let config = Config {
         data_dir,
         web: WebConfig {
@@ -91,8 +111,10 @@ pub async fn start_simulators(
             }),
             relays: DEMO_PRINTERS
                 .iter()
+                .map(|(name, ..)| *name)
+                .chain([DEMO_KLIPPER.0])
                 .zip(DEMO_RELAY_PINS)
-                .map(|((name, ..), pin)| crate::safety::config::RelayConfig {
+                .map(|(name, pin)| crate::safety::config::RelayConfig {
                     printer: name.to_string(),
                     pin,
                     active_low: true,
@@ -186,8 +208,15 @@ pub async fn run(
     crate::web::auth::ensure_demo_account(&crate::store::Store::open(
         &data_dir.join(crate::DATABASE_FILE),
     )?)?;
+    let klipper_http = config
+        .printers
+        .iter()
+        .find(|p| p.name == DEMO_KLIPPER.0)
+        .map(|p| p.http_port)
+        .unwrap_or_default();
     let running = crate::start(config, shutdown.clone()).await?;
     queue_demo_jobs(&running.gateway).await?;
+    let moonraker = start_demo_moonraker(&running, klipper_http, time_scale).await?;
     println!(
         "printgate demo: open http://{} (data in {})",
         running.web_addr,
@@ -211,9 +240,100 @@ pub async fn run(
             sim.access_code()
         );
     }
+    println!(
+        "  simulated Klipper  instance {} on {} (Moonraker logs in to the broker as {})",
+        moonraker.instance_name(),
+        moonraker.http_url(),
+        crate::store::printer_credentials::username_for(DEMO_KLIPPER.1)
+    );
     running.wait().await;
+    moonraker.shutdown().await;
     for sim in sims {
         sim.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Issue the Klipper printer's MQTT login (as a person would on its page), start the simulated
+/// Moonraker with it against the gateway's broker, print something "from its screen" and queue
+/// a G-code job behind the plate gate.
+async fn start_demo_moonraker(
+    running: &crate::RunningGateway,
+    http_port: u16,
+    time_scale: f64,
+) -> anyhow::Result<crate::sim::moonraker::SimMoonraker> {
+    use crate::sim::moonraker::{MoonrakerSimConfig, SimMoonraker};
+    let gw = &running.gateway;
+    let broker = running
+        .broker
+        .as_ref()
+        .and_then(|b| b.mqtt_addr)
+        .ok_or_else(|| anyhow::anyhow!("the demo's broker is not listening"))?;
+    let (cred, password) = gw.store.issue_printer_credential(
+        DEMO_KLIPPER.0,
+        DEMO_KLIPPER.1,
+        chrono::Utc::now().timestamp_millis(),
+    )?;
+    let mut cfg = MoonrakerSimConfig::new(DEMO_KLIPPER.1, broker);
+    cfg.username = Some(cred.username);
+    cfg.password = Some(password);
+    cfg.http_listen = SocketAddr::from(([127, 0, 0, 1], http_port));
+    cfg.time_scale = time_scale;
+    let sim = SimMoonraker::start(cfg).await?;
+    let screen_job = "voron_cube.gcode";
+    sim.put_file(screen_job, demo_gcode(2000));
+    sim.start_from_screen(screen_job)?;
+    queue_demo_gcode(gw).await?;
+    Ok(sim)
+}
+
+/// A small but real G-code file with the slicer comments Klipper front ends read.
+pub fn demo_gcode(print_secs: u32) -> Vec<u8> {
+    let mut g = format!(
+        "; generated by PrusaSlicer 2.8.1\n; estimated printing time (normal mode) = {}m {}s\nG28\nG90\nM104 S215\nM140 S60\n",
+        print_secs / 60,
+        print_secs % 60
+    );
+    for layer in 1..=40 {
+        g.push_str(&format!(
+            ";LAYER_CHANGE\nG1 Z{:.2} F600\nG1 X20 Y20 E0.5\nG1 X40 Y20 E1.0\n",
+            f64::from(layer) * 0.2
+        ));
+    }
+    g.push_str("M104 S0\nM140 S0\n");
+    g.into_bytes()
+}
+
+async fn queue_demo_gcode(gw: &crate::Gateway) -> anyhow::Result<()> {
+    use crate::jobs::dispatcher::Event;
+    use crate::jobs::model::{NewJob, Target};
+    let stored = gw
+        .files
+        .ingest(
+            "bracket_voron.gcode",
+            std::io::Cursor::new(demo_gcode(1500)),
+        )
+        .await?;
+    let sha = stored.sha256.clone();
+    let (job, created) = gw.store.create_job(
+        &NewJob {
+            idempotency_key: format!("demo-{}", DEMO_KLIPPER.0),
+            target: Target::Printer(DEMO_KLIPPER.0.to_string()),
+            model_code: Model::Klipper.model_code().to_string(),
+            file_sha256: stored.sha256,
+            plate: 1,
+            name: "bracket_voron".into(),
+            deadline: None,
+            created_by: "demo".into(),
+        },
+        gw.dispatcher.now(),
+    )?;
+    if created {
+        gw.dispatcher
+            .submit(Event::JobQueued(Box::new(job)))
+            .await?;
+    } else {
+        gw.files.release(&sha).await?;
     }
     Ok(())
 }

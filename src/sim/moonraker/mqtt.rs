@@ -12,8 +12,7 @@
 //! after an MQTT reconnect.
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Outgoing,
-    Packet,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet,
 };
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -263,8 +262,10 @@ fn tick(shared: &Shared, dt: f64, oversize_sent: &mut bool) {
     let eventtime = shared.eventtime();
     let status_topic = shared.topic("klipper/status");
     if knobs.malformed_status {
-        let garbage = format!("{{\"eventtime\": {eventtime}, \"status\": {{\"print_stats\": {{\"state\": \"printing\"")
-            .into_bytes();
+        let garbage = format!(
+            "{{\"eventtime\": {eventtime}, \"status\": {{\"print_stats\": {{\"state\": \"printing\""
+        )
+        .into_bytes();
         if shared.publish(status_topic, garbage, false) {
             shared.lock().status_publishes += 1;
         }
