@@ -202,7 +202,7 @@ async fn a_klipper_job_waits_for_the_tap_starts_once_is_confirmed_and_occupies_t
     let state = r.tg.gw().dispatcher.state();
     let plate = &state.printers.get(PRINTER).unwrap().plate;
     assert!(
-        matches!(plate, printgate::jobs::plate::PlateState::Occupied(_)),
+        matches!(plate, printgate::jobs::plate::PlateState::Occupied),
         "the finished print occupies the plate: {plate:?}"
     );
     r.sim.shutdown().await;

@@ -65,6 +65,8 @@ pub enum UploadFailure {
 pub struct MoonrakerKnobValues {
     /// Execute requests but never publish a response.
     pub drop_responses: bool,
+    /// Execute requests of these methods but never publish their responses.
+    pub drop_responses_to: Vec<String>,
     /// Answer `printer.print.start` with "ok" but never start printing.
     pub ignore_start: bool,
     /// Answer `printer.print.start` with Klipper's busy error (400, "SD busy"), no print.
@@ -94,6 +96,7 @@ impl Default for MoonrakerKnobValues {
     fn default() -> Self {
         Self {
             drop_responses: false,
+            drop_responses_to: Vec::new(),
             ignore_start: false,
             refuse_start: false,
             klippy_state: KlippyState::Ready,

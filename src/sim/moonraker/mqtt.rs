@@ -170,8 +170,12 @@ fn on_request(shared: &Shared, conn: u64, payload: &[u8]) {
     let (response, entries) = rpc::handle(shared, conn, payload);
     let knobs = shared.knobs.get();
     let mut sent = false;
+    let withheld = knobs.drop_responses
+        || entries
+            .iter()
+            .any(|e| knobs.drop_responses_to.contains(&e.method));
     if let Some(resp) = response
-        && !knobs.drop_responses
+        && !withheld
     {
         let bytes = resp.to_string().into_bytes();
         let topic = shared.topic("moonraker/api/response");
