@@ -271,9 +271,9 @@ async fn api_alerts_test(
     State(gw): State<Arc<Gateway>>,
 ) -> Result<Json<Vec<Delivery>>, ApiError> {
     let h = handle(&gw)?;
-    if h.notifier().config().targets.is_empty() {
+    if h.notifier().target_count() == 0 {
         return Err(ApiError::bad_request(
-            "no alert targets configured; add [[alerts.targets]] (ntfy, webhook or buzzer) to printgate.toml",
+            "no alert targets configured; add one under Settings → Notifications, or [[alerts.targets]] (ntfy, webhook or buzzer) in printgate.toml",
         ));
     }
     Ok(Json(h.notifier().test(&user).await))

@@ -12,6 +12,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/004_jobs.sql"),
     include_str!("migrations/005_users.sql"),
     include_str!("migrations/006_jobs_by_printer.sql"),
+    // 007 (the lead's) goes here, before 008.
+    include_str!("migrations/008_alert_targets.sql"),
 ];
 
 /// The schema version this build writes (= number of known migrations).

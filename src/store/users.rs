@@ -3,6 +3,11 @@
 //! rows; hashing, secrets and policies (expiry, lockout) live in `web::auth`. Secrets arrive here
 //! already hashed (SHA-256 hex), so nothing in these tables lets anyone in.
 
+// Stored alert targets (Settings → Notifications). Declared here only because `store/mod.rs` was
+// being edited by someone else; it belongs in `store/mod.rs` as `pub mod alert_targets;`.
+#[path = "alert_targets.rs"]
+pub mod alert_targets;
+
 use super::{Store, StoreError};
 use rusqlite::{OptionalExtension, Row, params};
 

@@ -11,6 +11,7 @@ pub mod printer_page;
 pub mod queue;
 pub mod safety_page;
 pub mod settings;
+pub mod settings_notifications;
 pub mod views;
 
 use crate::Gateway;
@@ -39,6 +40,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
         .merge(printer_page::routes())
         .merge(settings::routes())
+        .merge(settings_notifications::routes(&gw))
         .merge(safety_page::routes())
         .merge(crate::safety::web::routes())
         .merge(assets::routes());

@@ -70,6 +70,10 @@ impl Modify for Security {
         super::queue::api_queue_action,
         super::printer_page::api_control,
         super::settings::api_discovered,
+        super::settings_notifications::api_list,
+        super::settings_notifications::api_add,
+        super::settings_notifications::api_delete,
+        super::settings_notifications::api_test,
     ),
     components(schemas(
         PrinterView,
@@ -82,6 +86,9 @@ impl Modify for Security {
         UploadRequest,
         super::printer_page::ApiControl,
         super::printer_page::ControlMessage,
+        super::settings_notifications::ApiAlertTarget,
+        super::settings_notifications::NewAlertTarget,
+        super::settings_notifications::ApiTestResult,
         ErrorBody,
         ErrorDetail,
     )),
@@ -90,6 +97,7 @@ impl Modify for Security {
     tags(
         (name = "printers", description = "Printers, their plate gate and controls"),
         (name = "jobs", description = "The print queue"),
+        (name = "notifications", description = "Where alerts go (ntfy, webhooks)"),
         (name = "meta", description = "This document"),
     )
 )]
