@@ -206,7 +206,7 @@ impl AlertsConfig {
 }
 
 /// What an alert is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// Power was cut (smoke, thermal, emergency stop).
@@ -306,7 +306,7 @@ impl Alert {
 }
 
 /// The outcome of one delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Delivery {
     /// Position in the list of all targets at the time of sending: first `[alerts] targets`,
     /// then the ones added in Settings → Notifications.
