@@ -489,6 +489,11 @@ async fn every_mutating_route_needs_a_session_and_the_csrf_token() {
         "/api/v1/alert-targets/1",
         "/api/v1/alert-targets/1/test",
         "/api/v1/safety/emergency-stop",
+        "/settings/users",
+        "/settings/users/1/delete",
+        "/api/v1/users",
+        "/api/v1/users/1",
+        "/api/v1/users/me/password",
     ] {
         assert!(
             paths.contains(&expected),

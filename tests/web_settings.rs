@@ -576,3 +576,351 @@ async fn notification_targets_are_added_tested_used_kept_and_deleted_without_sho
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     app.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Users
+// ---------------------------------------------------------------------------------------------
+
+const NEW_PASSWORD: &str = "a new password 2";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_added_and_deleted_and_their_sessions_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = start_app(dir.path(), "").await;
+    let admin = app.setup_admin().await;
+
+    let html = app
+        .get("/settings/users", &admin)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("admin (you)"), "{html}");
+    assert!(
+        html.contains("one role"),
+        "the page says every account may do everything"
+    );
+
+    // Add with a plain form post.
+    let resp = app
+        .post_form(
+            "/settings/users",
+            &admin,
+            &[
+                ("username", "bob"),
+                ("password", PASSWORD),
+                ("confirm", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&resp), "/settings/users?notice=added");
+    for (name, pw, confirm, status, says) in [
+        (
+            "BOB",
+            PASSWORD,
+            PASSWORD,
+            StatusCode::CONFLICT,
+            "exists already",
+        ),
+        (
+            "carl",
+            "short",
+            "short",
+            StatusCode::BAD_REQUEST,
+            "too short",
+        ),
+        (
+            "carl",
+            PASSWORD,
+            "other one",
+            StatusCode::BAD_REQUEST,
+            "differ",
+        ),
+        (
+            "no spaces",
+            PASSWORD,
+            PASSWORD,
+            StatusCode::BAD_REQUEST,
+            "user name",
+        ),
+    ] {
+        let resp = app
+            .post_form(
+                "/settings/users",
+                &admin,
+                &[("username", name), ("password", pw), ("confirm", confirm)],
+            )
+            .await;
+        assert_eq!(resp.status(), status, "{name}");
+        assert!(resp.text().await.unwrap().contains(says), "{name}: {says}");
+    }
+
+    // Bob signs in on two devices and has an API token.
+    let bob1 = app.login("bob", PASSWORD).await.expect("bob signs in");
+    let bob2 = app
+        .login("bob", PASSWORD)
+        .await
+        .expect("bob signs in again");
+    let bob_token = api_token(app.store(), "bob");
+    let html = app
+        .get("/settings/users", &bob1)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("bob (you)") && !html.contains("$argon2"),
+        "{html}"
+    );
+
+    // Nobody deletes their own account.
+    let admin_id = app.store().user_by_name("admin").unwrap().unwrap().id;
+    let bob_id = app.store().user_by_name("bob").unwrap().unwrap().id;
+    let resp = app
+        .post_form(&format!("/settings/users/{admin_id}/delete"), &admin, &[])
+        .await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert!(resp.text().await.unwrap().contains("your own account"));
+
+    // Deleting bob ends both his sessions and his token; he cannot sign in any more.
+    let resp = app
+        .post_form(&format!("/settings/users/{bob_id}/delete"), &admin, &[])
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&resp), "/settings/users?notice=deleted");
+    assert!(!app.session_works(&bob1).await);
+    assert!(!app.session_works(&bob2).await);
+    let resp = app
+        .http
+        .get(app.url("/api/v1/users"))
+        .header(auth::API_KEY_HEADER, &bob_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(app.login("bob", PASSWORD).await.is_none());
+    assert!(app.session_works(&admin).await);
+    let resp = app
+        .post_form(&format!("/settings/users/{bob_id}/delete"), &admin, &[])
+        .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    // Password change (form on the users page): needs the current password; the other
+    // sessions end, the browser that changed it gets a new one.
+    let other_device = app.login("admin", PASSWORD).await.expect("signs in");
+    let resp = app
+        .post_form(
+            "/settings/password",
+            &admin,
+            &[
+                ("current", "not it at all"),
+                ("password", NEW_PASSWORD),
+                ("confirm", NEW_PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(app.session_works(&other_device).await);
+    let resp = app
+        .post_form(
+            "/settings/password",
+            &admin,
+            &[
+                ("current", PASSWORD),
+                ("password", NEW_PASSWORD),
+                ("confirm", NEW_PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let fresh = session_of(resp.headers()).expect("a new session for this browser");
+    assert!(!app.session_works(&other_device).await);
+    assert!(!app.session_works(&admin).await);
+    let admin = app.session(fresh).await;
+    assert!(app.session_works(&admin).await);
+    assert!(app.login("admin", PASSWORD).await.is_none());
+    assert!(app.login("admin", NEW_PASSWORD).await.is_some());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_api_adds_lists_deletes_and_changes_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = start_app(dir.path(), "").await;
+    let _admin = app.setup_admin().await;
+    let token = api_token(app.store(), "admin");
+    let api = |method: reqwest::Method, path: &str| {
+        app.http
+            .request(method, app.url(path))
+            .header(auth::API_KEY_HEADER, &token)
+    };
+
+    let resp = api(reqwest::Method::POST, "/api/v1/users")
+        .json(&serde_json::json!({"username": "carol", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let carol: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(carol["username"], "carol");
+    assert_eq!(carol["is_you"], false);
+    let carol_id = carol["id"].as_i64().unwrap();
+    let resp = api(reqwest::Method::POST, "/api/v1/users")
+        .json(&serde_json::json!({"username": "carol", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "name_taken");
+
+    let text = api(reqwest::Method::GET, "/api/v1/users")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("argon2") && !text.contains("password"),
+        "{text}"
+    );
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["admin", "carol"]);
+    assert_eq!(list[0]["is_you"], true);
+
+    // Carol changes her password from her browser session (CSRF header): a wrong current
+    // password is refused; the right one ends all her sessions.
+    let c1 = app.login("carol", PASSWORD).await.expect("carol signs in");
+    let c2 = app
+        .login("carol", PASSWORD)
+        .await
+        .expect("carol signs in again");
+    let change = |s: &Session, current: &str| {
+        app.http
+            .post(app.url("/api/v1/users/me/password"))
+            .header("cookie", s.cookie())
+            .header(auth::CSRF_HEADER, &s.csrf)
+            .json(&serde_json::json!({"current": current, "password": NEW_PASSWORD}))
+            .send()
+    };
+    let resp = change(&c1, "wrong guess").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "wrong_password");
+    assert!(app.session_works(&c2).await);
+    let resp = change(&c1, PASSWORD).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(!app.session_works(&c1).await);
+    assert!(!app.session_works(&c2).await);
+    assert!(app.login("carol", PASSWORD).await.is_none());
+    assert!(app.login("carol", NEW_PASSWORD).await.is_some());
+
+    // Not oneself; then carol goes.
+    let admin_id = list[0]["id"].as_i64().unwrap();
+    let resp = api(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/users/{admin_id}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "yourself");
+    let resp = api(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/users/{carol_id}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(app.login("carol", NEW_PASSWORD).await.is_none());
+    let resp = api(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/users/{carol_id}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session and CSRF on every new state-changing route
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_new_mutating_route_needs_a_session_and_the_csrf_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = start_app(dir.path(), "").await;
+    let s = app.setup_admin().await;
+    let routes = [
+        (reqwest::Method::POST, "/settings/notifications"),
+        (reqwest::Method::POST, "/settings/notifications/1/delete"),
+        (
+            reqwest::Method::POST,
+            "/settings/notifications/config-0/test",
+        ),
+        (reqwest::Method::POST, "/api/v1/alert-targets"),
+        (reqwest::Method::DELETE, "/api/v1/alert-targets/1"),
+        (reqwest::Method::POST, "/api/v1/alert-targets/1/test"),
+        (reqwest::Method::POST, "/settings/users"),
+        (reqwest::Method::POST, "/settings/users/1/delete"),
+        (reqwest::Method::POST, "/api/v1/users"),
+        (reqwest::Method::DELETE, "/api/v1/users/1"),
+        (reqwest::Method::POST, "/api/v1/users/me/password"),
+    ];
+    for (method, path) in routes {
+        let req = || app.http.request(method.clone(), app.url(path));
+        let resp = req()
+            .form(&[("csrf", s.csrf.as_str()), ("username", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                resp.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ),
+            "{method} {path} without a session: {}",
+            resp.status()
+        );
+        let resp = req()
+            .header("cookie", s.cookie())
+            .form(&[("username", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::FORBIDDEN,
+            "{method} {path} without csrf"
+        );
+        let resp = req()
+            .header("cookie", s.cookie())
+            .header(auth::CSRF_HEADER, "0000")
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::FORBIDDEN,
+            "{method} {path} wrong csrf"
+        );
+    }
+    // Nothing happened.
+    assert_eq!(app.store().list_users().unwrap().len(), 1);
+    assert!(app.store().list_alert_targets().unwrap().is_empty());
+    app.stop().await;
+}
