@@ -1,6 +1,8 @@
 //! Alerts to people who are not looking at the page: an ntfy topic (push notification on the
 //! phone), a generic JSON webhook (Home Assistant, Node-RED, …) and an optional buzzer on a GPIO
-//! output. Configured in `[alerts]`; every target is rate-limited on its own so that a flapping
+//! output. Configured in `[alerts]`, plus ntfy/webhook targets added in Settings →
+//! Notifications (stored in the database, handed over with [`Notifier::set_stored_targets`]);
+//! every target is rate-limited on its own so that a flapping
 //! input or a flaky printer cannot flood a phone, while safety trips are never held back by the
 //! hourly budget.
 //!
@@ -124,6 +126,32 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// Longest URL accepted for an HTTP target.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// What is wrong with an ntfy/webhook URL, in words for a person (`None` when it is usable).
+/// The URL itself is not repeated: it may hold a secret topic or webhook id.
+pub fn url_problem(url: &str) -> Option<String> {
+    if url.is_empty() {
+        return Some("the URL is empty; write it like https://ntfy.sh/my-topic".into());
+    }
+    if url.len() > MAX_URL_LEN {
+        return Some(format!(
+            "the URL is longer than {MAX_URL_LEN} characters; use a shorter one"
+        ));
+    }
+    match url.parse::<axum::http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+            if u.authority().is_some_and(|a| a.as_str().contains('@')) {
+                Some("user:password@ in the URL is not supported; for ntfy use an access token instead".into())
+            } else {
+                None
+            }
+        }
+        _ => Some("not an http(s) URL; write it like https://ntfy.sh/my-topic".into()),
+    }
+}
+
 impl AlertsConfig {
     /// Every problem in `[alerts]`, each naming the key and the fix.
     pub fn validate(&self) -> Vec<String> {
@@ -178,7 +206,7 @@ impl AlertsConfig {
 }
 
 /// What an alert is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// Power was cut (smoke, thermal, emergency stop).
@@ -278,10 +306,13 @@ impl Alert {
 }
 
 /// The outcome of one delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Delivery {
-    /// Index in `[alerts] targets`.
+    /// Position in the list of all targets at the time of sending: first `[alerts] targets`,
+    /// then the ones added in Settings → Notifications.
     pub target: usize,
+    /// Stable id of the target: `config-<index>` or the id of a stored target (see [`TargetRef`]).
+    pub target_id: String,
     pub label: String,
     pub kind: AlertKind,
     /// `None` when delivered; else what went wrong.
@@ -351,10 +382,87 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Timeout of one HTTP delivery.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends alerts to the configured targets.
+/// Which target: one of `[alerts] targets` (by position) or one added in Settings →
+/// Notifications (by its database id). Written `config-<index>` or `<id>` in URLs and JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetRef {
+    Config(usize),
+    Stored(i64),
+}
+
+impl TargetRef {
+    /// Parse `config-3` or `17`.
+    pub fn parse(s: &str) -> Option<TargetRef> {
+        match s.strip_prefix("config-") {
+            Some(i) => i.parse().ok().map(TargetRef::Config),
+            None => s.parse().ok().filter(|id| *id > 0).map(TargetRef::Stored),
+        }
+    }
+}
+
+impl std::fmt::Display for TargetRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetRef::Config(i) => write!(f, "config-{i}"),
+            TargetRef::Stored(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+/// A target added at run time (Settings → Notifications), kept in the database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTarget {
+    pub id: i64,
+    /// What the person called it ("Phone", "Home Assistant").
+    pub name: String,
+    pub target: AlertTarget,
+}
+
+/// One target as the settings page shows it: never its URL path, query or token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetSummary {
+    pub target_ref: TargetRef,
+    /// `None` for targets of the configuration file.
+    pub name: Option<String>,
+    /// `ntfy`, `webhook` or `buzzer`.
+    pub kind: &'static str,
+    /// Scheme, host and port only (see [`AlertTarget::label`]).
+    pub label: String,
+    /// An access token is set (it is never shown).
+    pub has_token: bool,
+}
+
+impl Serialize for TargetRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl AlertTarget {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            AlertTarget::Ntfy { .. } => "ntfy",
+            AlertTarget::Webhook { .. } => "webhook",
+            AlertTarget::Buzzer { .. } => "buzzer",
+        }
+    }
+    fn needs_http(&self) -> bool {
+        !matches!(self, AlertTarget::Buzzer { .. })
+    }
+}
+
+/// A stored target with its own rate limit.
+struct StoredSlot {
+    stored: StoredTarget,
+    limiter: RateLimiter,
+}
+
+/// Sends alerts to the targets of `[alerts]` and to those added in Settings → Notifications.
 pub struct Notifier {
     config: AlertsConfig,
     limits: Mutex<Vec<RateLimiter>>,
+    /// Targets added at run time (replaced as a whole by [`Notifier::set_stored_targets`]).
+    stored: Mutex<Vec<StoredSlot>>,
     buzzer: OnceLock<Arc<dyn OutputPin>>,
     deliveries: broadcast::Sender<Delivery>,
     /// Serialises buzzer patterns so two alerts do not interleave their pulses.
@@ -368,31 +476,24 @@ pub struct Notifier {
 )]
 pub struct NotifierError(String);
 
+/// Check that HTTPS deliveries can be made (the system's CA store is readable).
+pub fn check_http_ready() -> Result<(), NotifierError> {
+    http::check_tls().map_err(NotifierError)
+}
+
 impl Notifier {
     /// Build the notifier (an HTTPS client with the system's CA roots when there are HTTP
     /// targets). The buzzer pin is attached later with [`Notifier::attach_buzzer`] by the safety
     /// runtime, which owns the GPIO.
     pub fn new(config: AlertsConfig) -> Result<Notifier, NotifierError> {
-        let needs_http = config
-            .targets
-            .iter()
-            .any(|t| !matches!(t, AlertTarget::Buzzer { .. }));
-        if needs_http {
-            http::check_tls().map_err(NotifierError)?;
+        if config.targets.iter().any(AlertTarget::needs_http) {
+            check_http_ready()?;
         }
-        let limits = config
-            .targets
-            .iter()
-            .map(|_| {
-                RateLimiter::new(
-                    Duration::from_secs(config.repeat_after_secs),
-                    config.max_per_hour,
-                )
-            })
-            .collect();
+        let limits = config.targets.iter().map(|_| config.limiter()).collect();
         Ok(Notifier {
             config,
             limits: Mutex::new(limits),
+            stored: Mutex::new(Vec::new()),
             buzzer: OnceLock::new(),
             deliveries: broadcast::channel(64).0,
             buzzer_busy: Arc::new(tokio::sync::Mutex::new(())),
@@ -404,14 +505,60 @@ impl Notifier {
         Notifier {
             config: AlertsConfig::default(),
             limits: Mutex::new(Vec::new()),
+            stored: Mutex::new(Vec::new()),
             buzzer: OnceLock::new(),
             deliveries: broadcast::channel(64).0,
             buzzer_busy: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
+    /// `[alerts]` as configured (without the targets added in Settings).
     pub fn config(&self) -> &AlertsConfig {
         &self.config
+    }
+
+    /// Replace the targets added in Settings → Notifications (the whole list, as stored). A
+    /// target that stays keeps its rate-limit history. Buzzers are ignored: a GPIO output is
+    /// opened only for `[alerts]` at start.
+    pub fn set_stored_targets(&self, targets: Vec<StoredTarget>) {
+        let mut stored = lock(&self.stored);
+        let mut old: HashMap<i64, StoredSlot> =
+            stored.drain(..).map(|s| (s.stored.id, s)).collect();
+        *stored = targets
+            .into_iter()
+            .filter(|t| t.target.needs_http())
+            .map(|t| {
+                let limiter = match old.remove(&t.id) {
+                    Some(slot) if slot.stored.target == t.target => slot.limiter,
+                    _ => self.config.limiter(),
+                };
+                StoredSlot { stored: t, limiter }
+            })
+            .collect();
+    }
+
+    /// Every target (configured first, then stored), as the settings page shows them.
+    pub fn targets(&self) -> Vec<TargetSummary> {
+        let mut out: Vec<TargetSummary> = self
+            .config
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| summary(TargetRef::Config(i), None, t))
+            .collect();
+        out.extend(lock(&self.stored).iter().map(|s| {
+            summary(
+                TargetRef::Stored(s.stored.id),
+                Some(s.stored.name.clone()),
+                &s.stored.target,
+            )
+        }));
+        out
+    }
+
+    /// How many targets alerts go to.
+    pub fn target_count(&self) -> usize {
+        self.config.targets.len() + lock(&self.stored).len()
     }
 
     /// Give the notifier the buzzer's output pin (once; later calls are ignored).
@@ -424,34 +571,53 @@ impl Notifier {
         self.deliveries.subscribe()
     }
 
-    /// Send `alert` to every target whose rate limit admits it, in background tasks. Must be
-    /// called inside a tokio runtime.
-    pub fn notify(self: &Arc<Self>, alert: Alert) {
-        tracing::info!(kind = alert.kind.as_str(), printer = ?alert.printer, "alert: {}: {}", alert.title, alert.message);
-        let now = Instant::now();
-        let admitted: Vec<usize> = {
+    /// Ask each target's rate limit (configured first, then stored) and return the admitted
+    /// ones with their position.
+    fn admit_all(&self, alert: &Alert, now: Instant) -> Vec<(usize, TargetRef, AlertTarget)> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        {
             let mut limits = lock(&self.limits);
-            limits
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(i, l)| match l.admit(&alert, now) {
-                    Ok(()) => Some(i),
+            for (i, (l, t)) in limits.iter_mut().zip(&self.config.targets).enumerate() {
+                match l.admit(alert, now) {
+                    Ok(()) => out.push((pos, TargetRef::Config(i), t.clone())),
                     Err(held) => {
                         tracing::debug!(
                             target_index = i,
                             ?held,
                             "alert held back by the rate limit"
-                        );
-                        None
+                        )
                     }
-                })
-                .collect()
-        };
-        for i in admitted {
+                }
+                pos += 1;
+            }
+        }
+        let mut stored = lock(&self.stored);
+        for s in stored.iter_mut() {
+            match s.limiter.admit(alert, now) {
+                Ok(()) => out.push((pos, TargetRef::Stored(s.stored.id), s.stored.target.clone())),
+                Err(held) => {
+                    tracing::debug!(
+                        target_id = s.stored.id,
+                        ?held,
+                        "alert held back by the rate limit"
+                    )
+                }
+            }
+            pos += 1;
+        }
+        out
+    }
+
+    /// Send `alert` to every target whose rate limit admits it, in background tasks. Must be
+    /// called inside a tokio runtime.
+    pub fn notify(self: &Arc<Self>, alert: Alert) {
+        tracing::info!(kind = alert.kind.as_str(), printer = ?alert.printer, "alert: {}: {}", alert.title, alert.message);
+        for (pos, r, target) in self.admit_all(&alert, Instant::now()) {
             let me = self.clone();
             let alert = alert.clone();
             tokio::spawn(async move {
-                let d = me.deliver(i, &alert).await;
+                let d = me.deliver(pos, r, &target, &alert).await;
                 if let Some(e) = &d.error {
                     tracing::warn!("alert to {} failed: {e}", d.label);
                 }
@@ -460,56 +626,87 @@ impl Notifier {
         }
     }
 
-    /// The test button: send a test alert to every target now (only the repeat rule of the
-    /// budget is skipped) and report each result.
-    pub async fn test(self: &Arc<Self>, by_user: &str) -> Vec<Delivery> {
-        let alert = Alert::new(
+    fn test_alert(by_user: &str) -> Alert {
+        Alert::new(
             AlertKind::Test,
             None,
             "printgate test alert",
             format!("Test alert sent by {by_user}. If you read this, alerts reach you."),
-        );
-        let now = Instant::now();
+        )
+    }
+
+    /// The test button: send a test alert to every target now (only the repeat rule of the
+    /// budget is skipped) and report each result.
+    pub async fn test(self: &Arc<Self>, by_user: &str) -> Vec<Delivery> {
+        let alert = Self::test_alert(by_user);
+        let refs: Vec<TargetRef> = self.targets().iter().map(|t| t.target_ref).collect();
         let mut out = Vec::new();
-        for i in 0..self.config.targets.len() {
-            let admitted = lock(&self.limits).get_mut(i).map(|l| l.admit(&alert, now));
-            let d = match admitted {
-                Some(Ok(())) => self.deliver(i, &alert).await,
-                _ => Delivery {
-                    target: i,
-                    label: self.label(i),
-                    kind: alert.kind,
-                    error: Some(format!(
-                        "not sent: this target's limit of {} alerts per hour is used up; try again later",
-                        self.config.max_per_hour
-                    )),
-                },
-            };
-            let _ = self.deliveries.send(d.clone());
-            out.push(d);
+        for r in refs {
+            if let Some(d) = self.test_target(r, &alert).await {
+                out.push(d);
+            }
         }
         out
     }
 
-    fn label(&self, i: usize) -> String {
-        self.config
-            .targets
-            .get(i)
-            .map(AlertTarget::label)
-            .unwrap_or_default()
+    /// The test button of one target: `None` when there is no such target.
+    pub async fn test_one(self: &Arc<Self>, target: TargetRef, by_user: &str) -> Option<Delivery> {
+        self.test_target(target, &Self::test_alert(by_user)).await
     }
 
-    async fn deliver(&self, i: usize, alert: &Alert) -> Delivery {
-        let error = match self.config.targets.get(i) {
-            None => Err("no such target".to_string()),
-            Some(AlertTarget::Ntfy { url, token }) => self.ntfy(url, token.as_deref(), alert).await,
-            Some(AlertTarget::Webhook { url }) => self.webhook(url, alert).await,
-            Some(AlertTarget::Buzzer { pulse_ms, .. }) => self.buzz(*pulse_ms, alert).await,
+    async fn test_target(&self, r: TargetRef, alert: &Alert) -> Option<Delivery> {
+        let now = Instant::now();
+        let (pos, target, admitted) = match r {
+            TargetRef::Config(i) => {
+                let t = self.config.targets.get(i)?.clone();
+                let admitted = lock(&self.limits).get_mut(i).map(|l| l.admit(alert, now));
+                (i, t, admitted)
+            }
+            TargetRef::Stored(id) => {
+                let mut stored = lock(&self.stored);
+                let (j, slot) = stored
+                    .iter_mut()
+                    .enumerate()
+                    .find(|(_, s)| s.stored.id == id)?;
+                let t = slot.stored.target.clone();
+                let admitted = Some(slot.limiter.admit(alert, now));
+                (self.config.targets.len() + j, t, admitted)
+            }
+        };
+        let d = match admitted {
+            Some(Ok(())) => self.deliver(pos, r, &target, alert).await,
+            _ => Delivery {
+                target: pos,
+                target_id: r.to_string(),
+                label: target.label(),
+                kind: alert.kind,
+                error: Some(format!(
+                    "not sent: this target's limit of {} alerts per hour is used up; try again later",
+                    self.config.max_per_hour
+                )),
+            },
+        };
+        let _ = self.deliveries.send(d.clone());
+        Some(d)
+    }
+
+    async fn deliver(
+        &self,
+        pos: usize,
+        r: TargetRef,
+        target: &AlertTarget,
+        alert: &Alert,
+    ) -> Delivery {
+        let error = match target {
+            AlertTarget::Ntfy { url, token } => self.ntfy(url, token.as_deref(), alert).await,
+            AlertTarget::Webhook { url } => self.webhook(url, alert).await,
+            AlertTarget::Buzzer { pulse_ms, .. } => self.buzz(*pulse_ms, alert).await,
         }
         .err();
         Delivery {
-            target: i,
-            label: self.label(i),
+            target: pos,
+            target_id: r.to_string(),
+            label: target.label(),
             kind: alert.kind,
             error,
         }
@@ -575,6 +772,26 @@ impl Notifier {
             pin.set(false);
         }
         Ok(())
+    }
+}
+
+fn summary(r: TargetRef, name: Option<String>, t: &AlertTarget) -> TargetSummary {
+    TargetSummary {
+        target_ref: r,
+        name,
+        kind: t.kind_name(),
+        label: t.label(),
+        has_token: matches!(t, AlertTarget::Ntfy { token: Some(_), .. }),
+    }
+}
+
+impl AlertsConfig {
+    /// A fresh rate limiter with this configuration's limits.
+    fn limiter(&self) -> RateLimiter {
+        RateLimiter::new(
+            Duration::from_secs(self.repeat_after_secs),
+            self.max_per_hour,
+        )
     }
 }
 

@@ -1,6 +1,6 @@
 //! The OpenAPI reference of the JSON API (`GET /api/v1/openapi.json`) against the real gateway:
 //! it is valid JSON in OpenAPI 3.1 form, it documents every `/api/v1/` route of the router with
-//! the same methods (the routes are found by scanning `src/web/`, so a new API route without an
+//! the same methods (the routes are found by scanning `src/web/` and `src/safety/web.rs`, so a new API route without an
 //! annotation fails here), its references resolve to the schemas it names, and it is served
 //! only to signed-in callers like the rest of the API.
 
@@ -10,10 +10,13 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
-/// Every `(method, path)` of a `.route("/api/v1/…", …)` call in `src/web/`.
+/// Every `(method, path)` of a `.route("/api/v1/…", …)` call in `src/web/` and
+/// `src/safety/web.rs`.
 fn api_routes() -> BTreeSet<(String, String)> {
-    let mut files = Vec::new();
-    let mut dirs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/web")];
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // The safety room serves its API from its own module.
+    let mut files = vec![root.join("src/safety/web.rs")];
+    let mut dirs = vec![root.join("src/web")];
     while let Some(d) = dirs.pop() {
         for entry in std::fs::read_dir(&d).unwrap() {
             let p = entry.unwrap().path();
@@ -133,7 +136,7 @@ async fn the_document_lists_every_api_route_and_needs_a_sign_in() {
     // Every API route of the router is documented with the same methods, and nothing else.
     let routes = api_routes();
     assert!(
-        routes.len() >= 8,
+        routes.len() >= 18,
         "the source scan found the API routes: {routes:?}"
     );
     let mut documented = BTreeSet::new();
@@ -158,6 +161,11 @@ async fn the_document_lists_every_api_route_and_needs_a_sign_in() {
         "UploadRequest",
         "ApiControl",
         "ErrorBody",
+        "ApiAlertTarget",
+        "NewAlertTarget",
+        "ResetBody",
+        "PowerBody",
+        "Delivery",
     ] {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
@@ -174,6 +182,18 @@ async fn the_document_lists_every_api_route_and_needs_a_sign_in() {
         doc["paths"]["/api/v1/printers"]["get"]["responses"]["200"]["content"]["application/json"]
             ["schema"]["items"]["$ref"],
         "#/components/schemas/PrinterView"
+    );
+    assert!(
+        routes.contains(&(
+            "post".to_string(),
+            "/api/v1/safety/emergency-stop".to_string()
+        )),
+        "the scan covers the safety room: {routes:?}"
+    );
+    assert_eq!(
+        doc["paths"]["/api/v1/safety/reset"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/ResetBody"
     );
     let security = doc["components"]["securitySchemes"]
         .as_object()

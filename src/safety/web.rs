@@ -71,14 +71,24 @@ pub fn api_error(e: SafetyError) -> ApiError {
     }
 }
 
-async fn api_status(
+/// Whether safety is tripped, the cause, readings, relays and inputs.
+#[utoipa::path(
+    get,
+    path = "/api/v1/safety",
+    tag = "safety",
+    responses(
+        (status = 200, description = "The safety state: `tripped`, `trip` (the newest open trip; its `id` is what a reset confirms), `trip_description`, `open_trips`, `latched_printers`, `relays`, `printers`, `inputs`, `gpio`, `relay_fail_safe`, `last_warning`", body = serde_json::Value),
+        (status = 503, description = "The safety room is not running", body = crate::web::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn api_status(
     _actor: Actor,
     State(gw): State<Arc<Gateway>>,
 ) -> Result<Json<SafetyView>, ApiError> {
     Ok(Json(handle(&gw)?.status()))
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmergencyStopBody {
     /// One printer (its relay); all printers when absent.
@@ -86,15 +96,31 @@ pub struct EmergencyStopBody {
     pub printer: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EmergencyStopAnswer {
+    /// The trip: `id`, `cause`, `scope`, `affected_printers`, `relays_off`, `at_unix_ms`, `readings`.
+    #[schema(value_type = Object)]
     pub trip: TripRecord,
     /// The trip was written to the database before this answer.
     pub persisted: bool,
+    /// As `GET /api/v1/safety`.
+    #[schema(value_type = Object)]
     pub status: SafetyView,
 }
 
-async fn api_emergency_stop(
+/// Cut power now: every printer, or one printer's relay. The trip latches until a person resets it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/safety/emergency-stop",
+    tag = "safety",
+    request_body(content = Option<EmergencyStopBody>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Power cut; the trip and whether it was written to the database", body = EmergencyStopAnswer),
+        (status = 404, description = "Unknown printer", body = crate::web::openapi::ErrorBody),
+        (status = 503, description = "The safety room is not running", body = crate::web::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn api_emergency_stop(
     Actor(user, _): Actor,
     State(gw): State<Arc<Gateway>>,
     body: Option<Json<EmergencyStopBody>>,
@@ -120,7 +146,7 @@ async fn api_emergency_stop(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetBody {
     /// The id of the newest open trip, as shown on the page the person confirmed.
@@ -130,13 +156,28 @@ pub struct ResetBody {
     pub confirm: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ResetAnswer {
     pub reset_trips: usize,
+    /// As `GET /api/v1/safety`.
+    #[schema(value_type = Object)]
     pub status: SafetyView,
 }
 
-async fn api_reset(
+/// Reset the trip latch after checking the printers; relays stay off until switched on.
+#[utoipa::path(
+    post,
+    path = "/api/v1/safety/reset",
+    tag = "safety",
+    request_body(content = ResetBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Reset", body = ResetAnswer),
+        (status = 400, description = "Not confirmed", body = crate::web::openapi::ErrorBody),
+        (status = 409, description = "Not tripped, an input is still asserted, or a newer trip exists", body = crate::web::openapi::ErrorBody),
+        (status = 503, description = "The safety room is not running", body = crate::web::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn api_reset(
     Actor(user, _): Actor,
     State(gw): State<Arc<Gateway>>,
     Json(body): Json<ResetBody>,
@@ -157,7 +198,7 @@ async fn api_reset(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PowerBody {
     pub printer: String,
@@ -170,7 +211,22 @@ pub struct PowerBody {
     pub confirm: bool,
 }
 
-async fn api_power(
+/// Switch a printer's relay on or off (confirmed; refused while tripped, and while printing
+/// unless forced).
+#[utoipa::path(
+    post,
+    path = "/api/v1/safety/power",
+    tag = "safety",
+    request_body(content = PowerBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Switched: `pin`, `printers` on the relay, `on`, `changed`, `forced`", body = serde_json::Value),
+        (status = 400, description = "Not confirmed", body = crate::web::openapi::ErrorBody),
+        (status = 404, description = "The printer has no relay", body = crate::web::openapi::ErrorBody),
+        (status = 409, description = "Tripped, or printing (use `force`)", body = crate::web::openapi::ErrorBody),
+        (status = 503, description = "The safety room is not running", body = crate::web::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn api_power(
     Actor(user, _): Actor,
     State(gw): State<Arc<Gateway>>,
     Json(body): Json<PowerBody>,
@@ -189,7 +245,7 @@ async fn api_power(
 }
 
 /// Electrical level names accepted by `sim-input` and `printgate gpio set`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LevelName {
     High,
@@ -206,7 +262,7 @@ impl From<LevelName> for Level {
 }
 
 /// Which input to drive: by pin and level, or by name and asserted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SimInputBody {
     #[serde(default)]
@@ -220,7 +276,20 @@ pub struct SimInputBody {
     pub asserted: Option<bool>,
 }
 
-async fn api_sim_input(
+/// Drive a simulated GPIO input (demo, tests, `printgate gpio set`); refused on real GPIO.
+#[utoipa::path(
+    post,
+    path = "/api/v1/safety/sim-input",
+    tag = "safety",
+    request_body(content = SimInputBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The safety state after the input was debounced (as `GET /api/v1/safety`)", body = serde_json::Value),
+        (status = 400, description = "Neither pin and level nor input and asserted given", body = crate::web::openapi::ErrorBody),
+        (status = 409, description = "The GPIO is not simulated", body = crate::web::openapi::ErrorBody),
+        (status = 503, description = "The safety room is not running", body = crate::web::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn api_sim_input(
     _actor: Actor,
     State(gw): State<Arc<Gateway>>,
     Json(body): Json<SimInputBody>,
@@ -266,14 +335,25 @@ async fn api_sim_input(
         .map_err(api_error)
 }
 
-async fn api_alerts_test(
+/// Send a test alert to every notification target and report each result.
+#[utoipa::path(
+    post,
+    path = "/api/v1/alerts/test",
+    tag = "notifications",
+    responses(
+        (status = 200, description = "One result per target (`error` is null when delivered)", body = [Delivery]),
+        (status = 400, description = "No targets", body = crate::web::openapi::ErrorBody),
+        (status = 503, description = "The safety room is not running", body = crate::web::openapi::ErrorBody),
+    )
+)]
+pub(crate) async fn api_alerts_test(
     Actor(user, _): Actor,
     State(gw): State<Arc<Gateway>>,
 ) -> Result<Json<Vec<Delivery>>, ApiError> {
     let h = handle(&gw)?;
-    if h.notifier().config().targets.is_empty() {
+    if h.notifier().target_count() == 0 {
         return Err(ApiError::bad_request(
-            "no alert targets configured; add [[alerts.targets]] (ntfy, webhook or buzzer) to printgate.toml",
+            "no alert targets configured; add one under Settings → Notifications, or [[alerts.targets]] (ntfy, webhook or buzzer) in printgate.toml",
         ));
     }
     Ok(Json(h.notifier().test(&user).await))

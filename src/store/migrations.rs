@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/005_users.sql"),
     include_str!("migrations/006_jobs_by_printer.sql"),
     include_str!("migrations/007_printer_credentials.sql"),
+    include_str!("migrations/008_alert_targets.sql"),
 ];
 
 /// The schema version this build writes (= number of known migrations).

@@ -7,6 +7,7 @@
 //! no newer printgate wrote it. Any doubt leaves the file untouched and returns an error that
 //! says what to do.
 
+pub mod alert_targets;
 pub mod backup;
 mod events;
 pub mod files;

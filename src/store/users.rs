@@ -40,6 +40,26 @@ pub struct ApiTokenRow {
     pub revoked_at_ms: Option<i64>,
 }
 
+/// Outcome of [`Store::create_user`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewUser {
+    Created(UserRow),
+    /// An account of that name (in any case) exists.
+    NameTaken,
+}
+
+/// Outcome of [`Store::delete_user`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserDeletion {
+    /// Deleted, with every session and API token of the account.
+    Deleted,
+    NotFound,
+    /// Refused: it is the account of the person asking.
+    Yourself,
+    /// Refused: it is the only account.
+    LastAccount,
+}
+
 /// Outcome of [`Store::create_first_user`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FirstUser {
@@ -123,6 +143,63 @@ impl Store {
                 user_row,
             )
             .optional()?)
+    }
+
+    /// Every account, oldest first.
+    pub fn list_users(&self) -> Result<Vec<UserRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))?;
+        let rows = stmt.query_map([], user_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Add an account (there is one role today: every account may do everything). Only after
+    /// setup: a pending setup code stays the way to create the first one.
+    pub fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now_ms: i64,
+    ) -> Result<NewUser, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if user_by_name_in(&tx, username)?.is_some() {
+            return Ok(NewUser::NameTaken);
+        }
+        tx.execute(
+            "INSERT INTO users (username, password_hash, is_admin, created_at_ms)
+             VALUES (?1, ?2, 1, ?3)",
+            params![username, password_hash, now_ms],
+        )?;
+        let user = user_by_name_in(&tx, username)?
+            .ok_or_else(|| StoreError::Other(format!("account {username:?} vanished")))?;
+        tx.commit()?;
+        Ok(NewUser::Created(user))
+    }
+
+    /// Delete account `id` on behalf of account `acting_user_id`: never the asking account and
+    /// never the last one. Its sessions and API tokens end in the same transaction.
+    pub fn delete_user(&self, id: i64, acting_user_id: i64) -> Result<UserDeletion, StoreError> {
+        if id == acting_user_id {
+            return Ok(UserDeletion::Yourself);
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists: i64 = tx.query_row("SELECT count(*) FROM users WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?;
+        if exists == 0 {
+            return Ok(UserDeletion::NotFound);
+        }
+        let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+        if users <= 1 {
+            return Ok(UserDeletion::LastAccount);
+        }
+        tx.execute("DELETE FROM sessions WHERE user_id = ?1", [id])?;
+        tx.execute("DELETE FROM api_tokens WHERE user_id = ?1", [id])?;
+        tx.execute("DELETE FROM users WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(UserDeletion::Deleted)
     }
 
     /// Set the password of `username`, creating the account (as an administrator) if it does
@@ -399,5 +476,57 @@ impl Store {
             params![token_id, user_id, now_ms],
         )?;
         Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_added_and_deleted_but_never_the_last_or_oneself() {
+        let store = Store::open_in_memory().unwrap();
+        let NewUser::Created(a) = store.create_user("anna", "h1", 1).unwrap() else {
+            panic!("created");
+        };
+        assert_eq!(
+            store.create_user("ANNA", "h2", 2).unwrap(),
+            NewUser::NameTaken
+        );
+        let NewUser::Created(b) = store.create_user("ben", "h2", 2).unwrap() else {
+            panic!("created");
+        };
+        store
+            .insert_session(&SessionRow {
+                id_hash: "s".into(),
+                user_id: b.id,
+                csrf_token: "c".into(),
+                created_at_ms: 0,
+                last_seen_ms: 0,
+                expires_at_ms: i64::MAX,
+            })
+            .unwrap();
+        store.insert_api_token(b.id, "t", "th", None, 0).unwrap();
+        assert_eq!(store.list_users().unwrap().len(), 2);
+        assert_eq!(
+            store.delete_user(a.id, a.id).unwrap(),
+            UserDeletion::Yourself
+        );
+        assert_eq!(
+            store.delete_user(999, a.id).unwrap(),
+            UserDeletion::NotFound
+        );
+        assert_eq!(
+            store.delete_user(b.id, a.id).unwrap(),
+            UserDeletion::Deleted
+        );
+        assert!(store.session_with_user("s").unwrap().is_none());
+        assert!(!store.api_token_exists("th").unwrap());
+        assert_eq!(store.list_users().unwrap(), vec![a.clone()]);
+        // Only one left: even another account (were it to exist) could not delete it.
+        assert_eq!(
+            store.delete_user(a.id, 999).unwrap(),
+            UserDeletion::LastAccount
+        );
     }
 }

@@ -12,6 +12,8 @@ pub mod printer_page;
 pub mod queue;
 pub mod safety_page;
 pub mod settings;
+pub mod settings_notifications;
+pub mod settings_users;
 pub mod views;
 
 use crate::Gateway;
@@ -41,6 +43,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(printer_page::routes())
         .merge(printer_login::routes())
         .merge(settings::routes())
+        .merge(settings_notifications::routes(&gw))
+        .merge(settings_users::routes())
         .merge(safety_page::routes())
         .merge(crate::safety::web::routes())
         .merge(assets::routes());

@@ -204,9 +204,9 @@ async fn alerts_test(State(gw): State<Arc<Gateway>>, actor: Actor) -> Response {
     let Some(h) = gw.safety.as_ref() else {
         return not_running();
     };
-    if h.notifier().config().targets.is_empty() {
+    if h.notifier().target_count() == 0 {
         return back(
-            "No alert targets configured; add [[alerts.targets]] (ntfy, webhook or buzzer) to printgate.toml",
+            "No alert targets configured; add one under Settings → Notifications, or [[alerts.targets]] (ntfy, webhook or buzzer) in printgate.toml",
         );
     }
     let results = h.notifier().test(&actor.0).await;
