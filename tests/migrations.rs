@@ -83,6 +83,9 @@ fn template(dir: &Path) -> PathBuf {
             1_760_000_200_000,
         )
         .unwrap();
+    store
+        .issue_printer_credential("Voron", "voron", 1_760_000_250_000)
+        .unwrap();
     // Rows the dispatcher and the safety room write, in the shape they write them.
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
