@@ -144,13 +144,13 @@ pub struct PrinterConfig {
     pub kind: PrinterKind,
     /// Bambu model; `KLIPPER` for Moonraker printers (may be left out there).
     pub model: Model,
-    /// 15-character serial (printer screen / SSDP USN), case-sensitive. Bambu only.
-    #[serde(default)]
+    /// 15-character serial (printer screen / SSDP USN), case-sensitive. Bambu only (empty for
+    /// Moonraker printers).
     pub serial: String,
     /// IP address or host name on the LAN.
     pub host: String,
-    /// 8-character LAN access code from the printer screen. Bambu only.
-    #[serde(default)]
+    /// 8-character LAN access code from the printer screen. Bambu only (empty for Moonraker
+    /// printers).
     pub access_code: String,
     #[serde(default)]
     pub tls: TlsMode,
@@ -873,15 +873,23 @@ fn parse_printer(
     errs: &mut Vec<ConfigError>,
 ) -> Option<(PrinterConfig, bool)> {
     let mut model_known = true;
-    let moonraker = matches!(t.get("kind"), Some(toml::Value::String(k)) if k.eq_ignore_ascii_case("moonraker"));
     let klipper_model = matches!(t.get("model"), Some(toml::Value::String(m)) if Model::parse(m) == Some(Model::Klipper));
+    if klipper_model && !t.contains_key("kind") {
+        t.insert("kind".into(), toml::Value::String("moonraker".into()));
+    }
+    let moonraker = matches!(t.get("kind"), Some(toml::Value::String(k)) if k.eq_ignore_ascii_case("moonraker"));
+    if moonraker {
+        // Bambu-only keys a Moonraker printer leaves out (set ones are reported later).
+        for key in ["serial", "access_code"] {
+            t.entry(key)
+                .or_insert_with(|| toml::Value::String(String::new()));
+        }
+    }
     if moonraker && !t.contains_key("model") {
         t.insert(
             "model".into(),
             toml::Value::String(Model::Klipper.config_name().into()),
         );
-    } else if klipper_model && !t.contains_key("kind") {
-        t.insert("kind".into(), toml::Value::String("moonraker".into()));
     }
     if let Some(toml::Value::String(name)) = t.get("model") {
         match Model::parse(name) {

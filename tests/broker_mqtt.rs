@@ -41,10 +41,12 @@ async fn rig() -> Rig {
         access: Access::Read,
     });
     config.broker = broker_cfg.clone();
+    // The demo's Klipper printer has no access code.
     let access_codes = config
         .printers
         .iter()
         .map(|p| p.access_code.clone())
+        .filter(|c| !c.is_empty())
         .collect();
     let token = CancellationToken::new();
     let gateway = printgate::start(config, token.clone()).await.unwrap();

@@ -148,7 +148,7 @@ fn unknown_keys_are_named_with_the_valid_ones() {
         vec![
             "colour: unknown key; valid keys at the top level: data_dir, web, link, dispatch, printers, safety, alerts, broker",
             "web.port: unknown key; valid keys in [web]: listen, secure_cookies",
-            "printers[1].hostname: unknown key; valid keys in [[printers]]: name, model, serial, host, access_code, tls, mqtt_port, ftps_port (did you mean host?)",
+            "printers[1].hostname: unknown key; valid keys in [[printers]]: name, kind, model, serial, host, access_code, tls, mqtt_port, ftps_port, instance_name, http_port, api_key (did you mean host?)",
             "printers[1].host: missing; every [[printers]] needs name, model, serial, host and access_code (add host = …)",
         ]
     );
@@ -293,7 +293,7 @@ fn unknown_model_lists_the_valid_ones() {
     assert_eq!(
         case.errors_with("model = \"P1S\"", "model = \"P1X\""),
         vec![
-            "printers[1].model = \"P1X\": unknown printer model; use one of X1C, X1E, P1P, P1S, A1, A1MINI, P2S, H2D"
+            "printers[1].model = \"P1X\": unknown printer model; use one of X1C, X1E, P1P, P1S, A1, A1MINI, P2S, H2D (Bambu Lab), or KLIPPER with kind = \"moonraker\""
         ]
     );
 }
@@ -483,10 +483,10 @@ nozzle = 0.4
         [
             "web.listen = \"0.0.0.0\": not an IP address with a port; write e.g. \"0.0.0.0:8080\" (all interfaces) or \"192.168.1.10:8080\"",
             "dispatch.start_window_secs = 0: must be between 1 and 600 seconds (default 60)",
-            "printers[0].model = \"X9\": unknown printer model; use one of X1C, X1E, P1P, P1S, A1, A1MINI, P2S, H2D",
+            "printers[0].model = \"X9\": unknown printer model; use one of X1C, X1E, P1P, P1S, A1, A1MINI, P2S, H2D (Bambu Lab), or KLIPPER with kind = \"moonraker\"",
             "printers[0].name = \"Shop: X1C\": ':' is not allowed; printer names may use only letters, digits, spaces, '-' and '_' (1–32 characters, no space at either end) because they appear in URLs and MQTT topics",
             "printers[0].access_code = <3 hidden characters>: the LAN access code has exactly 8 characters, this one has 3; copy it from the printer's screen (LAN Only / Access Code)",
-            "printers[1].nozzle: unknown key; valid keys in [[printers]]: name, model, serial, host, access_code, tls, mqtt_port, ftps_port",
+            "printers[1].nozzle: unknown key; valid keys in [[printers]]: name, kind, model, serial, host, access_code, tls, mqtt_port, ftps_port, instance_name, http_port, api_key",
             "printers[1].serial = \"00M09A123456789\": this serial starts with 00M, which is a X1C serial, but model = \"A1\" (A1 serials start with 039); correct the model or the serial",
             "printers[1].host = \"http://printer\": not an IP address or host name; write just the printer's address, e.g. \"192.168.1.50\" or \"x1c.local\" (no http://, port or path)",
             "printers[1].ftps_port = 0: port 0 cannot be used; leave the key out to use the printer's standard port 990",
@@ -590,4 +590,94 @@ acces_code = "{}"
     let err = Config::parse_toml(&text, ORIGIN).unwrap_err();
     assert!(!err.to_string().contains(codes[0]), "{err}");
     assert!(!format!("{err:?}").contains(codes[0]), "{err:?}");
+}
+
+const VORON: &str = r#"
+[[printers]]
+name = "Workbench Voron"
+kind = "moonraker"
+instance_name = "voron"
+host = "192.168.1.60"
+"#;
+
+#[test]
+fn a_moonraker_printer_needs_no_serial_or_access_code() {
+    let case = Case::new();
+    let text = format!("{}{VORON}", case.good_with("", ""));
+    let config = Config::parse_toml(&text, ORIGIN).unwrap();
+    let p = &config.printers[2];
+    assert_eq!(p.kind, printgate::config::PrinterKind::Moonraker);
+    assert_eq!(p.model, Model::Klipper);
+    assert_eq!(p.http_port, 7125);
+    assert!(p.serial.is_empty() && p.access_code.is_empty());
+    // model = "klipper" alone means kind = "moonraker".
+    let text = format!(
+        "{}{}",
+        case.good_with("", ""),
+        VORON.replace("kind = \"moonraker\"", "model = \"klipper\"")
+    );
+    assert_eq!(
+        Config::parse_toml(&text, ORIGIN).unwrap().printers[2].kind,
+        printgate::config::PrinterKind::Moonraker
+    );
+}
+
+#[test]
+fn moonraker_printer_mistakes_are_named() {
+    let case = Case::new();
+    let bad = VORON
+        .replace("instance_name = \"voron\"", "instance_name = \"vo/ron\"")
+        .replace(
+            "host = \"192.168.1.60\"",
+            "host = \"192.168.1.60\"\naccess_code = \"12345678\"\nhttp_port = 0",
+        );
+    let errs = case.errors(&format!("{}{bad}", case.good_with("", "")));
+    assert_eq!(
+        errs,
+        [
+            "printers[2].instance_name = \"vo/ron\": '/' is not allowed; write the instance_name of the [mqtt] section in the printer's moonraker.conf (letters, digits, '-', '_', '.')",
+            "printers[2].http_port = 0: port 0 cannot be used; leave the key out to use Moonraker's standard port 7125",
+            "printers[2].access_code = (set): access_code belongs to Bambu printers; remove it from this kind = \"moonraker\" printer",
+        ]
+    );
+    // Two printers with one instance name; a reserved name; no broker for Moonraker to reach.
+    let twice = format!(
+        "{}{VORON}{}",
+        case.good_with("", ""),
+        VORON.replace("Workbench Voron", "Second Voron")
+    );
+    assert!(case.errors(&twice).iter().any(|e| e.starts_with(
+        "printers[3].instance_name = \"voron\": printers[2] already uses this instance_name"
+    )),);
+    let reserved = format!(
+        "{}{}",
+        case.good_with("", ""),
+        VORON.replace("\"voron\"", "\"printgate\"")
+    );
+    assert!(
+        case.errors(&reserved)
+            .iter()
+            .any(|e| e.contains("reserved for printgate's own topics"))
+    );
+    let off = format!(
+        "{}\n[broker]\nmode = \"off\"\n{VORON}",
+        case.good_with("", "")
+    );
+    assert!(case.errors(&off).iter().any(|e| {
+        e.starts_with("printers[2].kind = \"moonraker\": Workbench Voron is a Moonraker printer")
+    }));
+    // A Bambu model with kind = "moonraker", and KLIPPER with kind = "bambu".
+    let mixed = format!(
+        "{}{}",
+        case.good_with("", ""),
+        VORON.replace(
+            "kind = \"moonraker\"",
+            "kind = \"moonraker\"\nmodel = \"X1C\""
+        )
+    );
+    assert!(
+        case.errors(&mixed)
+            .iter()
+            .any(|e| e.contains("a Moonraker printer is a Klipper printer"))
+    );
 }
