@@ -28,6 +28,10 @@
     text(card, "nozzle", temp(p.nozzle_temp) + " / " + temp(p.nozzle_target) + " °C");
     text(card, "bed", temp(p.bed_temp) + " / " + temp(p.bed_target) + " °C");
     if (p.chamber_temp !== null) text(card, "chamber", temp(p.chamber_temp) + " °C");
+    // A printer message (e.g. "Klipper is shutdown: …") appearing or going reloads the card.
+    var msg = card.querySelector('[data-field="printer_message"]');
+    if (!msg !== !p.printer_message) { location.reload(); return; }
+    if (msg) text(card, "printer_message", p.printer_message);
     var plate = card.querySelector('[data-field="plate"]');
     // A plate or HMS change changes what the card offers: reload it from the server.
     if (plate && plate.dataset.plate !== p.plate.state) location.reload();
