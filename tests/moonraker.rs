@@ -195,6 +195,22 @@ async fn a_klipper_job_waits_for_the_tap_starts_once_is_confirmed_and_occupies_t
         "starts carry mqtt_timestamp"
     );
     assert_eq!(starts(&r.sim), 1);
+    // The card names the job, not printgate's file name on the printer.
+    let gw = r.tg.gw().clone();
+    let mut rx = gw.printers[0].link.subscribe();
+    tokio::time::timeout(
+        WAIT,
+        rx.wait_for(|s| s.state.as_ref().is_some_and(|st| st.gcode_file.is_some())),
+    )
+    .await
+    .expect("printing file reported")
+    .unwrap();
+    let printers = r.api.printers().await.unwrap();
+    assert_eq!(
+        printers.body[0]["job_name"], "benchy",
+        "{:?}",
+        printers.body
+    );
 
     r.sim.finish_now();
     r.tg.wait_job(job, JobState::Finished).await;

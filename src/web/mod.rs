@@ -96,6 +96,15 @@ pub(crate) fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
             let paused = runtime.is_some_and(|r| r.paused);
             let mut view =
                 views::printer_view(&p.name, p.model, &snap, now, gw.hms_text, plate, paused);
+            // A file printgate named (`pg-<id>.gcode`, Klipper printers show the file name):
+            // show the job's own name instead.
+            if let Some(shown) = view.job_name.clone()
+                && crate::jobs::model::subtask_id_in_remote_name(&shown).is_some()
+                && let Ok(Some(job)) = gw.store.last_started_job_on(&p.name)
+                && shown.ends_with(&job.remote_name())
+            {
+                view.job_name = Some(job.name);
+            }
             if view.plate.state != "clear" {
                 view.thumbnail_url = gw
                     .store

@@ -67,7 +67,19 @@ struct Conn {
     /// The outstanding full query, if any (id, sent at).
     query: Option<(u64, Instant)>,
     next_poll: Instant,
+    /// No full answer yet since Moonraker came online: Moonraker says "online" before it has
+    /// subscribed to its request topic, so the first query may be lost; it is repeated after
+    /// this delay (doubling).
+    first_query_retry: Option<Duration>,
+    /// When Moonraker last came online on this connection.
+    online_at: Instant,
 }
+
+/// First repeat of an unanswered first query; doubles up to [`FIRST_QUERY_RETRY_MAX`].
+const FIRST_QUERY_RETRY: Duration = Duration::from_millis(250);
+const FIRST_QUERY_RETRY_MAX: Duration = Duration::from_secs(4);
+/// How often the session's timer runs (polls, silence, retries).
+const TICK: Duration = Duration::from_millis(250);
 
 pub(super) struct Session {
     cfg: PrinterConfig,
@@ -206,9 +218,12 @@ impl Session {
             awaiting: VecDeque::new(),
             query: None,
             next_poll: Instant::now(),
+            first_query_retry: None,
+            online_at: Instant::now(),
         };
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
-            let tick = Instant::now() + Duration::from_secs(1);
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
                     let _ = conn.client.try_disconnect();
@@ -228,7 +243,7 @@ impl Session {
                     Some(r) => self.on_request(&mut conn, r),
                     None => break Ended::Shutdown,
                 },
-                _ = tokio::time::sleep_until(tick) => self.on_timer(&mut conn),
+                _ = tick.tick() => self.on_timer(&mut conn),
             }
         };
         for a in conn.awaiting.drain(..) {
@@ -323,6 +338,8 @@ impl Session {
                 conn.moonraker_online = true;
                 conn.status = KlipperStatus::default();
                 conn.query = None;
+                conn.first_query_retry = Some(FIRST_QUERY_RETRY);
+                conn.online_at = Instant::now();
                 self.snap.send_modify(|s| {
                     s.connection_epoch += 1;
                     s.link = LinkState::Online;
@@ -376,10 +393,14 @@ impl Session {
                 }
                 match response.outcome {
                     Ok(result) => match conn.status.replace(&result) {
-                        Ok(()) => self.publish_status(conn, true),
+                        Ok(()) => {
+                            conn.first_query_retry = None;
+                            self.publish_status(conn, true)
+                        }
                         Err(e) => tracing::warn!("unusable objects query answer: {e}"),
                     },
                     Err(e) => {
+                        conn.first_query_retry = None;
                         // Typically "Klippy Disconnected": Moonraker runs, Klipper does not.
                         let mut state = conn.status.to_state();
                         state.gcode_state = crate::printer::GcodeState::Unknown;
@@ -517,6 +538,20 @@ impl Session {
         conn.pending
             .retain(|_, p| now.duration_since(p.sent_at) < PENDING_MAX_AGE);
         if !conn.moonraker_online {
+            return;
+        }
+        if let (Some(retry), Some((_, sent))) = (conn.first_query_retry, conn.query)
+            && now.duration_since(sent) >= retry
+        {
+            // The earlier query stays pending: a late answer still counts.
+            conn.first_query_retry = Some((retry * 2).min(FIRST_QUERY_RETRY_MAX));
+            conn.query = None;
+            self.send_query(conn);
+            if now.duration_since(conn.online_at)
+                > Duration::from_secs(self.link.silence_reconnect_secs.max(1))
+            {
+                self.set_link(LinkState::Silent);
+            }
             return;
         }
         if let Some((_, sent)) = conn.query
