@@ -142,7 +142,10 @@ mod tests {
     fn capacity_paths_and_lookup() {
         let mut s = GcodeStore::default();
         assert!(s.put("/a.gcode", vec![0; 10], Some(15)).is_ok());
-        assert!(s.put("a.gcode", vec![0; 15], Some(15)).is_ok(), "replacing frees the old size");
+        assert!(
+            s.put("a.gcode", vec![0; 15], Some(15)).is_ok(),
+            "replacing frees the old size"
+        );
         assert_eq!(
             s.put("b.gcode", vec![0; 1], Some(15)).err(),
             Some(FileError::Full { needed: 1, free: 0 })

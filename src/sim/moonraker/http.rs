@@ -28,8 +28,8 @@ use tokio::sync::Notify;
 
 use super::files::{self, FileError, item_json};
 use super::knobs::{KlippyState, UploadFailure};
-use super::model::PrintState;
 use super::log::UploadRecord;
+use super::model::PrintState;
 use super::{Shared, SimState};
 
 /// Moonraker's default `max_upload_size` (1024 MiB).
@@ -54,8 +54,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         let kill = Arc::new(Notify::new());
         let svc = TowerToHyperService::new(app.clone().layer(Extension(ConnKill(kill.clone()))));
         tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc);
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = kill.notified() => {}
@@ -271,7 +271,10 @@ async fn upload(
             PrintState::Printing | PrintState::Paused
         ) && st.printer.klippy() == KlippyState::Ready;
         if busy && st.printer.filename == rel {
-            return http_error(StatusCode::FORBIDDEN, "File is loaded, upload not permitted");
+            return http_error(
+                StatusCode::FORBIDDEN,
+                "File is loaded, upload not permitted",
+            );
         }
         let capacity = if knobs.upload_failure == UploadFailure::DiskFull {
             Some(0)

@@ -48,7 +48,20 @@ pub struct MoonrakerSimConfig {
     pub api_key: Option<String>,
     pub time_scale: f64,
     pub publish_split_status: bool,
+    /// `[mqtt] status_objects`: object name and its fields (`None` = all fields). Empty: no
+    /// status is published at all (as in Moonraker).
+    pub status_objects: Vec<(String, Option<Vec<String>>)>,
 }
+
+/// The objects printgate asks users to list under `status_objects` (issue #9), all fields.
+pub const DEFAULT_STATUS_OBJECTS: [&str; 6] = [
+    "webhooks",
+    "print_stats",
+    "virtual_sdcard",
+    "display_status",
+    "extruder",
+    "heater_bed",
+];
 
 impl MoonrakerSimConfig {
     pub fn new(instance_name: &str, broker: SocketAddr) -> Self {
@@ -62,6 +75,10 @@ impl MoonrakerSimConfig {
             api_key: None,
             time_scale: 1.0,
             publish_split_status: false,
+            status_objects: DEFAULT_STATUS_OBJECTS
+                .iter()
+                .map(|o| (o.to_string(), None))
+                .collect(),
         }
     }
 }
@@ -98,6 +115,8 @@ pub(crate) struct Shared {
     pub offline: watch::Sender<bool>,
     /// Set once by `shutdown`.
     pub stopping: watch::Sender<bool>,
+    /// `status_objects` as a `printer.objects.query` argument.
+    pub subscription: Map<String, Value>,
     started: Instant,
 }
 
@@ -254,7 +273,18 @@ impl SimMoonraker {
             jobs_started: 0,
             status_publishes: 0,
         });
+        let subscription = cfg
+            .status_objects
+            .iter()
+            .map(|(name, fields)| {
+                let v = fields.as_ref().map_or(Value::Null, |f| {
+                    Value::Array(f.iter().cloned().map(Value::String).collect())
+                });
+                (name.clone(), v)
+            })
+            .collect();
         let shared = Arc::new(Shared {
+            subscription,
             cfg,
             knobs,
             log: RpcLog::new(),

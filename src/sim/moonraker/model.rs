@@ -428,7 +428,12 @@ impl Printer {
 
     /// `M104`/`M109`/`M140`/`M190` and the print macros of a `printer.gcode.script`.
     pub fn run_gcode_line(&mut self, line: &str) {
-        let code = line.split(';').next().unwrap_or("").trim().to_ascii_uppercase();
+        let code = line
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_uppercase();
         let cmd = code.split_whitespace().next().unwrap_or("");
         match cmd {
             "M104" | "M109" => {
@@ -527,7 +532,7 @@ impl Printer {
         Some(v)
     }
 
-    /// Every object's full status (what `status_objects` with all objects subscribes to).
+    /// Every object's full status.
     pub fn full_status(&self) -> Map<String, Value> {
         OBJECTS
             .iter()
@@ -650,7 +655,13 @@ mod tests {
         let before = p.full_status();
         p.run_gcode_line("M104 S200");
         let d = status_delta(&before, &p.full_status());
-        assert_eq!(d, json!({"extruder": {"target": 200.0}}).as_object().unwrap().clone());
+        assert_eq!(
+            d,
+            json!({"extruder": {"target": 200.0}})
+                .as_object()
+                .unwrap()
+                .clone()
+        );
         let q = p.query(
             json!({"extruder": ["target"], "nope": null, "webhooks": null})
                 .as_object()

@@ -13,7 +13,7 @@ use super::files::{self, item_json};
 use super::knobs::{KlippyState, MoonrakerKnobValues};
 use super::log::{RpcEntry, RpcOutcome};
 use super::model::{OBJECTS, PrintState};
-use super::{SimState, Shared};
+use super::{Shared, SimState};
 
 /// `DUP_API_REQ_CODE` in Moonraker's mqtt.py.
 pub const DUP_API_REQ_CODE: i64 = -10000;
@@ -230,9 +230,9 @@ fn execute(
                 .ok_or_else(|| (400, "Missing Argument [objects]".to_string()))?
                 .as_object()
                 .ok_or_else(|| (400, "Invalid Argument Type [objects]".to_string()))?;
-            let valid = objects
-                .values()
-                .all(|v| v.is_null() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string)));
+            let valid = objects.values().all(|v| {
+                v.is_null() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+            });
             if !valid {
                 return Err((400, "Invalid argument".into()));
             }
@@ -317,9 +317,12 @@ fn execute(
             let Some(rel) = path.trim_start_matches('/').strip_prefix("gcodes/") else {
                 return Err((400, format!("Invalid root path ({path})")));
             };
-            let rel = files::normalise(rel).ok_or_else(|| (400, format!("Invalid path ({path})")))?;
-            let loaded = matches!(st.printer.print_state, PrintState::Printing | PrintState::Paused)
-                && st.printer.filename == rel;
+            let rel =
+                files::normalise(rel).ok_or_else(|| (400, format!("Invalid path ({path})")))?;
+            let loaded = matches!(
+                st.printer.print_state,
+                PrintState::Printing | PrintState::Paused
+            ) && st.printer.filename == rel;
             if loaded {
                 return Err((403, "File currently in use".into()));
             }
