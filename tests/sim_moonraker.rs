@@ -264,6 +264,12 @@ async fn status_is_full_once_then_deltas() {
     assert!(delta["status"]["extruder"].get("power").is_some());
     assert!(delta["status"]["webhooks"].is_null());
     assert!(sim.truth().borrow().status_publishes >= 2);
+    let conf = sim.moonraker_conf();
+    assert!(conf.starts_with("[mqtt]\naddress: 127.0.0.1\n"), "{conf}");
+    assert!(
+        conf.contains("instance_name: voron\nstatus_objects:\n  webhooks\n"),
+        "{conf}"
+    );
 }
 
 #[tokio::test]
@@ -841,4 +847,43 @@ async fn oversize_status_and_refused_credentials() {
         .clone();
     assert!(!refused.mqtt_connected);
     assert!(refused.mqtt_error.unwrap().contains("username/password"));
+}
+
+/// Moonraker's default `client_id` is empty (paho sends an empty id with MQTT 3.1.1): two
+/// such printers on one broker both work.
+#[tokio::test]
+async fn default_empty_client_ids_coexist() {
+    let b = broker().await;
+    let mut cfg = sim_config(&b);
+    cfg.client_id = None;
+    let first = SimMoonraker::start(cfg.clone()).await.unwrap();
+    connected(&first).await;
+    cfg.instance_name = "other".into();
+    let second = SimMoonraker::start(cfg).await.unwrap();
+    connected(&second).await;
+    let mut gw = Gateway::connect(
+        &b,
+        "gw-empty",
+        &[RESP, "other/moonraker/api/response"],
+        64 * 1024,
+    )
+    .await;
+    assert!(gw.rpc("server.info", json!({})).await["result"].is_object());
+    let req = json!({"jsonrpc": "2.0", "method": "server.info", "id": 1});
+    gw.client
+        .publish(
+            "other/moonraker/api/request",
+            QoS::AtLeastOnce,
+            false,
+            req.to_string(),
+        )
+        .await
+        .unwrap();
+    gw.next_json("other/moonraker/api/response", |v| v["id"] == 1)
+        .await;
+    assert_eq!(
+        first.truth().borrow().mqtt_connections,
+        1,
+        "not kicked by the second"
+    );
 }

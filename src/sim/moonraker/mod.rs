@@ -319,6 +319,38 @@ impl SimMoonraker {
         format!("http://{}", self.http_addr)
     }
 
+    /// The `[mqtt]` section of a `moonraker.conf` that behaves like this simulator (for docs and
+    /// the demo page). The password is written as given.
+    pub fn moonraker_conf(&self) -> String {
+        let c = &self.shared.cfg;
+        let mut out = format!(
+            "[mqtt]\naddress: {}\nport: {}\n",
+            c.broker.ip(),
+            c.broker.port()
+        );
+        if let Some(u) = &c.username {
+            out.push_str(&format!("username: {u}\n"));
+        }
+        if let Some(p) = &c.password {
+            out.push_str(&format!("password: {p}\n"));
+        }
+        if let Some(id) = &c.client_id {
+            out.push_str(&format!("client_id: {id}\n"));
+        }
+        out.push_str(&format!("instance_name: {}\n", c.instance_name));
+        if c.publish_split_status {
+            out.push_str("publish_split_status: True\n");
+        }
+        out.push_str("status_objects:\n");
+        for (name, fields) in &c.status_objects {
+            match fields {
+                None => out.push_str(&format!("  {name}\n")),
+                Some(f) => out.push_str(&format!("  {name}={}\n", f.join(","))),
+            }
+        }
+        out
+    }
+
     pub fn knobs(&self) -> MoonrakerKnobs {
         self.shared.knobs.clone()
     }

@@ -9,7 +9,9 @@
 //! forward and publishes what changed on `{instance}/klipper/status` (or the split
 //! `{instance}/klipper/state/{obj}/{field}` topics). As in Moonraker, nothing is published (or
 //! buffered) while MQTT is down, and the full status is sent only once after Klippy starts, not
-//! after an MQTT reconnect.
+//! after an MQTT reconnect: a gateway that reconnects must ask `printer.objects.query` for the
+//! current state. One kindness differs from Moonraker: if Klippy is ready before the first
+//! CONNACK, the full status waits for the connection instead of being lost.
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet,
