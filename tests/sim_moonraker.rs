@@ -364,6 +364,33 @@ async fn json_rpc_methods_errors_and_duplicates() {
     );
     let bad_params = gw.rpc("server.info", json!([1, 2])).await;
     assert_eq!(bad_params["error"]["code"], -32602);
+    gw.publish_raw(br#"{"jsonrpc":"1.0","method":"server.info","id":"old"}"#.to_vec())
+        .await;
+    let invalid = gw.next_json(RESP, |v| v["id"] == "old").await;
+    assert_eq!(
+        invalid["error"],
+        json!({"code": -32600, "message": "Invalid Request"})
+    );
+    // A notification (no id) runs but gets no response; a batch gets an array back.
+    gw.publish_raw(
+        br#"{"jsonrpc":"2.0","method":"printer.gcode.script","params":{"script":"M117 hi"}}"#
+            .to_vec(),
+    )
+    .await;
+    let batch = json!([
+        {"jsonrpc": "2.0", "method": "server.info", "id": "b1"},
+        {"jsonrpc": "2.0", "method": "nope", "id": "b2"}
+    ]);
+    gw.publish_raw(batch.to_string().into_bytes()).await;
+    let arr = gw.next_json(RESP, |v| v.is_array()).await;
+    assert_eq!(arr[0]["id"], "b1");
+    assert_eq!(arr[1]["error"]["code"], -32601);
+    let note = sim
+        .rpc_log()
+        .wait_for(|e| e.params["script"] == "M117 hi", WAIT)
+        .await
+        .unwrap();
+    assert!(note.executed() && note.response.is_none());
 
     // mqtt_timestamp: the repeat is refused and not executed.
     let ts = 1_700_000_000_000_000u64;
@@ -385,7 +412,12 @@ async fn json_rpc_methods_errors_and_duplicates() {
         json!({"code": -10000, "message": "Duplicate MQTT Request"})
     );
     assert_eq!(sim.truth().borrow().bed_target, 70.0);
-    let entries = sim.rpc_log().calls("printer.gcode.script");
+    let entries: Vec<_> = sim
+        .rpc_log()
+        .calls("printer.gcode.script")
+        .into_iter()
+        .filter(|e| e.mqtt_timestamp.is_some())
+        .collect();
     assert_eq!(entries.len(), 2);
     assert_eq!(entries[0].outcome, RpcOutcome::Executed);
     assert_eq!(entries[1].outcome, RpcOutcome::Duplicate);
@@ -885,5 +917,31 @@ async fn default_empty_client_ids_coexist() {
         first.truth().borrow().mqtt_connections,
         1,
         "not kicked by the second"
+    );
+}
+
+/// With printgate's default broker limits (64 KiB packets) an oversize status gets the simulated
+/// Moonraker disconnected by the broker (its will fires); it comes back and keeps answering.
+#[tokio::test]
+async fn oversize_status_over_default_limits_reconnects() {
+    let b = broker().await;
+    let sim = SimMoonraker::start(sim_config(&b)).await.unwrap();
+    connected(&sim).await;
+    let mut gw = Gateway::connect(&b, "gw-limit", &[AVAIL, RESP], 64 * 1024).await;
+    gw.next_json(AVAIL, |v| v["server"] == "online").await;
+    sim.knobs().set(|k| k.oversize_status = true);
+    gw.next_json(AVAIL, |v| v["server"] == "offline").await;
+    gw.next_json(AVAIL, |v| v["server"] == "online").await;
+    let mut t = sim.truth();
+    timeout(
+        WAIT,
+        t.wait_for(|t| t.mqtt_connected && t.mqtt_connections >= 2),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        gw.rpc("server.info", json!({})).await["result"]["klippy_state"],
+        "ready"
     );
 }
