@@ -207,7 +207,8 @@ impl Shared {
     }
 }
 
-/// A running simulated Moonraker.
+/// A running simulated Moonraker. Dropping it without [`shutdown`](Self::shutdown) is like
+/// pulling the plug: the TCP connection closes without DISCONNECT and the broker fires the will.
 pub struct SimMoonraker {
     shared: Arc<Shared>,
     http_addr: SocketAddr,
