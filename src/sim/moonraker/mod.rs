@@ -48,7 +48,20 @@ pub struct MoonrakerSimConfig {
     pub api_key: Option<String>,
     pub time_scale: f64,
     pub publish_split_status: bool,
+    /// `[mqtt] status_objects`: object name and its fields (`None` = all fields). Empty: no
+    /// status is published at all (as in Moonraker).
+    pub status_objects: Vec<(String, Option<Vec<String>>)>,
 }
+
+/// The objects printgate asks users to list under `status_objects` (issue #9), all fields.
+pub const DEFAULT_STATUS_OBJECTS: [&str; 6] = [
+    "webhooks",
+    "print_stats",
+    "virtual_sdcard",
+    "display_status",
+    "extruder",
+    "heater_bed",
+];
 
 impl MoonrakerSimConfig {
     pub fn new(instance_name: &str, broker: SocketAddr) -> Self {
@@ -62,6 +75,10 @@ impl MoonrakerSimConfig {
             api_key: None,
             time_scale: 1.0,
             publish_split_status: false,
+            status_objects: DEFAULT_STATUS_OBJECTS
+                .iter()
+                .map(|o| (o.to_string(), None))
+                .collect(),
         }
     }
 }
@@ -98,6 +115,8 @@ pub(crate) struct Shared {
     pub offline: watch::Sender<bool>,
     /// Set once by `shutdown`.
     pub stopping: watch::Sender<bool>,
+    /// `status_objects` as a `printer.objects.query` argument.
+    pub subscription: Map<String, Value>,
     started: Instant,
 }
 
@@ -188,7 +207,8 @@ impl Shared {
     }
 }
 
-/// A running simulated Moonraker.
+/// A running simulated Moonraker. Dropping it without [`shutdown`](Self::shutdown) is like
+/// pulling the plug: the TCP connection closes without DISCONNECT and the broker fires the will.
 pub struct SimMoonraker {
     shared: Arc<Shared>,
     http_addr: SocketAddr,
@@ -254,7 +274,18 @@ impl SimMoonraker {
             jobs_started: 0,
             status_publishes: 0,
         });
+        let subscription = cfg
+            .status_objects
+            .iter()
+            .map(|(name, fields)| {
+                let v = fields.as_ref().map_or(Value::Null, |f| {
+                    Value::Array(f.iter().cloned().map(Value::String).collect())
+                });
+                (name.clone(), v)
+            })
+            .collect();
         let shared = Arc::new(Shared {
+            subscription,
             cfg,
             knobs,
             log: RpcLog::new(),
@@ -287,6 +318,38 @@ impl SimMoonraker {
     /// `http://127.0.0.1:<port>`.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.http_addr)
+    }
+
+    /// The `[mqtt]` section of a `moonraker.conf` that behaves like this simulator (for docs and
+    /// the demo page). The password is written as given.
+    pub fn moonraker_conf(&self) -> String {
+        let c = &self.shared.cfg;
+        let mut out = format!(
+            "[mqtt]\naddress: {}\nport: {}\n",
+            c.broker.ip(),
+            c.broker.port()
+        );
+        if let Some(u) = &c.username {
+            out.push_str(&format!("username: {u}\n"));
+        }
+        if let Some(p) = &c.password {
+            out.push_str(&format!("password: {p}\n"));
+        }
+        if let Some(id) = &c.client_id {
+            out.push_str(&format!("client_id: {id}\n"));
+        }
+        out.push_str(&format!("instance_name: {}\n", c.instance_name));
+        if c.publish_split_status {
+            out.push_str("publish_split_status: True\n");
+        }
+        out.push_str("status_objects:\n");
+        for (name, fields) in &c.status_objects {
+            match fields {
+                None => out.push_str(&format!("  {name}\n")),
+                Some(f) => out.push_str(&format!("  {name}={}\n", f.join(","))),
+            }
+        }
+        out
     }
 
     pub fn knobs(&self) -> MoonrakerKnobs {

@@ -532,7 +532,7 @@ impl Printer {
         Some(v)
     }
 
-    /// Every object's full status (what `status_objects` with all objects subscribes to).
+    /// Every object's full status.
     pub fn full_status(&self) -> Map<String, Value> {
         OBJECTS
             .iter()

@@ -9,7 +9,9 @@
 //! forward and publishes what changed on `{instance}/klipper/status` (or the split
 //! `{instance}/klipper/state/{obj}/{field}` topics). As in Moonraker, nothing is published (or
 //! buffered) while MQTT is down, and the full status is sent only once after Klippy starts, not
-//! after an MQTT reconnect.
+//! after an MQTT reconnect: a gateway that reconnects must ask `printer.objects.query` for the
+//! current state. One kindness differs from Moonraker: if Klippy is ready before the first
+//! CONNACK, the full status waits for the connection instead of being lost.
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet,
@@ -102,6 +104,7 @@ async fn serve_once(shared: &Arc<Shared>, conn: u64) -> Ended {
     let mut offline = shared.offline.subscribe();
     let mut stopping = shared.stopping.subscribe();
     let request_topic = shared.topic("moonraker/api/request");
+    let mut acked = false;
     loop {
         tokio::select! {
             ev = el.poll() => match ev {
@@ -109,13 +112,26 @@ async fn serve_once(shared: &Arc<Shared>, conn: u64) -> Ended {
                     if ack.code != ConnectReturnCode::Success {
                         return refused(shared, ack.code);
                     }
+                    acked = true;
                     on_connected(shared, &client, conn, &request_topic);
                 }
+                Ok(Event::Incoming(Packet::SubAck(_))) => on_subscribed(shared, conn),
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic == request_topic => {
                     on_request(shared, conn, &p.payload);
                 }
                 Ok(_) => {}
                 Err(ConnectionError::ConnectionRefused(code)) => return refused(shared, code),
+                Err(e) if !acked => {
+                    // rumqttd closes the socket instead of sending CONNACK 4/5 for bad credentials.
+                    let msg = format!(
+                        "the broker at {} closed the connection before accepting it ({e}); check the broker address and the [mqtt] username/password in moonraker.conf",
+                        shared.cfg.broker
+                    );
+                    tracing::warn!(instance = %shared.cfg.instance_name, conn, "{msg}");
+                    shared.lock().mqtt_error = Some(msg);
+                    shared.refresh_truth();
+                    return Ended::Refused;
+                }
                 Err(e) => {
                     tracing::info!(instance = %shared.cfg.instance_name, conn, "MQTT connection lost: {e}");
                     return Ended::Dropped;
@@ -156,13 +172,23 @@ fn on_connected(shared: &Shared, client: &AsyncClient, conn: u64, request_topic:
     shared.set_link(Some(Link {
         client: client.clone(),
     }));
+    tracing::info!(instance = %shared.cfg.instance_name, conn, "MQTT connected");
+}
+
+/// The request subscription is in place: from now on requests reach the simulator, so this is
+/// when `truth().mqtt_connected` turns true. (Real Moonraker publishes "online" before it
+/// subscribes, so a request sent the instant "online" arrives can be lost.)
+fn on_subscribed(shared: &Shared, conn: u64) {
     {
         let mut st = shared.lock();
+        if st.mqtt_connected {
+            return;
+        }
         st.mqtt_connected = true;
         st.mqtt_error = None;
         st.mqtt_connections += 1;
     }
-    tracing::info!(instance = %shared.cfg.instance_name, conn, "MQTT connected");
+    tracing::debug!(instance = %shared.cfg.instance_name, conn, "MQTT request topic subscribed");
     shared.refresh_truth();
 }
 
@@ -239,7 +265,7 @@ fn tick(shared: &Shared, dt: f64, oversize_sent: &mut bool) {
         shared.sync_klippy(&mut st);
         st.printer.advance(dt);
         let klippy = st.printer.klippy();
-        let now = st.printer.full_status();
+        let now = st.printer.query(&shared.subscription);
         if klippy == KlippyState::Disconnected {
             None
         } else if st.printer.klippy_started_pending {
