@@ -4,11 +4,46 @@
 //! ([`crate::broker::gate`]), which authenticates users and applies the ACL.
 //!
 //! rumqttd has no shutdown: its threads and loopback listeners live until the process exits.
+//!
+//! ## Queue limits (measured in `tests/broker_burst.rs`)
+//!
+//! rumqttd keeps one in-memory commit log per subscribed filter (all clients subscribed to the
+//! same filter share it) and sends from it; it never waits for a slow subscriber. A subscriber
+//! whose read position falls behind the oldest segment of that log loses the messages in
+//! between without notice, QoS 1 included (a QoS 1 subscriber gets at most 100 unacknowledged
+//! messages, the rest of a burst waits in the log). The realistic burst is Home Assistant
+//! restarting: its birth message makes the gateway republish every discovery config (10
+//! printers and the gateway: 175 messages of about 1 KiB) while the printers keep publishing
+//! state (~1.5 KiB each), about 225 messages / 230 KiB, while Home Assistant, busy starting,
+//! reads nothing.
+//!
+//! - Old limits, segments of 64 KiB × 2 (holds 64–128 KiB): 201 of those 225 messages arrived.
+//! - Chosen: segments of [`SEGMENT_BYTES`] (64 KiB, or the packet limit if larger) ×
+//!   [`SEGMENT_COUNT`] (8): every filter holds at least 7 × 64 KiB = 448 KiB of recent messages
+//!   (twice the 10-printer burst; with ~20 printers the burst alone fills it) and at most
+//!   512 KiB. Memory: payloads are shared between the logs of overlapping filters, so the
+//!   broker holds about the last 512 KiB of the busiest filter plus, for each narrower filter,
+//!   its own last 512 KiB (Home Assistant subscribes to each printer's `state` separately:
+//!   10 printers printing ≈ 10 × 512 KiB after some minutes). Only traffic that was published
+//!   is held; an idle gateway holds almost nothing.
+//! - Retained messages sent on SUBSCRIBE are cut by rumqttd at [`MAX_OUTGOING_PACKETS`] for
+//!   QoS 0 subscriptions (raised from 200 so that Home Assistant's QoS 0 discovery subscription
+//!   gets all ~175+ configs of 10 printers and more) and, fixed inside rumqttd, at 100 for QoS 1
+//!   subscriptions: a QoS 1 subscription to `#` receives only 100 retained messages.
 
 use crate::broker::config::BrokerLimits;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
+
+/// Size of one commit-log segment of a subscribed filter (at least the largest packet).
+pub const SEGMENT_BYTES: usize = 64 * 1024;
+/// Segments kept per subscribed filter: a slow subscriber may lag `SEGMENT_COUNT - 1` full
+/// segments behind without losing messages.
+pub const SEGMENT_COUNT: usize = 8;
+/// Publishes rumqttd hands a QoS 0 subscriber at once; also the cap on retained messages it
+/// sends on a QoS 0 SUBSCRIBE.
+pub const MAX_OUTGOING_PACKETS: u64 = 1000;
 
 /// Where the internal broker listens and how to log in to it.
 #[derive(Clone)]
@@ -63,10 +98,10 @@ pub fn rumqttd_config(limits: &BrokerLimits, internal: &InternalBroker) -> rumqt
         router: rumqttd::RouterConfig {
             // The gateway's own connection comes on top of the clients.
             max_connections: limits.max_connections + 4,
-            max_outgoing_packet_count: 200,
+            max_outgoing_packet_count: MAX_OUTGOING_PACKETS,
             // Each subscribed filter keeps up to count × size bytes of recent messages.
-            max_segment_size: limits.max_packet_bytes.max(64 * 1024),
-            max_segment_count: 2,
+            max_segment_size: limits.max_packet_bytes.max(SEGMENT_BYTES),
+            max_segment_count: SEGMENT_COUNT,
             ..Default::default()
         },
         v4: Some(HashMap::from([(
