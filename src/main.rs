@@ -236,6 +236,7 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
+    printgate::notify::return_large_frees_to_the_system();
     printgate::notify::init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

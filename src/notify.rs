@@ -169,6 +169,20 @@ fn notify(state: &[sd_notify::NotifyState]) {
 // Logging
 // ---------------------------------------------------------------------------------------------
 
+/// Make glibc hand blocks of 128 KiB and more straight back to the system when freed. Every
+/// argon2 password check (web login, MQTT login) allocates 19 MiB; with glibc's default,
+/// sliding threshold that memory often stays resident in a thread's arena afterwards (measured:
+/// 42 MB instead of 23 MB for a gateway with 10 printers and 50 MQTT clients). No effect on
+/// other C libraries.
+pub fn return_large_frees_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a tuning parameter of glibc's allocator; it is called once,
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// Set up logging. Under systemd (stderr is the journal, `JOURNAL_STREAM` set) every line starts
 /// with its syslog priority (`<3>` error, `<4>` warning, `<6>` info, `<7>` debug/trace), which
 /// journald turns into the entry's priority (`journalctl -p warning -u printgate`); no colours

@@ -78,6 +78,8 @@ async fn rig() -> Rig {
             hms_text: g.hms_text,
             executor: Some(tx),
             tokens: None,
+            printer_logins: None,
+            printer_instances: Vec::new(),
         },
         printers,
         token.clone(),
@@ -221,10 +223,9 @@ async fn hostile_client_ids_disturb_nobody() {
 }
 
 /// Another user connecting with the client id of a legit client must not take over that
-/// client's session (a reconnect by the same user may, as MQTT says). Today the front door maps
-/// ids without the user (`c-<id>`), so this fails: the legit watcher is disconnected.
+/// client's session (a reconnect by the same user may, as MQTT says): the front door makes
+/// internal client ids per user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the front door (src/broker/gate.rs) to make internal client ids per user; see the brokerload report"]
 async fn another_user_reusing_a_client_id_takes_over_nothing() {
     hostile_clients_disturb_nobody(vec!["watcher".into(), "ctl".into()]).await;
 }
