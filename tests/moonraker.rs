@@ -407,3 +407,171 @@ async fn a_printer_login_is_confined_to_its_own_topics() {
     r.sim.shutdown().await;
     r.tg.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_klipper_is_shut_down_a_tapped_job_waits_and_starts_once_it_is_ready() {
+    let r = rig().await;
+    r.tg.wait_online().await;
+    let up = r
+        .api
+        .upload("part.gcode", gcode(600), Some(PRINTER), Some("k5"))
+        .await
+        .unwrap();
+    let job = up.job_id().expect("job id");
+    r.tg.wait_job_in(job, &[JobState::Staged]).await;
+    r.sim
+        .knobs()
+        .set_klippy_state(printgate::sim::moonraker::KlippyState::Shutdown);
+    let gw = r.tg.gw().clone();
+    let mut rx = gw.printers[0].link.subscribe();
+    let snap = tokio::time::timeout(
+        WAIT,
+        rx.wait_for(|s| {
+            s.state
+                .as_ref()
+                .and_then(|st| st.status_message.as_deref())
+                .is_some_and(|m| m.contains("shutdown"))
+        }),
+    )
+    .await
+    .expect("the shutdown is seen")
+    .unwrap()
+    .clone();
+    assert!(!snap.state.unwrap().gcode_state.is_startable());
+    // The card says why.
+    let page = r.api.printers().await.unwrap();
+    assert!(
+        page.body[0]["printer_message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Klipper is shutdown")),
+        "{:?}",
+        page.body
+    );
+    let tap = r.api.tap(PRINTER, "tap-5").await.unwrap();
+    assert!(tap.tap_accepted(), "{:?}", tap.body);
+    assert_eq!(starts(&r.sim), 0, "no start while Klipper is shut down");
+    // FIRMWARE_RESTART: Klipper is ready and idle again; the tapped job starts, once.
+    r.sim
+        .knobs()
+        .set_klippy_state(printgate::sim::moonraker::KlippyState::Ready);
+    r.tg.wait_job(job, JobState::Printing).await;
+    assert_eq!(starts(&r.sim), 1);
+    r.sim.shutdown().await;
+    r.tg.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_the_printer_side_is_dropped_and_the_link_keeps_working() {
+    let r = rig().await;
+    r.tg.wait_online().await;
+    let gw = r.tg.gw().clone();
+    let (user, pw) = r.login.clone();
+    // The printer's own login sends what a broken Moonraker might: malformed JSON-RPC
+    // responses, unknown ids, status that is not JSON or has the wrong shape.
+    let (c, mut ev) = client(r.mqtt, "garbage", &user, &pw).await;
+    for (topic, payload) in [
+        ("voron/moonraker/api/response", "not json".to_string()),
+        (
+            "voron/moonraker/api/response",
+            r#"{"jsonrpc":"2.0","result":"ok","id":999999999}"#.to_string(),
+        ),
+        (
+            "voron/moonraker/api/response",
+            r#"{"jsonrpc":"1.0","result":1,"id":1}"#.to_string(),
+        ),
+        (
+            "voron/moonraker/api/response",
+            r#"{"jsonrpc":"2.0","error":{"code":-32700,"message":"Parse error"},"id":null}"#
+                .to_string(),
+        ),
+        ("voron/klipper/status", "{{{{".to_string()),
+        (
+            "voron/klipper/status",
+            r#"{"eventtime":1,"status":{"extruder":7}}"#.to_string(),
+        ),
+        (
+            "voron/klipper/status",
+            r#"{"eventtime":1,"status":[1,2,3]}"#.to_string(),
+        ),
+        ("voron/klipper/state/extruder", r#"{"value":1}"#.to_string()),
+        (
+            "voron/moonraker/status",
+            r#"{"server":"sideways"}"#.to_string(),
+        ),
+    ] {
+        c.publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    c.disconnect().await.unwrap();
+    let (_, _) = drain(&mut ev, Duration::from_secs(2)).await;
+    // Still online with a trusted state, and real changes still arrive.
+    let link = gw.printers[0].link.clone();
+    link.send(printgate::printer::PrinterCommand::PushAll)
+        .await
+        .expect("still connected");
+    let queried = r.sim.rpc_log().calls("printer.objects.query").len();
+    r.sim
+        .rpc_log()
+        .wait_for(
+            |e| e.method == "printer.objects.query" && e.index >= queried.saturating_sub(1),
+            WAIT,
+        )
+        .await
+        .expect("queries still answered");
+    let up = r
+        .api
+        .upload("after.gcode", gcode(600), Some(PRINTER), Some("k6"))
+        .await
+        .unwrap();
+    let job = up.job_id().expect("job id");
+    r.tg.wait_job_in(job, &[JobState::Staged]).await;
+    assert!(r.api.tap(PRINTER, "tap-6").await.unwrap().tap_accepted());
+    r.tg.wait_job(job, JobState::Printing).await;
+    assert_eq!(starts(&r.sim), 1);
+    r.sim.shutdown().await;
+    r.tg.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_external_mosquitto_the_klipper_printer_works_the_same() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_mosquitto, port) = common::mosquitto::start_mosquitto(dir.path())
+        .await
+        .expect("mosquitto");
+    let http_port = free_port();
+    let mut cfg = config(dir.path(), http_port);
+    cfg.broker.mode = BrokerMode::External;
+    cfg.broker.external = Some(printgate::broker::config::ExternalBroker {
+        url: format!("mqtt://127.0.0.1:{port}"),
+        username: None,
+        password: None,
+        ca_file: None,
+        client_id: "printgate-test".into(),
+    });
+    let tg = TestGateway::start_with(Vec::new(), dir, cfg).await;
+    let api = Api::new(
+        tg.running.as_ref().unwrap().web_addr,
+        Some(demo_api_token(&tg.gw().store)),
+    );
+    // Moonraker logs in to Mosquitto (its own users and ACL there), not to printgate.
+    let mut sc = MoonrakerSimConfig::new(INSTANCE, SocketAddr::from(([127, 0, 0, 1], port)));
+    sc.http_listen = SocketAddr::from(([127, 0, 0, 1], http_port));
+    sc.time_scale = 60.0;
+    let sim = SimMoonraker::start(sc).await.expect("simulator starts");
+    tg.wait_online().await;
+    let up = api
+        .upload("ext.gcode", gcode(600), Some(PRINTER), Some("k7"))
+        .await
+        .unwrap();
+    let job = up.job_id().expect("job id");
+    tg.wait_job_in(job, &[JobState::Staged]).await;
+    assert_eq!(sim.rpc_log().calls("printer.print.start").len(), 0);
+    assert!(api.tap(PRINTER, "tap-7").await.unwrap().tap_accepted());
+    tg.wait_job(job, JobState::Printing).await;
+    sim.finish_now();
+    tg.wait_job(job, JobState::Finished).await;
+    assert_eq!(sim.rpc_log().calls("printer.print.start").len(), 1);
+    sim.shutdown().await;
+    tg.shutdown().await;
+}

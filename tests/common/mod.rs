@@ -2,6 +2,8 @@
 //! (`printgate::start`) pointed at them, with a temporary data directory and short timings.
 #![allow(dead_code)]
 
+pub mod mosquitto;
+
 use printgate::config::{
     Config, DispatchConfig, LinkConfig, Model, PrinterConfig, TlsMode, WebConfig,
 };
