@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::{Api, TestGateway, WAIT, demo_api_token, fast_link};
+use common::{Api, TestGateway, WAIT, demo_api_token};
 use printgate::broker::config::{Access, BrokerConfig, BrokerMode, BrokerUser};
-use printgate::config::{Config, DispatchConfig, Model, PrinterConfig, PrinterKind, WebConfig};
+use printgate::config::{Config, Model, PrinterConfig, PrinterKind};
 use printgate::jobs::model::JobState;
 use printgate::sim::moonraker::{MoonrakerSimConfig, SimMoonraker};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -27,43 +27,28 @@ fn free_port() -> u16 {
 }
 
 fn config(dir: &std::path::Path, http_port: u16) -> Config {
-    Config {
-        data_dir: dir.to_path_buf(),
-        web: WebConfig {
-            listen: "127.0.0.1:0".parse().expect("address"),
-            ..WebConfig::default()
-        },
-        link: fast_link(),
-        dispatch: DispatchConfig {
-            plate_clear_ttl_secs: 600,
-            start_window_secs: 20,
-            report_max_age_secs: 5,
-            confirm_phase_a_secs: 8,
-            confirm_phase_b_secs: 8,
-        },
-        printers: vec![PrinterConfig {
-            name: PRINTER.into(),
-            kind: PrinterKind::Moonraker,
-            model: Model::Klipper,
-            host: "127.0.0.1".into(),
-            instance_name: INSTANCE.into(),
-            http_port,
-            ..PrinterConfig::default()
+    let mut c = common::config_for(dir, &[]);
+    c.printers = vec![PrinterConfig {
+        name: PRINTER.into(),
+        kind: PrinterKind::Moonraker,
+        model: Model::Klipper,
+        host: "127.0.0.1".into(),
+        instance_name: INSTANCE.into(),
+        http_port,
+        ..PrinterConfig::default()
+    }];
+    c.broker = BrokerConfig {
+        mode: BrokerMode::Embedded,
+        listen: "127.0.0.1:0".parse().expect("address"),
+        tls_listen: None,
+        users: vec![BrokerUser {
+            name: "ha".into(),
+            password_hash: printgate::broker::auth::hash_password("ha-pw").expect("hash"),
+            access: Access::Control,
         }],
-        safety: Default::default(),
-        alerts: Default::default(),
-        broker: BrokerConfig {
-            mode: BrokerMode::Embedded,
-            listen: "127.0.0.1:0".parse().expect("address"),
-            tls_listen: None,
-            users: vec![BrokerUser {
-                name: "ha".into(),
-                password_hash: printgate::broker::auth::hash_password("ha-pw").expect("hash"),
-                access: Access::Control,
-            }],
-            ..loopback_broker()
-        },
-    }
+        ..loopback_broker()
+    };
+    c
 }
 
 fn loopback_broker() -> BrokerConfig {

@@ -99,6 +99,21 @@ pub enum UploadError {
     Other(String),
 }
 
+/// Wait (at most `timeout`) for a link task's answer to one command.
+pub(crate) async fn await_answer(
+    answer: tokio::sync::oneshot::Receiver<Result<CommandOutcome, LinkError>>,
+    timeout: std::time::Duration,
+) -> Result<CommandOutcome, LinkError> {
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(LinkError::Closed),
+        Err(_) => Err(LinkError::Other(
+            "the printer link did not answer in time; the command may or may not have been sent"
+                .into(),
+        )),
+    }
+}
+
 /// One connected printer as seen by the rest of the gateway.
 pub trait PrinterLink: Send + Sync {
     /// The configured printer name (unique).

@@ -137,8 +137,6 @@ pub async fn start_simulators(
 /// Queue one job per printer so the demo shows the gate: each waits until its printer's current
 /// print is done and someone taps Plate clear.
 pub async fn queue_demo_jobs(gw: &crate::Gateway) -> anyhow::Result<()> {
-    use crate::jobs::dispatcher::Event;
-    use crate::jobs::model::{NewJob, Target};
     for (name, model, _, _) in DEMO_PRINTERS {
         let job_name = format!("next_on_{}", model.config_name().to_ascii_lowercase());
         let bytes = build_3mf(&Fixture3mf {
@@ -146,35 +144,51 @@ pub async fn queue_demo_jobs(gw: &crate::Gateway) -> anyhow::Result<()> {
             layers: 80,
             ..Fixture3mf::for_model(model)
         });
-        let stored = gw
-            .files
-            .ingest(
-                &format!("{job_name}.gcode.3mf"),
-                std::io::Cursor::new(bytes),
-            )
+        queue_demo_file(gw, name, model, &format!("{job_name}.gcode.3mf"), bytes).await?;
+    }
+    Ok(())
+}
+
+/// Store `bytes` and queue them as a job for printer `name` (once per data directory).
+async fn queue_demo_file(
+    gw: &crate::Gateway,
+    name: &str,
+    model: Model,
+    file_name: &str,
+    bytes: Vec<u8>,
+) -> anyhow::Result<()> {
+    use crate::jobs::dispatcher::Event;
+    use crate::jobs::model::{NewJob, Target};
+    let stored = gw
+        .files
+        .ingest(file_name, std::io::Cursor::new(bytes))
+        .await?;
+    let sha = stored.sha256.clone();
+    let job_name = stored
+        .display_name
+        .trim_end_matches(".gcode.3mf")
+        .trim_end_matches(".gcode")
+        .to_string();
+    let (job, created) = gw.store.create_job(
+        &NewJob {
+            idempotency_key: format!("demo-{name}"),
+            target: Target::Printer(name.to_string()),
+            model_code: model.model_code().to_string(),
+            file_sha256: stored.sha256,
+            plate: 1,
+            name: job_name,
+            deadline: None,
+            created_by: "demo".into(),
+        },
+        gw.dispatcher.now(),
+    )?;
+    if created {
+        gw.dispatcher
+            .submit(Event::JobQueued(Box::new(job)))
             .await?;
-        let sha = stored.sha256.clone();
-        let (job, created) = gw.store.create_job(
-            &NewJob {
-                idempotency_key: format!("demo-{name}"),
-                target: Target::Printer(name.to_string()),
-                model_code: model.model_code().to_string(),
-                file_sha256: stored.sha256,
-                plate: 1,
-                name: job_name,
-                deadline: None,
-                created_by: "demo".into(),
-            },
-            gw.dispatcher.now(),
-        )?;
-        if created {
-            gw.dispatcher
-                .submit(Event::JobQueued(Box::new(job)))
-                .await?;
-        } else {
-            // Already queued by an earlier run on this data directory.
-            gw.files.release(&sha).await?;
-        }
+    } else {
+        // Already queued by an earlier run on this data directory.
+        gw.files.release(&sha).await?;
     }
     Ok(())
 }
@@ -283,7 +297,14 @@ async fn start_demo_moonraker(
     let screen_job = "voron_cube.gcode";
     sim.put_file(screen_job, demo_gcode(2000));
     sim.start_from_screen(screen_job)?;
-    queue_demo_gcode(gw).await?;
+    queue_demo_file(
+        gw,
+        DEMO_KLIPPER.0,
+        Model::Klipper,
+        "bracket_voron.gcode",
+        demo_gcode(1500),
+    )
+    .await?;
     Ok(sim)
 }
 
@@ -302,38 +323,4 @@ pub fn demo_gcode(print_secs: u32) -> Vec<u8> {
     }
     g.push_str("M104 S0\nM140 S0\n");
     g.into_bytes()
-}
-
-async fn queue_demo_gcode(gw: &crate::Gateway) -> anyhow::Result<()> {
-    use crate::jobs::dispatcher::Event;
-    use crate::jobs::model::{NewJob, Target};
-    let stored = gw
-        .files
-        .ingest(
-            "bracket_voron.gcode",
-            std::io::Cursor::new(demo_gcode(1500)),
-        )
-        .await?;
-    let sha = stored.sha256.clone();
-    let (job, created) = gw.store.create_job(
-        &NewJob {
-            idempotency_key: format!("demo-{}", DEMO_KLIPPER.0),
-            target: Target::Printer(DEMO_KLIPPER.0.to_string()),
-            model_code: Model::Klipper.model_code().to_string(),
-            file_sha256: stored.sha256,
-            plate: 1,
-            name: "bracket_voron".into(),
-            deadline: None,
-            created_by: "demo".into(),
-        },
-        gw.dispatcher.now(),
-    )?;
-    if created {
-        gw.dispatcher
-            .submit(Event::JobQueued(Box::new(job)))
-            .await?;
-    } else {
-        gw.files.release(&sha).await?;
-    }
-    Ok(())
 }

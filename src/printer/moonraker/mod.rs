@@ -110,13 +110,7 @@ impl MoonrakerPrinter {
             .send(Request { cmd, reply })
             .await
             .map_err(|_| LinkError::Closed)?;
-        match tokio::time::timeout(SEND_ANSWER_TIMEOUT, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(LinkError::Closed),
-            Err(_) => Err(LinkError::Other(
-                "the printer link did not answer in time; the command may or may not have been sent".into(),
-            )),
-        }
+        crate::printer::await_answer(answer, SEND_ANSWER_TIMEOUT).await
     }
 }
 
