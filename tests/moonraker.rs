@@ -560,3 +560,63 @@ async fn with_an_external_mosquitto_the_klipper_printer_works_the_same() {
     sim.shutdown().await;
     tg.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_cuts_the_klipper_printers_power_and_cancels_its_print() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let http_port = free_port();
+    let mut cfg = config(dir.path(), http_port);
+    cfg.safety = common::safety_config(1);
+    cfg.safety.relays[0].printer = PRINTER.into();
+    let tg = TestGateway::start_with(Vec::new(), dir, cfg).await;
+    let api = Api::new(
+        tg.running.as_ref().unwrap().web_addr,
+        Some(demo_api_token(&tg.gw().store)),
+    );
+    let login: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/printers/{PRINTER}/mqtt-login", api.base))
+        .header("X-Api-Key", api.token.clone().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mqtt = tg
+        .running
+        .as_ref()
+        .unwrap()
+        .broker
+        .as_ref()
+        .unwrap()
+        .mqtt_addr
+        .unwrap();
+    let mut sc = MoonrakerSimConfig::new(INSTANCE, mqtt);
+    sc.username = login["username"].as_str().map(String::from);
+    sc.password = login["password"].as_str().map(String::from);
+    sc.http_listen = SocketAddr::from(([127, 0, 0, 1], http_port));
+    let sim = SimMoonraker::start(sc).await.expect("simulator starts");
+    tg.wait_online().await;
+    // A print started at the printer itself (the relay's printer is busy).
+    sim.put_file("cube.gcode", gcode(3600));
+    sim.start_from_screen("cube.gcode").unwrap();
+    let gpio = tg.sim_gpio();
+    assert_eq!(gpio.output_state(5), Some(true), "relay on at boot");
+    gpio.set_input_asserted(common::SMOKE_PIN, true).unwrap();
+    sim.rpc_log()
+        .wait_for(|e| e.method == "printer.print.cancel", WAIT)
+        .await
+        .expect("the print is cancelled over MQTT");
+    let mut updates = tg.safety().subscribe();
+    let _ = tokio::time::timeout(WAIT, async {
+        while gpio.output_state(5) != Some(false) {
+            if updates.recv().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert_eq!(gpio.output_state(5), Some(false), "the relay cut the power");
+    sim.shutdown().await;
+    tg.shutdown().await;
+}
