@@ -446,7 +446,10 @@ async fn check_broker_ports(config: &Config, gateway_running: bool, report: &mut
     if b.mode != crate::broker::config::BrokerMode::Embedded {
         return;
     }
-    let addrs: Vec<std::net::SocketAddr> = std::iter::once(b.listen).chain(b.tls_listen).collect();
+    let addrs: Vec<std::net::SocketAddr> = std::iter::once(b.listen)
+        .chain(b.tls_listen)
+        .chain(b.websocket_listen)
+        .collect();
     let shown = addrs
         .iter()
         .map(ToString::to_string)

@@ -35,6 +35,7 @@ async fn rig() -> Rig {
     .unwrap();
     let mut broker_cfg = BrokerConfig::demo("127.0.0.1:0".parse().unwrap()).unwrap();
     broker_cfg.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+    broker_cfg.websocket_listen = Some("127.0.0.1:0".parse().unwrap());
     broker_cfg.users.push(BrokerUser {
         name: "reader".into(),
         password_hash: auth::hash_password("look").unwrap(),
@@ -364,17 +365,25 @@ async fn paho_clients_v311_and_v5() {
     let mut rig = rig().await;
     wait_connected(&rig.broker).await;
     let addr = rig.broker.mqtt_addr.unwrap();
+    let ws = rig.broker.ws_addr.expect("websocket listener");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/broker_client.py");
-    for proto in ["4", "5"] {
+    // MQTT 3.1.1 and 5 over TCP, and both again over WebSocket (as a browser client).
+    for (proto, port, transport) in [
+        ("4", addr.port(), "tcp"),
+        ("5", addr.port(), "tcp"),
+        ("4", ws.port(), "ws"),
+        ("5", ws.port(), "ws"),
+    ] {
         let child = tokio::process::Command::new("python3")
             .args([
                 script,
                 "127.0.0.1",
-                &addr.port().to_string(),
+                &port.to_string(),
                 "demo",
                 "demo",
                 proto,
                 "Garage_P1S",
+                transport,
             ])
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -397,7 +406,7 @@ async fn paho_clients_v311_and_v5() {
         let out = child.wait_with_output().await.unwrap();
         assert!(
             out.status.success(),
-            "paho v{proto}: {}",
+            "paho v{proto} {transport}: {}",
             String::from_utf8_lossy(&out.stdout)
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -423,6 +432,26 @@ async fn paho_clients_v311_and_v5() {
         out.status.code(),
         Some(3),
         "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = tokio::process::Command::new("python3")
+        .args([
+            script,
+            "127.0.0.1",
+            &ws.port().to_string(),
+            "demo",
+            "nope",
+            "4",
+            "Garage_P1S",
+            "ws",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "wrong password over WebSocket: {}",
         String::from_utf8_lossy(&out.stdout)
     );
     rig.broker.shutdown().await;

@@ -175,6 +175,10 @@ pub struct BrokerConfig {
     /// TLS listener (embedded mode); `None` = no TLS listener.
     #[serde(default = "d_tls_listen")]
     pub tls_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket for browser clients (path `/mqtt`, subprotocol `mqtt`), embedded
+    /// mode; `None` (default) = no WebSocket listener.
+    #[serde(default)]
+    pub websocket_listen: Option<SocketAddr>,
     /// Certificate chain and key (PEM) for the TLS listener; generated in `data_dir` on first
     /// run when not given.
     #[serde(default)]
@@ -217,6 +221,7 @@ impl Default for BrokerConfig {
             mode: BrokerMode::default(),
             listen: d_listen(),
             tls_listen: d_tls_listen(),
+            websocket_listen: None,
             tls_cert: None,
             tls_key: None,
             allow_anonymous: false,

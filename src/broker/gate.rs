@@ -58,6 +58,11 @@ impl Gate {
         self
     }
 
+    /// A connection slot (`broker.limits.max_connections`), if one is free.
+    pub(crate) fn try_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
     /// What this client may publish on `topic`.
     fn publish_decision<'a>(&self, identity: &Identity, topic: &'a str) -> Decision<'a> {
         match &identity.scope {
@@ -165,7 +170,8 @@ impl Bucket {
     }
 }
 
-async fn client<S>(stream: S, peer: SocketAddr, gate: &Gate, shutdown: CancellationToken)
+/// Serve one client connection (plain, TLS or WebSocket stream) until it ends.
+pub(crate) async fn client<S>(stream: S, peer: SocketAddr, gate: &Gate, shutdown: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -16,3 +16,4 @@ pub mod publisher;
 pub mod service;
 pub mod ssdp;
 pub mod topics;
+pub mod websocket;

@@ -59,6 +59,8 @@ pub struct BrokerHandle {
     pub mqtt_addr: Option<SocketAddr>,
     /// MQTT over TLS listener (embedded mode).
     pub mqtts_addr: Option<SocketAddr>,
+    /// MQTT over WebSocket listener (embedded mode, when configured).
+    pub ws_addr: Option<SocketAddr>,
     /// Printers announcing themselves on the LAN (when `[broker.ssdp]` is enabled).
     pub discovery: Option<Discovery>,
     /// Connection state of the gateway's own client.
@@ -286,7 +288,7 @@ pub async fn start(
     }
 
     // Listeners and the internal broker, or the external target.
-    let (mut mqtt_addr, mut mqtts_addr) = (None, None);
+    let (mut mqtt_addr, mut mqtts_addr, mut ws_addr) = (None, None, None);
     let target = match cfg.mode {
         BrokerMode::Embedded => {
             let internal = crate::broker::embedded::start(&cfg.limits).await?;
@@ -309,6 +311,19 @@ pub async fn start(
                 .with_context(|| format!("cannot listen for MQTT on {} (broker.listen); is another broker (Mosquitto) running there? Stop it or choose another port", cfg.listen))?;
             mqtt_addr = Some(plain.local_addr()?);
             tasks.spawn(gate::serve_plain(plain, gate.clone(), shutdown.clone()));
+            if let Some(addr) = cfg.websocket_listen {
+                let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!(
+                        "cannot listen for MQTT over WebSocket on {addr} (broker.websocket_listen)"
+                    )
+                })?;
+                ws_addr = Some(l.local_addr()?);
+                tasks.spawn(crate::broker::websocket::serve(
+                    l,
+                    gate.clone(),
+                    shutdown.clone(),
+                ));
+            }
             if let Some(addr) = cfg.tls_listen {
                 let acceptor = tls_acceptor(&cfg, &setup.data_dir)?;
                 let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -444,6 +459,7 @@ pub async fn start(
         mdns,
         mqtt_addr,
         mqtts_addr,
+        ws_addr,
         discovery,
         publisher: state_rx,
         endpoint,

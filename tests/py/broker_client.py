@@ -1,6 +1,7 @@
 """Second MQTT client for printgate's broker tests (paho-mqtt 2.x).
 
-Usage: broker_client.py HOST PORT USER PASSWORD PROTOCOL(4|5) PRINTER_TOPIC
+Usage: broker_client.py HOST PORT USER PASSWORD PROTOCOL(4|5) PRINTER_TOPIC [ws]
+With `ws`, MQTT over WebSocket (path /mqtt), as a browser client would.
 Subscribes to printgate/<printer>/state (retained), sends cmd/plate_clear with a request id,
 waits for the result and prints one JSON line: {"state": {...}, "result": {...}}.
 Exits 2 on timeout, 3 when the connection is refused.
@@ -12,6 +13,7 @@ import threading
 import paho.mqtt.client as mqtt
 
 host, port, user, password, proto, printer = sys.argv[1:7]
+websocket = len(sys.argv) > 7 and sys.argv[7] == "ws"
 version = mqtt.MQTTv5 if proto == "5" else mqtt.MQTTv311
 done = threading.Event()
 out = {}
@@ -44,7 +46,14 @@ def on_message(client, userdata, msg):
         done.set()
 
 
-c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"paho-{proto}", protocol=version)
+c = mqtt.Client(
+    mqtt.CallbackAPIVersion.VERSION2,
+    client_id=f"paho-{proto}{'-ws' if websocket else ''}",
+    protocol=version,
+    transport="websockets" if websocket else "tcp",
+)
+if websocket:
+    c.ws_set_options(path="/mqtt")
 c.username_pw_set(user, password)
 c.on_connect = on_connect
 c.on_subscribe = on_subscribe
