@@ -138,6 +138,15 @@ async fn a_klipper_job_waits_for_the_tap_starts_once_is_confirmed_and_occupies_t
     assert_eq!(card["name"], PRINTER);
     assert_eq!(card["model"], "Klipper");
     assert_eq!(card["gcode_state"], "IDLE");
+    // No standard light on Klipper: a clear refusal, nothing sent.
+    let light = reqwest::Client::new()
+        .post(format!("{}/api/v1/printers/{PRINTER}/light-on", r.api.base))
+        .header("X-Api-Key", r.api.token.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(light.status(), 422);
+    assert!(light.text().await.unwrap().contains("no standard light"));
 
     let up = r
         .api

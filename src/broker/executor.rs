@@ -85,6 +85,7 @@ pub async fn execute(gw: &Gateway, cmd: &BrokerCommand) -> CommandResult {
             false,
             "the printer is not connected; nothing was sent (commands are never queued)",
         ),
+        Err(e @ LinkError::Unsupported(_)) => result(false, e.to_string()),
         Err(e) => result(false, format!("may not have reached the printer: {e}")),
     }
 }

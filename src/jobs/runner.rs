@@ -471,6 +471,7 @@ impl Runner {
             Ok(Ok(CommandOutcome::Published { sequence_id })) => {
                 PublishOutcome::Published { sequence_id }
             }
+            Ok(Err(LinkError::Unsupported(why))) => PublishOutcome::FailedBeforeSend(why),
             Ok(Err(LinkError::NotConnected)) | Ok(Err(LinkError::Closed)) => {
                 PublishOutcome::NotConnected
             }

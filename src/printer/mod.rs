@@ -64,6 +64,9 @@ pub enum LinkError {
     NotConnected,
     #[error("printer link has shut down")]
     Closed,
+    /// This kind of printer has no such command; nothing was sent.
+    #[error("{0}; nothing was sent")]
+    Unsupported(String),
     #[error("{0}")]
     Other(String),
 }

@@ -178,6 +178,11 @@ async fn control(
         Ok(_) => Ok(format!(
             "{action} sent to {name}; watch the printer's state to see it take effect"
         )),
+        Err(LinkError::Unsupported(why)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unsupported_action",
+            format!("{name}: {why}; nothing was sent"),
+        )),
         Err(LinkError::NotConnected) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "printer_offline",

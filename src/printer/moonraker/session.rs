@@ -469,7 +469,7 @@ impl Session {
             PrinterCommand::Resume => ("printer.print.resume", json!({})),
             PrinterCommand::Stop => ("printer.print.cancel", json!({})),
             PrinterCommand::Light(_) => {
-                let _ = req.reply.send(Err(LinkError::Other(
+                let _ = req.reply.send(Err(LinkError::Unsupported(
                     "Klipper printers have no standard light; switch it with a macro in Klipper"
                         .into(),
                 )));
