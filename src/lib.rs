@@ -54,6 +54,32 @@ async fn record_printer_events(
     }
 }
 
+/// Printer history kept: this many days, and at most this many events per printer.
+pub const EVENT_RETENTION_DAYS: i64 = 90;
+pub const EVENTS_PER_PRINTER: usize = 20_000;
+
+/// Prune the printer history at start and then daily.
+async fn prune_events_daily(store: Arc<Store>, shutdown: CancellationToken) {
+    let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = daily.tick() => {}
+        }
+        let cutoff =
+            chrono::Utc::now().timestamp_millis() - EVENT_RETENTION_DAYS * 24 * 3600 * 1000;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.prune_events(cutoff, EVENTS_PER_PRINTER))
+            .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(removed = n, "pruned old printer history"),
+            Ok(Err(e)) => tracing::warn!("could not prune the printer history: {e}"),
+            Err(e) => tracing::warn!("printer history pruning stopped: {e}"),
+        }
+    }
+}
+
 /// Start the MQTT side and keep its gateway facts (plate, safety) in step with the dispatcher.
 async fn start_broker(
     gateway: &Arc<Gateway>,
@@ -321,6 +347,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     });
     let listener = tokio::net::TcpListener::bind(gateway.config.web.listen).await?;
     let web_addr = listener.local_addr()?;
+    tasks.spawn(prune_events_daily(gateway.store.clone(), shutdown.clone()));
     for p in &gateway.printers {
         tasks.spawn(record_printer_events(
             gateway.store.clone(),

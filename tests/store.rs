@@ -529,3 +529,37 @@ fn access_codes_are_never_written_to_disk() {
         );
     }
 }
+
+#[test]
+fn pruning_drops_old_events_and_caps_each_printer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db_path(&dir)).unwrap();
+    store.sync_printers(&[x1c(), p1s()]).unwrap();
+    // X1C: 10 old events (t = 0..9) and 30 recent ones (t = 100..129); P1S: 5 recent.
+    for t in (0..10).chain(100..130) {
+        store
+            .record_event("Workshop X1C", EventKind::LINK_UP, &json!({"t": t}), t)
+            .unwrap();
+    }
+    for t in 100..105 {
+        store
+            .record_event("Garage P1S", EventKind::LINK_UP, &json!({"t": t}), t)
+            .unwrap();
+    }
+    let removed = store.prune_events(100, 20).unwrap();
+    assert_eq!(
+        removed,
+        10 + 10,
+        "10 too old, then 10 over the cap of the X1C"
+    );
+    let x1c = store.recent_events(Some("Workshop X1C"), 1000).unwrap();
+    assert_eq!(x1c.len(), 20);
+    assert_eq!(x1c.first().unwrap().at_ms, 129, "the newest are kept");
+    assert_eq!(x1c.last().unwrap().at_ms, 110);
+    assert_eq!(
+        store.recent_events(Some("Garage P1S"), 1000).unwrap().len(),
+        5,
+        "a printer under the cap loses nothing"
+    );
+    assert_eq!(store.prune_events(100, 20).unwrap(), 0, "idempotent");
+}

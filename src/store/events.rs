@@ -122,4 +122,35 @@ impl Store {
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+
+    /// Forget events older than `older_than_ms` and, per printer, all but the newest
+    /// `keep_per_printer`, so the history cannot fill a Pi's SD card. Returns how many went.
+    pub fn prune_events(
+        &self,
+        older_than_ms: i64,
+        keep_per_printer: usize,
+    ) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut removed = tx.execute(
+            "DELETE FROM printer_events WHERE at_ms < ?1",
+            [older_than_ms],
+        )?;
+        let keep = i64::try_from(keep_per_printer).unwrap_or(i64::MAX);
+        let printers: Vec<i64> = {
+            let mut stmt = tx.prepare("SELECT DISTINCT printer_id FROM printer_events")?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        for printer_id in printers {
+            removed += tx.execute(
+                "DELETE FROM printer_events WHERE id IN (
+                   SELECT id FROM printer_events WHERE printer_id = ?1
+                   ORDER BY at_ms DESC, id DESC LIMIT -1 OFFSET ?2)",
+                params![printer_id, keep],
+            )?;
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
 }
