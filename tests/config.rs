@@ -681,3 +681,34 @@ fn moonraker_printer_mistakes_are_named() {
             .any(|e| e.contains("a Moonraker printer is a Klipper printer"))
     );
 }
+
+#[test]
+fn broker_listeners_can_be_switched_off() {
+    let case = Case::new();
+    let text = format!(
+        "{}\n[broker]\ntls_listen = \"off\"\nwebsocket_listen = \"127.0.0.1:9001\"\n",
+        case.good_with("", "")
+    );
+    let config = Config::parse_toml(&text, ORIGIN).unwrap();
+    assert_eq!(config.broker.tls_listen, None);
+    assert_eq!(
+        config.broker.websocket_listen,
+        Some("127.0.0.1:9001".parse().unwrap())
+    );
+    let defaults = Config::parse_toml(&case.good_with("", ""), ORIGIN).unwrap();
+    assert_eq!(
+        defaults.broker.tls_listen,
+        Some("0.0.0.0:8883".parse().unwrap())
+    );
+    assert_eq!(defaults.broker.websocket_listen, None);
+    let bad = format!(
+        "{}\n[broker]\ntls_listen = \"8883\"\n",
+        case.good_with("", "")
+    );
+    let errs = case.errors(&bad);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("broker.tls_listen") && e.contains("\"off\" for no listener")),
+        "{errs:?}"
+    );
+}

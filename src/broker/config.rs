@@ -172,12 +172,12 @@ pub struct BrokerConfig {
     /// Plain MQTT listener (embedded mode).
     #[serde(default = "d_listen")]
     pub listen: SocketAddr,
-    /// TLS listener (embedded mode); `None` = no TLS listener.
-    #[serde(default = "d_tls_listen")]
+    /// TLS listener (embedded mode); `None` (written `"off"`) = no TLS listener.
+    #[serde(default = "d_tls_listen", with = "listen_or_off")]
     pub tls_listen: Option<SocketAddr>,
     /// MQTT over WebSocket for browser clients (path `/mqtt`, subprotocol `mqtt`), embedded
-    /// mode; `None` (default) = no WebSocket listener.
-    #[serde(default)]
+    /// mode; `None` (default, or `"off"`) = no WebSocket listener.
+    #[serde(default, with = "listen_or_off")]
     pub websocket_listen: Option<SocketAddr>,
     /// Certificate chain and key (PEM) for the TLS listener; generated in `data_dir` on first
     /// run when not given.
@@ -203,6 +203,31 @@ pub struct BrokerConfig {
     pub mdns: MdnsConfig,
     #[serde(default)]
     pub ssdp: SsdpConfig,
+}
+
+/// An optional listener written as `"ADDR:PORT"` or `"off"`.
+mod listen_or_off {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use std::net::SocketAddr;
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.serialize_str(&a.to_string()),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        text.trim().parse().map(Some).map_err(|_| {
+            D::Error::custom(format!(
+                "{text:?} is not an IP address with a port; write e.g. \"0.0.0.0:8883\", or \"off\" for no listener"
+            ))
+        })
+    }
 }
 
 fn d_listen() -> SocketAddr {
