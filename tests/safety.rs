@@ -806,6 +806,17 @@ fn over_limit_trips_on_the_second_report() {
         WatchdogConfig::default().limits_for(Model::H2D),
         (370.0, 135.0)
     );
+    // Keys are matched as loosely as model names elsewhere in the config.
+    for key in ["A1 mini", "a1mini", "A1-MINI"] {
+        let mut cfg = WatchdogConfig::default();
+        cfg.models
+            .insert(key.into(), toml::from_str("bed_max_c = 90").unwrap());
+        assert_eq!(cfg.limits_for(Model::A1Mini), (320.0, 105.0), "{key}");
+    }
+    let mut cfg = WatchdogConfig::default();
+    cfg.models
+        .insert("klipper".into(), toml::from_str("nozzle_max_c = 280").unwrap());
+    assert_eq!(cfg.limits_for(Model::Klipper).0, 280.0 + 20.0);
 }
 
 #[test]

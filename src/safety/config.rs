@@ -292,7 +292,13 @@ impl WatchdogConfig {
     /// Absolute trip limits (nozzle, bed) for a model: override or Studio limit, plus margin.
     pub fn limits_for(&self, model: Model) -> (f64, f64) {
         let (mut nozzle, mut bed) = studio_limits(model);
-        if let Some(o) = self.models.get(model.config_name()) {
+        // Keys are written as loosely as printer models (`A1 mini`, `a1mini`, `KLIPPER`).
+        if let Some(o) = self
+            .models
+            .iter()
+            .find(|(k, _)| Model::parse(k) == Some(model))
+            .map(|(_, o)| o)
+        {
             nozzle = o.nozzle_max_c.unwrap_or(nozzle);
             bed = o.bed_max_c.unwrap_or(bed);
         }
@@ -457,7 +463,11 @@ impl SafetyConfig {
         }
         for (name, o) in &w.models {
             if Model::parse(name).is_none() {
-                let known: Vec<&str> = Model::ALL.iter().map(|m| m.config_name()).collect();
+                let known: Vec<&str> = Model::ALL
+                    .iter()
+                    .chain(&[Model::Klipper])
+                    .map(|m| m.config_name())
+                    .collect();
                 errors.push(format!(
                     "safety.watchdog.models.{name}: unknown model; use one of {}",
                     known.join(", ")
