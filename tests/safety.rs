@@ -814,8 +814,10 @@ fn over_limit_trips_on_the_second_report() {
         assert_eq!(cfg.limits_for(Model::A1Mini), (320.0, 105.0), "{key}");
     }
     let mut cfg = WatchdogConfig::default();
-    cfg.models
-        .insert("klipper".into(), toml::from_str("nozzle_max_c = 280").unwrap());
+    cfg.models.insert(
+        "klipper".into(),
+        toml::from_str("nozzle_max_c = 280").unwrap(),
+    );
     assert_eq!(cfg.limits_for(Model::Klipper).0, 280.0 + 20.0);
 }
 
