@@ -69,9 +69,15 @@ struct Rig {
 /// A gateway with one Klipper printer, its login issued over the API, and the simulator
 /// connected with it (time scale 60: a 600 s print takes 10 s).
 async fn rig() -> Rig {
+    rig_with(|_| {}).await
+}
+
+/// [`rig`] with the gateway's config adjusted first.
+async fn rig_with(adjust: impl FnOnce(&mut Config)) -> Rig {
     let dir = tempfile::tempdir().expect("temp dir");
     let http_port = free_port();
-    let cfg = config(dir.path(), http_port);
+    let mut cfg = config(dir.path(), http_port);
+    adjust(&mut cfg);
     let tg = TestGateway::start_with(Vec::new(), dir, cfg).await;
     let token = demo_api_token(&tg.gw().store);
     let api = Api::new(tg.running.as_ref().unwrap().web_addr, Some(token));
@@ -123,6 +129,21 @@ fn gcode(secs: u32) -> Vec<u8> {
     .into_bytes()
 }
 
+impl Rig {
+    /// Upload a G-code file for the printer and wait until it is staged on it.
+    async fn staged_job(&self, file: &str, key: &str) -> printgate::jobs::model::JobId {
+        let up = self
+            .api
+            .upload(file, gcode(600), Some(PRINTER), Some(key))
+            .await
+            .unwrap();
+        assert_eq!(up.status, 201, "{:?}", up.body);
+        let job = up.job_id().expect("job id");
+        self.tg.wait_job_in(job, &[JobState::Staged]).await;
+        job
+    }
+}
+
 fn starts(sim: &SimMoonraker) -> usize {
     sim.rpc_log().calls("printer.print.start").len()
 }
@@ -148,15 +169,7 @@ async fn a_klipper_job_waits_for_the_tap_starts_once_is_confirmed_and_occupies_t
     assert_eq!(light.status(), 422);
     assert!(light.text().await.unwrap().contains("no standard light"));
 
-    let up = r
-        .api
-        .upload("benchy.gcode", gcode(600), Some(PRINTER), Some("k1"))
-        .await
-        .unwrap();
-    assert_eq!(up.status, 201, "{:?}", up.body);
-    let job = up.job_id().expect("job id");
-    // Staged on the printer, waiting for the plate: no start was sent.
-    r.tg.wait_job_in(job, &[JobState::Staged]).await;
+    let job = r.staged_job("benchy.gcode", "k1").await;
     assert_eq!(starts(&r.sim), 0, "nothing starts before the tap");
     let staged = r.tg.gw().store.job(job).unwrap().unwrap();
     let files = r.sim.files();
@@ -223,13 +236,7 @@ async fn a_klipper_job_waits_for_the_tap_starts_once_is_confirmed_and_occupies_t
 async fn while_moonraker_is_offline_nothing_is_sent_and_nothing_is_delivered_after_it_returns() {
     let r = rig().await;
     r.tg.wait_online().await;
-    let up = r
-        .api
-        .upload("clip.gcode", gcode(600), Some(PRINTER), Some("k2"))
-        .await
-        .unwrap();
-    let job = up.job_id().expect("job id");
-    r.tg.wait_job_in(job, &[JobState::Staged]).await;
+    let job = r.staged_job("clip.gcode", "k2").await;
     // Moonraker drops off without DISCONNECT: the broker publishes its will.
     r.sim.go_offline().await;
     let gw = r.tg.gw().clone();
@@ -283,13 +290,7 @@ async fn a_lost_response_and_no_print_ends_unconfirmed_never_resent() {
         k.drop_responses_to = vec!["printer.print.start".into()];
         k.ignore_start = true;
     });
-    let up = r
-        .api
-        .upload("gear.gcode", gcode(600), Some(PRINTER), Some("k3"))
-        .await
-        .unwrap();
-    let job = up.job_id().expect("job id");
-    r.tg.wait_job_in(job, &[JobState::Staged]).await;
+    let job = r.staged_job("gear.gcode", "k3").await;
     assert!(r.api.tap(PRINTER, "tap-3").await.unwrap().tap_accepted());
     r.sim
         .rpc_log()
@@ -406,13 +407,7 @@ async fn a_printer_login_is_confined_to_its_own_topics() {
 async fn while_klipper_is_shut_down_a_tapped_job_waits_and_starts_once_it_is_ready() {
     let r = rig().await;
     r.tg.wait_online().await;
-    let up = r
-        .api
-        .upload("part.gcode", gcode(600), Some(PRINTER), Some("k5"))
-        .await
-        .unwrap();
-    let job = up.job_id().expect("job id");
-    r.tg.wait_job_in(job, &[JobState::Staged]).await;
+    let job = r.staged_job("part.gcode", "k5").await;
     r.sim
         .knobs()
         .set_klippy_state(printgate::sim::moonraker::KlippyState::Shutdown);
@@ -513,13 +508,7 @@ async fn garbage_from_the_printer_side_is_dropped_and_the_link_keeps_working() {
         )
         .await
         .expect("queries still answered");
-    let up = r
-        .api
-        .upload("after.gcode", gcode(600), Some(PRINTER), Some("k6"))
-        .await
-        .unwrap();
-    let job = up.job_id().expect("job id");
-    r.tg.wait_job_in(job, &[JobState::Staged]).await;
+    let job = r.staged_job("after.gcode", "k6").await;
     assert!(r.api.tap(PRINTER, "tap-6").await.unwrap().tap_accepted());
     r.tg.wait_job(job, JobState::Printing).await;
     assert_eq!(starts(&r.sim), 1);
@@ -572,39 +561,12 @@ async fn with_an_external_mosquitto_the_klipper_printer_works_the_same() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_cuts_the_klipper_printers_power_and_cancels_its_print() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let http_port = free_port();
-    let mut cfg = config(dir.path(), http_port);
-    cfg.safety = common::safety_config(1);
-    cfg.safety.relays[0].printer = PRINTER.into();
-    let tg = TestGateway::start_with(Vec::new(), dir, cfg).await;
-    let api = Api::new(
-        tg.running.as_ref().unwrap().web_addr,
-        Some(demo_api_token(&tg.gw().store)),
-    );
-    let login: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/printers/{PRINTER}/mqtt-login", api.base))
-        .header("X-Api-Key", api.token.clone().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mqtt = tg
-        .running
-        .as_ref()
-        .unwrap()
-        .broker
-        .as_ref()
-        .unwrap()
-        .mqtt_addr
-        .unwrap();
-    let mut sc = MoonrakerSimConfig::new(INSTANCE, mqtt);
-    sc.username = login["username"].as_str().map(String::from);
-    sc.password = login["password"].as_str().map(String::from);
-    sc.http_listen = SocketAddr::from(([127, 0, 0, 1], http_port));
-    let sim = SimMoonraker::start(sc).await.expect("simulator starts");
+    let r = rig_with(|cfg| {
+        cfg.safety = common::safety_config(1);
+        cfg.safety.relays[0].printer = PRINTER.into();
+    })
+    .await;
+    let (tg, sim) = (&r.tg, &r.sim);
     tg.wait_online().await;
     // A print started at the printer itself (the relay's printer is busy).
     sim.put_file("cube.gcode", gcode(3600));
@@ -626,6 +588,6 @@ async fn smoke_cuts_the_klipper_printers_power_and_cancels_its_print() {
     })
     .await;
     assert_eq!(gpio.output_state(5), Some(false), "the relay cut the power");
-    sim.shutdown().await;
-    tg.shutdown().await;
+    r.sim.shutdown().await;
+    r.tg.shutdown().await;
 }
