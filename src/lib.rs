@@ -109,22 +109,7 @@ async fn start_broker(
             .map(|p| p.instance_name.clone())
             .collect(),
     };
-    let printers = gateway
-        .printers
-        .iter()
-        .map(|p| broker::service::BrokerPrinter {
-            name: p.name.clone(),
-            serial: cfg
-                .printers
-                .iter()
-                .find(|c| c.name == p.name)
-                .map(printer_unique_id)
-                .unwrap_or_default(),
-            model: p.model,
-            snapshots: p.link.subscribe(),
-            has_relay: cfg.safety.relays.iter().any(|r| r.printer == p.name),
-        })
-        .collect();
+    let printers = broker_printers(gateway);
     let Some(handle) = broker::service::start(setup, printers, shutdown.clone()).await? else {
         return Ok(None);
     };
@@ -158,6 +143,27 @@ fn printer_login_check(store: Arc<Store>) -> broker::auth::PrinterLoginCheck {
                 None
             })
     })
+}
+
+/// The gateway's printers as the broker publishes them (state tree, Home Assistant devices).
+pub fn broker_printers(gateway: &Gateway) -> Vec<broker::service::BrokerPrinter> {
+    let cfg = &gateway.config;
+    gateway
+        .printers
+        .iter()
+        .map(|p| broker::service::BrokerPrinter {
+            name: p.name.clone(),
+            unique_id: cfg
+                .printers
+                .iter()
+                .find(|c| c.name == p.name)
+                .map(printer_unique_id)
+                .unwrap_or_default(),
+            model: p.model,
+            snapshots: p.link.subscribe(),
+            has_relay: cfg.safety.relays.iter().any(|r| r.printer == p.name),
+        })
+        .collect()
 }
 
 /// A stable unique id of a printer (Home Assistant): the Bambu serial, or

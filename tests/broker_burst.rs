@@ -104,7 +104,9 @@ fn realistic_burst() -> Vec<(String, Vec<u8>)> {
         let p = HaPrinter {
             name: format!("Printer {i}"),
             topic_id: format!("Printer_{i}"),
-            serial: format!("01P00A{i:09}"),
+            unique_id: format!("01P00A{i:09}"),
+            serial: Some(format!("01P00A{i:09}")),
+            manufacturer: Some("Bambu Lab".into()),
             model: model.display_name().into(),
             has_chamber_sensor: model.has_chamber_sensor(),
             has_relay: true,

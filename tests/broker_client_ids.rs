@@ -50,23 +50,7 @@ async fn rig() -> Rig {
     let token = CancellationToken::new();
     let gateway = printgate::start(config, token.clone()).await.unwrap();
     let g = &gateway.gateway;
-    let printers: Vec<BrokerPrinter> = g
-        .printers
-        .iter()
-        .map(|p| BrokerPrinter {
-            name: p.name.clone(),
-            serial: g
-                .config
-                .printers
-                .iter()
-                .find(|c| c.name == p.name)
-                .map(|c| c.serial.clone())
-                .unwrap_or_default(),
-            model: p.model,
-            snapshots: p.link.subscribe(),
-            has_relay: false,
-        })
-        .collect();
+    let printers: Vec<BrokerPrinter> = printgate::broker_printers(g);
     let names = printers.iter().map(|p| p.name.clone()).collect();
     let (tx, executor) = mpsc::channel(8);
     let broker = service::start(

@@ -65,7 +65,7 @@ async fn start(
         .iter()
         .map(|(name, serial)| BrokerPrinter {
             name: name.to_string(),
-            serial: serial.to_string(),
+            unique_id: serial.to_string(),
             model: Model::P1S,
             snapshots: snaps.subscribe(),
             has_relay: true,
@@ -175,11 +175,20 @@ async fn external_mosquitto() {
     )
     .await
     .unwrap();
+    // Both are on the broker before printgate comes back: wait for the PUBACK of exactly these
+    // two (the earlier `light` PUBACK may still be in flight and must not be counted).
     tokio::time::timeout(Duration::from_secs(5), async {
-        let mut acks = 0;
-        while acks < 2 {
-            if let Ok(Event::Incoming(Packet::PubAck(_))) = cel.poll().await {
-                acks += 1;
+        let (mut sent, mut unacked) = (0, std::collections::HashSet::new());
+        while sent < 2 || !unacked.is_empty() {
+            match cel.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+                    sent += 1;
+                    unacked.insert(pkid);
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    unacked.remove(&ack.pkid);
+                }
+                _ => {}
             }
         }
     })

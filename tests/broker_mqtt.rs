@@ -5,7 +5,7 @@
 
 use printgate::broker::commands::BrokerCommand;
 use printgate::broker::config::{Access, BrokerConfig, BrokerUser};
-use printgate::broker::service::{self, BrokerHandle, BrokerPrinter, BrokerSetup};
+use printgate::broker::service::{self, BrokerHandle, BrokerSetup};
 use printgate::broker::topics::{CommandKind, CommandResult};
 use printgate::broker::{auth, publisher::PublisherState};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
@@ -52,24 +52,7 @@ async fn rig() -> Rig {
     let token = CancellationToken::new();
     let gateway = printgate::start(config, token.clone()).await.unwrap();
     let g = &gateway.gateway;
-    let printers = g
-        .printers
-        .iter()
-        .map(|p| BrokerPrinter {
-            name: p.name.clone(),
-            serial: g
-                .config
-                .printers
-                .iter()
-                .find(|c| c.name == p.name)
-                .unwrap()
-                .serial
-                .clone(),
-            model: p.model,
-            snapshots: p.link.subscribe(),
-            has_relay: false,
-        })
-        .collect();
+    let printers = printgate::broker_printers(g);
     let (tx, executor) = mpsc::channel(8);
     let broker = service::start(
         BrokerSetup {
@@ -168,6 +151,8 @@ async fn embedded_broker_end_to_end() {
     reader.subscribe("#", QoS::AtLeastOnce).await.unwrap();
     let mut seen = Vec::new();
     let mut wanted = std::collections::HashSet::new();
+    // Every printer's state and stop button, and the gateway's availability.
+    let printer_count = rig.gateway.gateway.printers.len();
     wait_publish(
         &mut rel,
         |p| {
@@ -178,13 +163,27 @@ async fn embedded_broker_end_to_end() {
             {
                 wanted.insert(p.topic.clone());
             }
-            wanted.len() == 7
+            wanted.len() == 2 * printer_count + 1
         },
         &mut seen,
     )
     .await;
     let topics: Vec<&str> = seen.iter().map(|p| p.topic.as_str()).collect();
     assert!(topics.contains(&"printgate/availability"), "{topics:?}");
+    // One Home Assistant device per printer, Klipper included (no serial there).
+    let stop_buttons: std::collections::HashSet<&str> = topics
+        .iter()
+        .copied()
+        .filter(|t| t.starts_with("homeassistant/button/") && t.ends_with("/stop/config"))
+        .collect();
+    assert_eq!(stop_buttons.len(), printer_count, "{stop_buttons:?}");
+    assert!(
+        stop_buttons.iter().all(|t| !t.contains("/printgate_/"))
+            && stop_buttons
+                .iter()
+                .any(|t| t.contains("/printgate_klipper-")),
+        "{stop_buttons:?}"
+    );
     assert!(
         topics
             .iter()

@@ -18,7 +18,13 @@ pub struct HaPrinter {
     pub name: String,
     /// Segment in `printgate/<printer>/…` (see [`topics::topic_ids`]).
     pub topic_id: String,
-    pub serial: String,
+    /// Stable device identity (the serial for Bambu printers, `klipper-<instance>` for Klipper
+    /// ones); names the Home Assistant device and every entity's unique id.
+    pub unique_id: String,
+    /// The printer's serial number, when it has one (Bambu printers).
+    pub serial: Option<String>,
+    /// `Bambu Lab`; `None` where printgate cannot know the maker (Klipper printers).
+    pub manufacturer: Option<String>,
     /// Model display name, e.g. `P1S`.
     pub model: String,
     pub has_chamber_sensor: bool,
@@ -59,11 +65,11 @@ pub fn id_safe(s: &str) -> String {
 }
 
 fn node_id(p: &HaPrinter) -> String {
-    node_for_serial(&p.serial)
+    node_for_unique_id(&p.unique_id)
 }
 
-fn node_for_serial(serial: &str) -> String {
-    format!("printgate_{}", id_safe(serial))
+fn node_for_unique_id(unique_id: &str) -> String {
+    format!("printgate_{}", id_safe(unique_id))
 }
 
 fn gateway_node(g: &HaGateway) -> String {
@@ -82,11 +88,15 @@ fn printer_device(p: &HaPrinter, g: &HaGateway) -> Value {
     let mut d = json!({
         "identifiers": [node_id(p)],
         "name": p.name,
-        "manufacturer": "Bambu Lab",
         "model": p.model,
-        "serial_number": p.serial,
         "via_device": gateway_node(g),
     });
+    if let Some(maker) = &p.manufacturer {
+        d["manufacturer"] = json!(maker);
+    }
+    if let Some(serial) = &p.serial {
+        d["serial_number"] = json!(serial);
+    }
     if let Some(fw) = &p.firmware {
         d["sw_version"] = json!(fw);
     }
@@ -136,9 +146,9 @@ fn config_topic(prefix: &str, component: &str, node: &str, object: &str) -> Stri
     format!("{prefix}/{component}/{node}/{object}/config")
 }
 
-/// Every config topic the printer with this serial may have (for removal).
-pub fn printer_config_topics(prefix: &str, serial: &str) -> Vec<String> {
-    let node = node_for_serial(serial);
+/// Every config topic the printer with this unique id may have (for removal).
+pub fn printer_config_topics(prefix: &str, unique_id: &str) -> Vec<String> {
+    let node = node_for_unique_id(unique_id);
     let mut v = Vec::new();
     for s in SENSORS {
         v.push(config_topic(prefix, "sensor", &node, s));
@@ -572,7 +582,9 @@ mod tests {
         HaPrinter {
             name: "Garage P1S".into(),
             topic_id: "Garage_P1S".into(),
-            serial: "01P00A451200318".into(),
+            unique_id: "01P00A451200318".into(),
+            serial: Some("01P00A451200318".into()),
+            manufacturer: Some("Bambu Lab".into()),
             model: "P1S".into(),
             has_chamber_sensor: chamber,
             has_relay: relay,
@@ -609,7 +621,7 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), msgs.len());
-        let removal = printer_config_topics("ha", &p.serial);
+        let removal = printer_config_topics("ha", &p.unique_id);
         for m in &msgs {
             assert!(removal.contains(&m.topic), "{}", m.topic);
             assert!(m.topic.starts_with("ha/"));
@@ -639,6 +651,33 @@ mod tests {
         let dev = &find("/sensor/printgate_01P00A451200318/progress/config").payload["device"];
         assert_eq!(dev["via_device"], "printgate_gateway_printgate");
         assert_eq!(dev["serial_number"], "01P00A451200318");
+    }
+
+    #[test]
+    fn klipper_printer_has_its_own_device_without_serial_or_maker() {
+        let klipper = HaPrinter {
+            name: "Workbench Voron".into(),
+            topic_id: "Workbench_Voron".into(),
+            unique_id: "klipper-voron".into(),
+            serial: None,
+            manufacturer: None,
+            model: "Klipper".into(),
+            has_chamber_sensor: false,
+            has_relay: false,
+            firmware: None,
+        };
+        let msgs = printer_configs("homeassistant", &klipper, &gateway());
+        for m in &msgs {
+            assert!(m.topic.contains("/printgate_klipper-voron/"), "{}", m.topic);
+            assert!(schema_problems(m).is_empty(), "{}", m.topic);
+            let dev = &m.payload["device"];
+            assert!(dev.get("serial_number").is_none() && dev.get("manufacturer").is_none());
+        }
+        let bambu = printer_configs("homeassistant", &printer(false, false), &gateway());
+        assert!(
+            msgs.iter()
+                .all(|k| bambu.iter().all(|b| b.topic != k.topic))
+        );
     }
 
     #[test]

@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 /// One printer as the broker sees it.
 pub struct BrokerPrinter {
     pub name: String,
-    pub serial: String,
+    /// Stable identity across renames and restarts ([`crate::printer_unique_id`]).
+    pub unique_id: String,
     pub model: Model,
     pub snapshots: watch::Receiver<PrinterSnapshot>,
     /// A relay switches its power (a `power` switch appears in Home Assistant).
@@ -368,7 +369,9 @@ pub async fn start(
         .map(|(p, id)| HaPrinter {
             name: p.name.clone(),
             topic_id: id.clone(),
-            serial: p.serial.clone(),
+            unique_id: p.unique_id.clone(),
+            serial: p.model.is_bambu().then(|| p.unique_id.clone()),
+            manufacturer: p.model.is_bambu().then(|| "Bambu Lab".to_string()),
             model: p.model.display_name().into(),
             has_chamber_sensor: p.model.has_chamber_sensor(),
             has_relay: p.has_relay,
@@ -377,13 +380,13 @@ pub async fn start(
         .collect();
     if cfg.home_assistant {
         let state_file = setup.data_dir.join(HA_STATE_FILE);
-        let current: Vec<String> = ha_printers.iter().map(|p| p.serial.clone()).collect();
+        let current: Vec<String> = ha_printers.iter().map(|p| p.unique_id.clone()).collect();
         for old in load_published(&state_file) {
             if !current.contains(&old) {
                 for t in ha::printer_config_topics(&cfg.discovery_prefix, &old) {
                     outbox.set_retained(t, Vec::new());
                 }
-                tracing::info!(serial = %old, "removing a deleted printer from Home Assistant");
+                tracing::info!(printer = %old, "removing a deleted printer from Home Assistant");
             }
         }
         if let Ok(json) = serde_json::to_vec(&current) {
