@@ -26,10 +26,10 @@
 //!   its own last 512 KiB (Home Assistant subscribes to each printer's `state` separately:
 //!   10 printers printing ≈ 10 × 512 KiB after some minutes). Only traffic that was published
 //!   is held; an idle gateway holds almost nothing.
-//! - Retained messages sent on SUBSCRIBE are cut by rumqttd at [`MAX_OUTGOING_PACKETS`] for
-//!   QoS 0 subscriptions (raised from 200 so that Home Assistant's QoS 0 discovery subscription
-//!   gets all ~175+ configs of 10 printers and more) and, fixed inside rumqttd, at 100 for QoS 1
-//!   subscriptions: a QoS 1 subscription to `#` receives only 100 retained messages.
+//! - Retained messages sent on SUBSCRIBE: every matching retained message is sent, as the
+//!   subscriber's inflight window (QoS 1: 100) or outgoing batch ([`MAX_OUTGOING_PACKETS`],
+//!   QoS 0) allows; upstream rumqttd dropped the excess, the vendored copy
+//!   (`vendor/rumqttd/PRINTGATE-PATCHES.md`) keeps it and sends it later.
 
 use crate::broker::config::BrokerLimits;
 use std::collections::HashMap;
@@ -41,8 +41,8 @@ pub const SEGMENT_BYTES: usize = 64 * 1024;
 /// Segments kept per subscribed filter: a slow subscriber may lag `SEGMENT_COUNT - 1` full
 /// segments behind without losing messages.
 pub const SEGMENT_COUNT: usize = 8;
-/// Publishes rumqttd hands a QoS 0 subscriber at once; also the cap on retained messages it
-/// sends on a QoS 0 SUBSCRIBE.
+/// Publishes rumqttd hands a QoS 0 subscriber at once (retained messages on SUBSCRIBE too; the
+/// rest follow in later batches).
 pub const MAX_OUTGOING_PACKETS: u64 = 1000;
 
 /// Where the internal broker listens and how to log in to it.
