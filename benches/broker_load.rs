@@ -29,149 +29,28 @@
 //! Everything listens on 127.0.0.1 (mDNS and SSDP off); every child is stopped when this program
 //! ends, also on a panic.
 
+mod common;
+use common::*;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
 const BIN: &str = env!("CARGO_BIN_EXE_printgate");
-const MODELS: &str = "P1S,X1C,A1MINI";
-const MARKER_CONNECTED: &str = "connected to the printer";
 const WATCH_PW: &str = "watch-pw-1234";
 const CTL_PW: &str = "ctl-pw-1234";
 const WEB_USER: &str = "bench";
 const WEB_PW: &str = "bench-web-password-1234";
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> Res<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn mb(kb: u64) -> String {
-    format!("{:.1} MB", kb as f64 / 1024.0)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Children that are always stopped
-// ---------------------------------------------------------------------------------------------
-
-struct Guard {
-    name: &'static str,
-    child: Child,
-}
-
-impl Guard {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Res<Guard> {
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
-        Ok(Guard { name, child })
-    }
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-    /// SIGINT (what `sim` and `serve` shut down on), a bounded wait, then SIGKILL.
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-INT", &self.pid().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!(
-            "{} did not stop on SIGINT within 5 s; killing it",
-            self.name
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // /proc
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Mem {
-    rss_kb: u64,
-    hwm_kb: u64,
-    threads: u64,
-}
-
-fn mem(pid: u32) -> Res<Mem> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let mut m = Mem::default();
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        let key = it.next().unwrap_or("");
-        let val: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-        match key {
-            "VmRSS:" => m.rss_kb = val,
-            "VmHWM:" => m.hwm_kb = val,
-            "Threads:" => m.threads = val,
-            _ => {}
-        }
-    }
-    if m.rss_kb == 0 {
-        return Err(format!("no VmRSS in /proc/{pid}/status").into());
-    }
-    Ok(m)
-}
-
-/// utime + stime in clock ticks.
-fn cpu_ticks(pid: u32) -> Res<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = text.rsplit_once(')').map(|(_, r)| r).ok_or("bad stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let u: u64 = f.get(11).and_then(|v| v.parse().ok()).ok_or("no utime")?;
-    let s: u64 = f.get(12).and_then(|v| v.parse().ok()).ok_or("no stime")?;
-    Ok(u + s)
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0)
-}
 
 /// RSS and CPU of one process over a sampling period.
 struct Sampler {
@@ -205,7 +84,7 @@ impl Sampler {
     /// (median RSS, max RSS, VmHWM, CPU % of one core, seconds)
     fn finish(&self) -> Res<(u64, u64, u64, f64, f64)> {
         let secs = self.t0.elapsed().as_secs_f64();
-        let cpu = (cpu_ticks(self.pid)?.saturating_sub(self.cpu0)) as f64 / clock_ticks();
+        let cpu = (cpu_ticks(self.pid)?.saturating_sub(self.cpu0)) as f64 / clock_ticks() as f64;
         let rss: Vec<u64> = self.samples.iter().map(|m| m.rss_kb).collect();
         Ok((
             median(rss.clone()),
@@ -220,100 +99,6 @@ impl Sampler {
 // ---------------------------------------------------------------------------------------------
 // The simulator, the config, printgate serve
 // ---------------------------------------------------------------------------------------------
-
-/// One line of `printgate sim`: `name model serial host mqtt_port ftps_port access_code fingerprint`.
-struct SimPrinter {
-    name: String,
-    model: String,
-    serial: String,
-    host: String,
-    mqtt_port: u16,
-    ftps_port: u16,
-    access_code: String,
-}
-
-fn parse_sim_line(line: &str) -> Option<SimPrinter> {
-    let f: Vec<&str> = line.split_whitespace().collect();
-    let [name, model, serial, host, mqtt, ftps, code, _fingerprint] = f.as_slice() else {
-        return None;
-    };
-    Some(SimPrinter {
-        name: name.to_string(),
-        model: model.to_string(),
-        serial: serial.to_string(),
-        host: host.to_string(),
-        mqtt_port: mqtt.parse().ok()?,
-        ftps_port: ftps.parse().ok()?,
-        access_code: code.to_string(),
-    })
-}
-
-fn start_sim(bin: &Path, n: usize, dir: &Path) -> Res<(Guard, Vec<SimPrinter>)> {
-    let mut guard = Guard::spawn(
-        "printgate sim",
-        Command::new(bin)
-            .args(["sim", "--printers", &n.to_string(), "--models", MODELS])
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    )?;
-    let out = guard.child.stdout.take().ok_or("sim stdout not captured")?;
-    let mut lines = BufReader::new(out).lines();
-    let mut printers = Vec::new();
-    let mut header = false;
-    // Bounded: the header, n printer lines and at most 200 other lines.
-    for _ in 0..(n + 201) {
-        let Some(line) = lines.next() else { break };
-        let line = line?;
-        if line.starts_with("# name model serial") {
-            header = true;
-        } else if header && let Some(p) = parse_sim_line(&line) {
-            printers.push(p);
-            if printers.len() == n {
-                break;
-            }
-        }
-    }
-    if printers.len() != n {
-        return Err(format!("printgate sim described {} of {n} printers", printers.len()).into());
-    }
-    let log = dir.join(format!("sim-{n}.log"));
-    std::thread::spawn(move || {
-        let mut file = std::fs::File::create(log).ok();
-        for line in lines.map_while(Result::ok) {
-            if let Some(f) = file.as_mut() {
-                let _ = writeln!(f, "{line}");
-            }
-        }
-    });
-    Ok((guard, printers))
-}
-
-fn toml_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn hash_password(bin: &Path, pw: &str) -> Res<String> {
-    let mut child = Command::new(bin)
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(format!("{pw}\n").as_bytes())?;
-    let out = child.wait_with_output()?;
-    let hash = String::from_utf8(out.stdout)?.trim().to_string();
-    if !out.status.success() || !hash.starts_with("$argon2") {
-        return Err(format!("printgate hash-password failed: {hash:?}").into());
-    }
-    Ok(hash)
-}
 
 /// A web account for `GET /api/v1/printers` (before serve starts).
 fn web_account(bin: &Path, config: &Path) -> Res<()> {
@@ -946,7 +731,7 @@ async fn scenario_printers(bin: &Path, dir: &Path, h: &Hashes, secs: u64, every:
     }
     let (med, max, hwm, cpu, el) = sampler.finish()?;
     let sim_cpu = 100.0 * (cpu_ticks(sim.pid())?.saturating_sub(sim_cpu0)) as f64
-        / clock_ticks()
+        / clock_ticks() as f64
         / el.max(1e-9);
     let (states, online_mqtt, closed, mut latencies) = {
         let g = log.lock().map_err(|_| "poisoned")?;

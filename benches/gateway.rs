@@ -14,186 +14,28 @@
 //! `PRINTGATE_BENCH_PRINTERS` (default 10). Everything listens on 127.0.0.1; every child is
 //! stopped when this program ends, also on a panic.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
 /// The release binary cargo built for this package. It is copied into the work directory first,
 /// so that a rebuild of the shared target directory during a long run cannot swap it.
 const BIN: &str = env!("CARGO_BIN_EXE_printgate");
-const MODELS: &str = "P1S,X1C,A1MINI";
 /// Pause between two polls of an HTTP endpoint during cold start.
 const POLL_PAUSE: Duration = Duration::from_millis(2);
 /// A cold start slower than this is reported as a failure.
 const START_LIMIT: Duration = Duration::from_secs(20);
 /// How long the printers may take to come online.
 const ONLINE_LIMIT: Duration = Duration::from_secs(90);
-/// The serve log line of one established printer connection.
-const MARKER_CONNECTED: &str = "connected to the printer";
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Children that are always stopped
-// ---------------------------------------------------------------------------------------------
-
-/// A child process that is stopped when dropped: SIGINT (what both `sim` and `serve` shut down
-/// on), a bounded wait, then SIGKILL.
-struct Guard {
-    name: &'static str,
-    child: Child,
-}
-
-impl Guard {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Res<Guard> {
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
-        Ok(Guard { name, child })
-    }
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-    /// Stop politely (SIGINT, like Ctrl-C), then by force after 5 s.
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-INT", &self.pid().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!(
-            "{} did not stop on SIGINT within 5 s; killing it",
-            self.name
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Copy a child's stdout into `log` (so the pipe never fills), counting lines with `marker`.
-fn drain(out: ChildStdout, log: PathBuf, marker: &'static str) -> Arc<AtomicUsize> {
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    std::thread::spawn(move || {
-        let mut file = std::fs::File::create(&log).ok();
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if line.contains(marker) {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Some(f) = file.as_mut() {
-                let _ = writeln!(f, "{line}");
-            }
-        }
-    });
-    count
-}
 
 // ---------------------------------------------------------------------------------------------
 // The simulator and the config built from its output
 // ---------------------------------------------------------------------------------------------
-
-/// One line of `printgate sim`: `name model serial host mqtt_port ftps_port access_code fingerprint`.
-#[derive(Debug, Clone)]
-struct SimPrinter {
-    name: String,
-    model: String,
-    serial: String,
-    host: String,
-    mqtt_port: u16,
-    ftps_port: u16,
-    access_code: String,
-}
-
-fn parse_sim_line(line: &str) -> Option<SimPrinter> {
-    let f: Vec<&str> = line.split_whitespace().collect();
-    let [name, model, serial, host, mqtt, ftps, code, _fingerprint] = f.as_slice() else {
-        return None;
-    };
-    Some(SimPrinter {
-        name: name.to_string(),
-        model: model.to_string(),
-        serial: serial.to_string(),
-        host: host.to_string(),
-        mqtt_port: mqtt.parse().ok()?,
-        ftps_port: ftps.parse().ok()?,
-        access_code: code.to_string(),
-    })
-}
-
-/// Start the simulators and read their addresses (header line, then one line per printer).
-fn start_sim(bin: &Path, n: usize, dir: &Path) -> Res<(Guard, Vec<SimPrinter>)> {
-    let mut guard = Guard::spawn(
-        "printgate sim",
-        Command::new(bin)
-            .args(["sim", "--printers", &n.to_string(), "--models", MODELS])
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    )?;
-    let out = guard.child.stdout.take().ok_or("sim stdout not captured")?;
-    let mut lines = BufReader::new(out).lines();
-    let mut printers = Vec::new();
-    let mut header = false;
-    // Bounded: the header, n printer lines and at most 200 other (log) lines.
-    for _ in 0..(n + 201) {
-        let Some(line) = lines.next() else { break };
-        let line = line?;
-        if line.starts_with("# name model serial") {
-            header = true;
-        } else if header && let Some(p) = parse_sim_line(&line) {
-            printers.push(p);
-            if printers.len() == n {
-                break;
-            }
-        }
-    }
-    if printers.len() != n {
-        return Err(format!("printgate sim described {} of {n} printers", printers.len()).into());
-    }
-    let log = dir.join("sim.log");
-    std::thread::spawn(move || {
-        let mut file = std::fs::File::create(log).ok();
-        for line in lines.map_while(Result::ok) {
-            if let Some(f) = file.as_mut() {
-                let _ = writeln!(f, "{line}");
-            }
-        }
-    });
-    Ok((guard, printers))
-}
-
-fn toml_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
 
 fn write_config(path: &Path, data_dir: &Path, port: u16, printers: &[SimPrinter]) -> Res<()> {
     let mut t = String::new();
@@ -216,11 +58,6 @@ fn write_config(path: &Path, data_dir: &Path, port: u16, printers: &[SimPrinter]
     }
     std::fs::write(path, t)?;
     Ok(())
-}
-
-/// A free loopback port (bound, read, released).
-fn free_port() -> Res<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,74 +215,8 @@ fn wait_online(
 // /proc
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, Default)]
-struct MemSample {
-    rss_kb: u64,
-    hwm_kb: u64,
-    anon_kb: u64,
-    file_kb: u64,
-    threads: u64,
-}
-
-fn mem_sample(pid: u32) -> Res<MemSample> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let mut s = MemSample::default();
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        let key = it.next().unwrap_or("");
-        let val: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-        match key {
-            "VmRSS:" => s.rss_kb = val,
-            "VmHWM:" => s.hwm_kb = val,
-            "RssAnon:" => s.anon_kb = val,
-            "RssFile:" => s.file_kb = val,
-            "Threads:" => s.threads = val,
-            _ => {}
-        }
-    }
-    if s.rss_kb == 0 {
-        return Err(format!("no VmRSS in /proc/{pid}/status").into());
-    }
-    Ok(s)
-}
-
-/// utime + stime of a process in clock ticks.
-fn cpu_ticks(pid: u32) -> Res<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or("unreadable /proc/<pid>/stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime is field 14, stime 15 → indices 11, 12.
-    let utime: u64 = f.get(11).and_then(|v| v.parse().ok()).ok_or("no utime")?;
-    let stime: u64 = f.get(12).and_then(|v| v.parse().ok()).ok_or("no stime")?;
-    Ok(utime + stime)
-}
-
-fn clock_ticks_per_sec() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|&t| t > 0)
-        .unwrap_or(100)
-}
-
-fn mb(kb: u64) -> String {
-    format!("{:.1} MB", kb as f64 / 1024.0)
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 fn median_dur(mut v: Vec<Duration>) -> Duration {
@@ -524,10 +295,10 @@ fn main() -> Res<()> {
         ms(t_online.elapsed())
     );
 
-    let ticks = clock_ticks_per_sec();
+    let ticks = clock_ticks();
     let cpu0 = cpu_ticks(pid)?;
     let t0 = Instant::now();
-    let first = mem_sample(pid)?;
+    let first = mem(pid)?;
     println!(
         "t=0 s: RSS {} (anon {}, file {}), peak {}, {} threads",
         mb(first.rss_kb),
@@ -547,7 +318,7 @@ fn main() -> Res<()> {
         if let Ok(Some(st)) = serve.guard.child.try_wait() {
             return Err(format!("printgate serve exited during the idle period: {st}").into());
         }
-        let s = mem_sample(pid)?;
+        let s = mem(pid)?;
         println!(
             "t={} s: RSS {} (anon {}, file {}), peak {}, {} threads",
             t0.elapsed().as_secs(),

@@ -10,12 +10,10 @@ use printgate::sim::ftps::{
 };
 use printgate::sim::storage::SimStorage;
 use printgate::sim::tls::SimIdentity;
+use rustls::pki_types::ServerName;
+#[path = "common/tls.rs"]
+mod tls;
 use rustls::client::Resumption;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::Sha256;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,84 +26,16 @@ const CODE: &str = "12345678";
 /// Bound for every test-side wait on the system under test.
 const WAIT: Duration = Duration::from_secs(120);
 
-/// Accepts exactly the simulator's leaf (by SHA-256) for the configured serial.
-#[derive(Debug)]
-struct PinnedLeaf {
-    fingerprint: String,
-    serial: String,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedLeaf {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let fp = hex::encode(Sha256::digest(end_entity.as_ref()));
-        if fp != self.fingerprint {
-            return Err(rustls::Error::General("leaf fingerprint differs".into()));
-        }
-        if server_name.to_str() != self.serial {
-            return Err(rustls::Error::General(
-                "server name is not the serial".into(),
-            ));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 fn client_config(
     identity: &SimIdentity,
     versions: &[&'static rustls::SupportedProtocolVersion],
     resumption: bool,
 ) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = PinnedLeaf {
-        fingerprint: identity.leaf_fingerprint(),
-        serial: identity.serial.clone(),
-        provider: provider.clone(),
-    };
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .expect("protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let mut cfg = tls::pinned_client_config(
+        &identity.leaf_fingerprint(),
+        Some(&identity.serial),
+        versions,
+    );
     if !resumption {
         cfg.resumption = Resumption::disabled();
     }
