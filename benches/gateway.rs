@@ -80,15 +80,16 @@ fn start_serve(bin: &Path, config: &Path, log: PathBuf) -> Res<Serve> {
         )
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped());
     let spawned = Instant::now();
     let mut guard = Guard::spawn("printgate serve", &mut cmd)?;
+    // The log (with the "connected" lines) is on stderr.
     let out = guard
         .child
-        .stdout
+        .stderr
         .take()
-        .ok_or("serve stdout not captured")?;
+        .ok_or("serve stderr (its log) not captured")?;
     let connected = drain(out, log, MARKER_CONNECTED);
     Ok(Serve {
         guard,
