@@ -683,24 +683,6 @@ fn start_serve(
     })
 }
 
-async fn wait_connected(s: &mut Serve, n: usize, limit: Duration) -> Res<Duration> {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if let Ok(Some(st)) = s.guard.child.try_wait() {
-            return Err(format!("printgate serve exited: {st}").into());
-        }
-        if s.connected.load(Ordering::Relaxed) >= n {
-            return Ok(t0.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!(
-        "only {}/{n} printers connected within {limit:?}",
-        s.connected.load(Ordering::Relaxed)
-    )
-    .into())
-}
-
 /// Messages seen on one topic, when the last arrived, and its payload.
 type TopicSeen = (usize, Instant, Vec<u8>);
 
@@ -757,7 +739,13 @@ async fn part2(bin: &Path, dir: &Path, hash: &str, secs: u64) -> Res<()> {
     let (_sim, printers) = start_sim(bin, 10, dir)?;
     let mut serve = start_serve(bin, dir, "10", &printers, hash)?;
     let pid = serve.guard.pid();
-    let t = wait_connected(&mut serve, 10, Duration::from_secs(90)).await?;
+    let t = wait_connected(
+        &mut serve.guard,
+        &serve.connected,
+        10,
+        Duration::from_secs(90),
+    )
+    .await?;
     println!("  10 printers connected {t:?} after the MQTT listener opened");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let base = sample_line("printers only, no MQTT clients", pid)?;
@@ -839,7 +827,13 @@ async fn part3(bin: &Path, dir: &Path, hash: &str, secs: u64) -> Res<()> {
     let (sim, printers) = start_sim(bin, 100, dir)?;
     let mut serve = start_serve(bin, dir, "100", &printers, hash)?;
     let pid = serve.guard.pid();
-    let t = wait_connected(&mut serve, 100, Duration::from_secs(180)).await?;
+    let t = wait_connected(
+        &mut serve.guard,
+        &serve.connected,
+        100,
+        Duration::from_secs(180),
+    )
+    .await?;
     println!("  100 printers connected {t:?} after the MQTT listener opened");
     let seen = Arc::new(Seen::default());
     let end = tokio::time::Instant::now() + Duration::from_secs(secs + 60);

@@ -220,24 +220,6 @@ fn start_serve(
     Err("printgate serve's MQTT listener did not open within 20 s".into())
 }
 
-async fn wait_connected(s: &mut Serve, n: usize, limit: Duration) -> Res<Duration> {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if let Ok(Some(st)) = s.guard.child.try_wait() {
-            return Err(format!("printgate serve exited: {st}").into());
-        }
-        if s.connected.load(Ordering::Relaxed) >= n {
-            return Ok(t0.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!(
-        "only {}/{n} printers connected within {limit:?}",
-        s.connected.load(Ordering::Relaxed)
-    )
-    .into())
-}
-
 /// `printgate/<id>/…` topic ids of the printers, as the gateway makes them.
 fn topic_ids(printers: &[SimPrinter]) -> Vec<String> {
     let names: Vec<&str> = printers.iter().map(|p| p.name.as_str()).collect();
@@ -387,7 +369,13 @@ async fn scenario_clients(bin: &Path, dir: &Path, h: &Hashes, secs: u64, every: 
     let (_sim, printers) = start_sim(bin, PRINTERS, dir)?;
     let mut serve = start_serve(bin, dir, "clients", &printers, h)?;
     let pid = serve.guard.pid();
-    let t = wait_connected(&mut serve, PRINTERS, Duration::from_secs(90)).await?;
+    let t = wait_connected(
+        &mut serve.guard,
+        &serve.connected,
+        PRINTERS,
+        Duration::from_secs(90),
+    )
+    .await?;
     println!("  {PRINTERS} printers connected {t:?} after the MQTT listener opened");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let base = mem(pid)?;
@@ -629,7 +617,13 @@ async fn scenario_printers(bin: &Path, dir: &Path, h: &Hashes, secs: u64, every:
     let (sim, printers) = start_sim(bin, n, dir)?;
     let mut serve = start_serve(bin, dir, "printers", &printers, h)?;
     let pid = serve.guard.pid();
-    let t = wait_connected(&mut serve, n, Duration::from_secs(240)).await?;
+    let t = wait_connected(
+        &mut serve.guard,
+        &serve.connected,
+        n,
+        Duration::from_secs(240),
+    )
+    .await?;
     println!("  {n} printers connected {t:?} after the MQTT listener opened");
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -120,6 +120,30 @@ pub fn drain(
     count
 }
 
+/// Wait (bounded by `limit`) until `connected` reaches `n`; fails early if the child exits.
+pub async fn wait_connected(
+    child: &mut Guard,
+    connected: &AtomicUsize,
+    n: usize,
+    limit: Duration,
+) -> Res<Duration> {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < limit {
+        if let Ok(Some(st)) = child.child.try_wait() {
+            return Err(format!("{} exited: {st}", child.name).into());
+        }
+        if connected.load(Ordering::Relaxed) >= n {
+            return Ok(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "only {}/{n} printers connected within {limit:?}",
+        connected.load(Ordering::Relaxed)
+    )
+    .into())
+}
+
 // ---------------------------------------------------------------------------------------------
 // /proc
 // ---------------------------------------------------------------------------------------------
