@@ -598,17 +598,7 @@ fn write_config(
         toml_str(hash)
     );
     for p in printers {
-        t.push_str(&format!(
-            "\n[[printers]]\nname = {}\nmodel = {}\nserial = {}\nhost = {}\naccess_code = {}\n\
-             tls = \"pin\"\nmqtt_port = {}\nftps_port = {}\n",
-            toml_str(&p.name),
-            toml_str(&p.model),
-            toml_str(&p.serial),
-            toml_str(&p.host),
-            toml_str(&p.access_code),
-            p.mqtt_port,
-            p.ftps_port
-        ));
+        t.push_str(&p.toml_block());
     }
     std::fs::write(path, t)?;
     Ok(())

@@ -158,17 +158,7 @@ fn start_serve(
         toml_str(&h.ctl),
     );
     for p in printers {
-        t.push_str(&format!(
-            "\n[[printers]]\nname = {}\nmodel = {}\nserial = {}\nhost = {}\naccess_code = {}\n\
-             tls = \"pin\"\nmqtt_port = {}\nftps_port = {}\n",
-            toml_str(&p.name),
-            toml_str(&p.model),
-            toml_str(&p.serial),
-            toml_str(&p.host),
-            toml_str(&p.access_code),
-            p.mqtt_port,
-            p.ftps_port
-        ));
+        t.push_str(&p.toml_block());
     }
     let config = dir.join(format!("printgate-{tag}.toml"));
     std::fs::write(&config, t)?;

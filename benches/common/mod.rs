@@ -224,6 +224,23 @@ pub struct SimPrinter {
     pub access_code: String,
 }
 
+impl SimPrinter {
+    /// This printer as a `[[printers]]` block of printgate's config (pinned TLS).
+    pub fn toml_block(&self) -> String {
+        format!(
+            "\n[[printers]]\nname = {}\nmodel = {}\nserial = {}\nhost = {}\naccess_code = {}\n\
+             tls = \"pin\"\nmqtt_port = {}\nftps_port = {}\n",
+            toml_str(&self.name),
+            toml_str(&self.model),
+            toml_str(&self.serial),
+            toml_str(&self.host),
+            toml_str(&self.access_code),
+            self.mqtt_port,
+            self.ftps_port
+        )
+    }
+}
+
 pub fn parse_sim_line(line: &str) -> Option<SimPrinter> {
     let f: Vec<&str> = line.split_whitespace().collect();
     let [name, model, serial, host, mqtt, ftps, code, _fingerprint] = f.as_slice() else {
