@@ -95,14 +95,17 @@ enum Command {
     /// Run the dispatcher's seeded fault simulation and check the safety invariants.
     ///
     /// Random schedules of reports, taps, uploads,
-    /// link drops, lost and duplicated acks, restarts and clock jumps) and check invariants
-    /// I1–I4, I6, I7 after every step. The last line reads `N schedules, V violations`; the exit
-    /// code is non-zero when V > 0, and each failure prints the command that replays it.
+    /// link drops, lost, duplicated and late acks and upload/publish results, reorders and
+    /// cancels during uploads, restarts and clock jumps) and check invariants I1–I4, I6, I7 after
+    /// every step. The first line names the start seed (a fresh random one unless --seed is
+    /// given); the last line reads `N schedules, V violations`; the exit code is non-zero when
+    /// V > 0, and each failure prints the command that replays it.
     Simulate {
         /// How many schedules (seeds) to run.
         #[arg(long, value_name = "N", default_value_t = 1000)]
         seeds: u64,
-        /// The first seed (replay one failure with `--seeds 1 --seed S`).
+        /// The first seed (default: a fresh random one, printed first); replay one failure with
+        /// `--seeds 1 --seed S`.
         #[arg(long, value_name = "S")]
         seed: Option<u64>,
     },

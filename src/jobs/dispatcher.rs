@@ -38,6 +38,14 @@ pub const MAX_STAGE_FAILURES: u32 = 3;
 /// How many recent tap ids per printer are remembered to drop re-submitted taps (I7).
 pub const RECENT_TAPS: usize = 32;
 
+/// Identifies one run of an effect whose result comes back as an event: an upload
+/// ([`Action::Stage`] → [`Event::StageComplete`] / [`Event::StageFailed`]) or a publish
+/// ([`Action::Publish`] → [`Event::PublishResult`]). A result counts only if it carries the
+/// job's current ticket: a late, duplicated or reordered result of an earlier upload or publish
+/// of the same job is dropped (I7). Tickets grow while the gateway runs; effects in flight end
+/// with the process, so they need not survive a restart.
+pub type EffectTicket = u64;
+
 /// Dispatcher timings in milliseconds (from [`DispatchConfig`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatchTimings {
@@ -215,6 +223,12 @@ pub struct DispatchState {
     pub safety_tripped: bool,
     /// In memory: failed uploads are retried no earlier than this.
     pub stage_retry_at: BTreeMap<JobId, Millis>,
+    /// In memory: the last [`EffectTicket`] handed out.
+    pub last_ticket: EffectTicket,
+    /// In memory: the upload whose result is awaited, per job (only that one may stage it).
+    pub uploads_in_flight: BTreeMap<JobId, EffectTicket>,
+    /// In memory: the publish whose result is awaited, per job.
+    pub publishes_in_flight: BTreeMap<JobId, EffectTicket>,
 }
 
 impl DispatchState {
@@ -226,7 +240,24 @@ impl DispatchState {
             queue_paused: false,
             safety_tripped: false,
             stage_retry_at: BTreeMap::new(),
+            last_ticket: 0,
+            uploads_in_flight: BTreeMap::new(),
+            publishes_in_flight: BTreeMap::new(),
         }
+    }
+
+    /// The ticket the next upload or publish gets.
+    pub fn next_ticket(&self) -> EffectTicket {
+        self.last_ticket.wrapping_add(1)
+    }
+
+    /// Forget in-memory bookkeeping of jobs that are no longer tracked (after a reload).
+    pub fn retain_tracked(&mut self) {
+        let jobs = &self.jobs;
+        self.stage_retry_at.retain(|id, _| jobs.contains_key(id));
+        self.uploads_in_flight.retain(|id, _| jobs.contains_key(id));
+        self.publishes_in_flight
+            .retain(|id, _| jobs.contains_key(id));
     }
 
     /// The job holding or staged on this printer (at most one).
@@ -293,17 +324,23 @@ pub enum Event {
     ResumeQueue {
         printer: Option<String>,
     },
+    /// The upload of [`Action::Stage`] with this `ticket` finished and was verified.
     StageComplete {
         job: JobId,
         printer: String,
+        ticket: EffectTicket,
     },
+    /// The upload of [`Action::Stage`] with this `ticket` failed.
     StageFailed {
         job: JobId,
         printer: String,
+        ticket: EffectTicket,
         reason: String,
     },
+    /// What became of [`Action::Publish`] with this `ticket`.
     PublishResult {
         job: JobId,
+        ticket: EffectTicket,
         outcome: PublishOutcome,
     },
     Ack {
@@ -495,6 +532,8 @@ pub enum Action {
         printer: String,
         file_sha256: String,
         remote_name: String,
+        /// Echoed in the result event.
+        ticket: EffectTicket,
     },
     RequestPushall {
         printer: String,
@@ -511,6 +550,8 @@ pub enum Action {
         file_sha256: String,
         epoch: u64,
         deadline: Millis,
+        /// Echoed in [`Event::PublishResult`].
+        ticket: EffectTicket,
     },
     /// Tell people (UI event stream / alert).
     Notify {
@@ -636,8 +677,13 @@ impl Ctx {
             Event::Move { job, direction } => self.on_move(job, direction),
             Event::PauseQueue { printer } => self.on_pause(printer, true),
             Event::ResumeQueue { printer } => self.on_pause(printer, false),
-            Event::StageComplete { job, printer } => {
-                if let Some(j) = self.s.jobs.get(&job)
+            Event::StageComplete {
+                job,
+                printer,
+                ticket,
+            } => {
+                if self.s.uploads_in_flight.get(&job) == Some(&ticket)
+                    && let Some(j) = self.s.jobs.get(&job)
                     && j.state == JobState::Queued
                     && j.assigned_printer.as_deref() == Some(printer.as_str())
                 {
@@ -651,9 +697,22 @@ impl Ctx {
             Event::StageFailed {
                 job,
                 printer,
+                ticket,
                 reason,
-            } => self.on_stage_failed(job, printer, reason),
-            Event::PublishResult { job, outcome } => self.on_publish_result(job, outcome),
+            } => {
+                if self.s.uploads_in_flight.get(&job) == Some(&ticket) {
+                    self.on_stage_failed(job, printer, reason);
+                }
+            }
+            Event::PublishResult {
+                job,
+                ticket,
+                outcome,
+            } => {
+                if self.s.publishes_in_flight.get(&job) == Some(&ticket) {
+                    self.on_publish_result(job, outcome);
+                }
+            }
             Event::Ack {
                 printer,
                 sequence_id,
@@ -1466,6 +1525,7 @@ impl Ctx {
                     file_sha256: j.file_sha256.clone(),
                     epoch,
                     deadline: a.window_deadline,
+                    ticket: self.s.next_ticket(),
                 });
             } else {
                 let due = match p.last_pushall_at {
@@ -1566,6 +1626,7 @@ impl Ctx {
                 printer,
                 file_sha256: head.file_sha256.clone(),
                 remote_name: head.remote_name(),
+                ticket: self.s.next_ticket(),
             });
         }
     }
@@ -1582,6 +1643,24 @@ impl Ctx {
 
 /// In-memory effect of one action (the store's effect of database actions must match).
 fn apply_action(s: &mut DispatchState, action: &Action) {
+    apply_fields(s, action);
+    // A job that moved on no longer waits for the results of its earlier uploads or publishes.
+    if let Some((job, _)) = action.job_transition() {
+        s.uploads_in_flight.remove(&job);
+        s.publishes_in_flight.remove(&job);
+    }
+    match action {
+        Action::Assign { job, .. } => {
+            s.uploads_in_flight.remove(job);
+        }
+        Action::MarkPublished { job, .. } => {
+            s.publishes_in_flight.remove(job);
+        }
+        _ => {}
+    }
+}
+
+fn apply_fields(s: &mut DispatchState, action: &Action) {
     use Action::*;
     match action {
         ObserveReport {
@@ -1825,7 +1904,15 @@ fn apply_action(s: &mut DispatchState, action: &Action) {
                 p.last_pushall_at = Some(*at);
             }
         }
-        Stage { .. } | Publish { .. } | Notify { .. } => {}
+        Stage { job, ticket, .. } => {
+            s.last_ticket = s.last_ticket.max(*ticket);
+            s.uploads_in_flight.insert(*job, *ticket);
+        }
+        Publish { job, ticket, .. } => {
+            s.last_ticket = s.last_ticket.max(*ticket);
+            s.publishes_in_flight.insert(*job, *ticket);
+        }
+        Notify { .. } => {}
     }
 }
 
@@ -1920,6 +2007,20 @@ mod tests {
         fn job(&self) -> &Job {
             self.s.jobs.get(&1).expect("job 1")
         }
+        fn upload_ticket(&self, job: JobId) -> EffectTicket {
+            self.s
+                .uploads_in_flight
+                .get(&job)
+                .copied()
+                .unwrap_or_default()
+        }
+        fn publish_ticket(&self, job: JobId) -> EffectTicket {
+            self.s
+                .publishes_in_flight
+                .get(&job)
+                .copied()
+                .unwrap_or_default()
+        }
         /// Idle printer, one job staged, fresh tap: the job is published.
         fn published() -> H {
             let mut h = H::new();
@@ -1928,12 +2029,14 @@ mod tests {
             h.ev(Event::StageComplete {
                 job: 1,
                 printer: "p".into(),
+                ticket: h.upload_ticket(1),
             });
             h.tap("t1");
             h.report(GcodeState::Idle, "0", None);
             assert!(h.log.iter().any(|a| matches!(a, Action::Publish { .. })));
             h.ev(Event::PublishResult {
                 job: 1,
+                ticket: h.publish_ticket(1),
                 outcome: PublishOutcome::Published {
                     sequence_id: "21010".into(),
                 },
@@ -2136,6 +2239,7 @@ mod tests {
         h.ev(Event::StageComplete {
             job: 1,
             printer: "p".into(),
+            ticket: h.upload_ticket(1),
         });
         h.at(600_000).report(GcodeState::Finish, "777", None);
         assert_eq!(h.job().state, JobState::Staged);
@@ -2156,6 +2260,7 @@ mod tests {
         h.ev(Event::StageComplete {
             job: 1,
             printer: "p".into(),
+            ticket: h.upload_ticket(1),
         });
         let a = h.at(30_000).tap("t1");
         assert!(
@@ -2176,6 +2281,7 @@ mod tests {
         h.ev(Event::StageComplete {
             job: 1,
             printer: "p".into(),
+            ticket: h.upload_ticket(1),
         });
         h.at(30_000).tap("t1"); // decided, waiting for a fresh report
         let a = h.ev(Event::LinkDown {
@@ -2194,6 +2300,124 @@ mod tests {
         assert!(matches!(h.s.printers["p"].plate, PlateState::Clear(_)));
         let a = h.at(1_000).ev(Event::Tick);
         assert!(a.is_empty(), "nothing for an offline printer: {a:?}");
+    }
+
+    /// Seed 37769's root cause: results of an earlier upload (a late completion, a duplicated
+    /// failure) must not stage or unassign a job whose newer upload is still running.
+    #[test]
+    fn a_stale_upload_result_changes_nothing() {
+        let mut h = H::new();
+        h.report(GcodeState::Idle, "0", None);
+        h.ev(Event::JobQueued(Box::new(job(1))));
+        let first = h.upload_ticket(1);
+        assert!(first > 0, "the job is being uploaded");
+        let failed = |ticket| Event::StageFailed {
+            job: 1,
+            printer: "p".into(),
+            ticket,
+            reason: "connection reset".into(),
+        };
+        let complete = |ticket| Event::StageComplete {
+            job: 1,
+            printer: "p".into(),
+            ticket,
+        };
+        h.ev(failed(first));
+        assert_eq!(
+            h.job().assigned_printer,
+            None,
+            "the failed upload unassigns it"
+        );
+        let retry = h.s.timings.stage_retry_ms;
+        h.at(retry).ev(Event::Tick);
+        let second = h.upload_ticket(1);
+        assert!(
+            second > first,
+            "a new upload with a new ticket: {:?}",
+            h.log
+        );
+        // The first upload's failure again, then its completion, arrive late.
+        assert_eq!(
+            h.ev(failed(first)),
+            vec![],
+            "a duplicated failure is dropped"
+        );
+        assert_eq!(
+            h.ev(complete(first)),
+            vec![],
+            "a late completion is dropped"
+        );
+        assert_eq!(h.job().state, JobState::Queued);
+        assert_eq!(h.job().stage_failures, 1);
+        assert_eq!(
+            h.upload_ticket(1),
+            second,
+            "the new upload is still awaited"
+        );
+        let a = h.ev(complete(second));
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::MarkStaged { job: 1, .. })),
+            "{a:?}"
+        );
+        assert_eq!(h.ev(complete(second)), vec![], "and only once");
+    }
+
+    /// A late "not connected" of an earlier publish must not put back a job whose later publish
+    /// may have reached the printer (that would allow a second start, I2).
+    #[test]
+    fn a_stale_publish_result_changes_nothing() {
+        let mut h = H::new();
+        h.report(GcodeState::Idle, "0", None);
+        h.ev(Event::JobQueued(Box::new(job(1))));
+        h.ev(Event::StageComplete {
+            job: 1,
+            printer: "p".into(),
+            ticket: h.upload_ticket(1),
+        });
+        h.tap("t1");
+        let first = h.publish_ticket(1);
+        assert!(first > 0, "published: {:?}", h.log);
+        h.ev(Event::PublishResult {
+            job: 1,
+            ticket: first,
+            outcome: PublishOutcome::NotConnected,
+        });
+        assert_eq!(h.job().state, JobState::Queued, "back in the queue");
+        assert!(
+            matches!(h.s.printers["p"].plate, PlateState::Clear(_)),
+            "tap restored"
+        );
+        h.ev(Event::StageComplete {
+            job: 1,
+            printer: "p".into(),
+            ticket: h.upload_ticket(1),
+        });
+        h.report(GcodeState::Idle, "0", None);
+        let second = h.publish_ticket(1);
+        assert!(second > first, "published again: {:?}", h.log);
+        let late = h.ev(Event::PublishResult {
+            job: 1,
+            ticket: first,
+            outcome: PublishOutcome::NotConnected,
+        });
+        assert_eq!(
+            late,
+            vec![],
+            "the late result of the first publish is dropped"
+        );
+        assert_eq!(h.job().state, JobState::Starting);
+        let a = h.ev(Event::PublishResult {
+            job: 1,
+            ticket: second,
+            outcome: PublishOutcome::Published {
+                sequence_id: "7".into(),
+            },
+        });
+        assert!(
+            a.iter().any(|a| matches!(a, Action::MarkPublished { .. })),
+            "{a:?}"
+        );
     }
 
     #[test]
@@ -2215,6 +2439,7 @@ mod tests {
         h.ev(Event::StageComplete {
             job: 1,
             printer: "p".into(),
+            ticket: h.upload_ticket(1),
         });
         h.at(20_000).tap("t1"); // decided on a stale report; the pushall is never answered
         let a = h.at(60_000).ev(Event::Tick);
@@ -2246,10 +2471,12 @@ mod tests {
         h.ev(Event::StageComplete {
             job: 1,
             printer: "p".into(),
+            ticket: h.upload_ticket(1),
         });
         h.tap("t1");
         let a = h.ev(Event::PublishResult {
             job: 1,
+            ticket: h.publish_ticket(1),
             outcome: PublishOutcome::NotConnected,
         });
         assert!(a.iter().any(|a| matches!(
@@ -2288,6 +2515,7 @@ mod tests {
         h.ev(Event::StageComplete {
             job: 1,
             printer: "p".into(),
+            ticket: h.upload_ticket(1),
         });
         h.at(1_000).report(GcodeState::Idle, "0", None);
         assert_eq!(h.job().state, JobState::Staged);

@@ -13,7 +13,8 @@
 //! - `Notify`: broadcast to the pages and logged.
 
 use super::dispatcher::{
-    Action, DispatchState, DispatchTimings, Event, PublishOutcome, ReportSummary, decide,
+    Action, DispatchState, DispatchTimings, EffectTicket, Event, PublishOutcome, ReportSummary,
+    decide,
 };
 use super::files::FileStore;
 use super::model::{JobId, Millis};
@@ -360,8 +361,9 @@ impl Runner {
                 printer,
                 file_sha256,
                 remote_name,
+                ticket,
             } => {
-                self.stage(job, printer, file_sha256, remote_name);
+                self.stage(job, printer, file_sha256, remote_name, ticket);
                 None
             }
             Action::Publish {
@@ -374,6 +376,7 @@ impl Runner {
                 file_sha256,
                 epoch,
                 deadline,
+                ticket,
             } => {
                 let outcome = self
                     .publish(PublishPlan {
@@ -387,7 +390,11 @@ impl Runner {
                         deadline,
                     })
                     .await;
-                Some(Event::PublishResult { job, outcome })
+                Some(Event::PublishResult {
+                    job,
+                    ticket,
+                    outcome,
+                })
             }
             other => {
                 tracing::error!("dispatcher returned a non-effect as an effect: {other:?}");
@@ -397,7 +404,14 @@ impl Runner {
     }
 
     /// Upload in the background; the result comes back as an event.
-    fn stage(&self, job: JobId, printer: String, sha: String, remote_name: String) {
+    fn stage(
+        &self,
+        job: JobId,
+        printer: String,
+        sha: String,
+        remote_name: String,
+        ticket: EffectTicket,
+    ) {
         let link = self.links.get(&printer).cloned();
         let path = self.files.path_of(&sha);
         let tx = self.internal.clone();
@@ -411,10 +425,15 @@ impl Runner {
                     .map_err(|e| e.to_string()),
             };
             let event = match result {
-                Ok(()) => Event::StageComplete { job, printer },
+                Ok(()) => Event::StageComplete {
+                    job,
+                    printer,
+                    ticket,
+                },
                 Err(reason) => Event::StageFailed {
                     job,
                     printer,
+                    ticket,
                     reason,
                 },
             };

@@ -547,9 +547,7 @@ impl Store {
                 a.id_echoed_at = Some(at);
             }
         }
-        state
-            .stage_retry_at
-            .retain(|id, _| state.jobs.contains_key(id));
+        state.retain_tracked();
         Ok(())
     }
 
@@ -1284,6 +1282,7 @@ mod tests {
             Event::StageComplete {
                 job: job.id,
                 printer: "p".into(),
+                ticket: 1,
             },
             Event::Tap {
                 printer: "p".into(),
