@@ -15,6 +15,7 @@ use printgate::alerts::{AlertTarget, AlertsConfig};
 use printgate::config::Model;
 use printgate::jobs::dispatcher::Event;
 use printgate::jobs::model::JobState;
+use printgate::printer::{HmsEntry, PrinterCommand};
 use printgate::safety::latch::{Heater, SafetyCause};
 use printgate::safety::runtime::SafetyUpdate;
 use printgate::sim::knobs::Heater as SimHeater;
@@ -335,9 +336,13 @@ async fn thermal_runaway_trips_only_that_printer_within_the_window() {
     let floor = tg.gw().config.safety.watchdog.nozzle.runaway_idle_floor_c;
     let mut updates = tg.safety().subscribe();
     let mut link = tg.gw().printers[0].link.subscribe();
-    tg.sims[0]
-        .knobs()
-        .set(|k| k.thermal_runaway = Some(SimHeater::Nozzle));
+    // A printer whose own protection failed: only printgate's watchdog sees the runaway (with
+    // the firmware's over-temperature HMS, that report trips first, see
+    // the_printers_own_heater_and_fire_faults_trip_safety).
+    tg.sims[0].knobs().set(|k| {
+        k.thermal_runaway = Some(SimHeater::Nozzle);
+        k.firmware_reports_overheat = false;
+    });
     tokio::time::timeout(
         WAIT,
         link.wait_for(|s| {
@@ -622,6 +627,123 @@ async fn api_refuses_anonymous_callers_and_serves_an_authenticated_one() {
     assert_eq!(
         answer["trip"]["cause"]["by_user"],
         printgate::web::auth::DEMO_USER
+    );
+    tg.shutdown().await;
+}
+
+/// Every heater, over-temperature and fire code of BAMBU-LAN.md §6.2–§6.3 marked "safety trip",
+/// written out here from the protocol reference (not taken from the code under test).
+fn tripping_faults() -> Vec<(Vec<HmsEntry>, Option<u32>, String)> {
+    let hms = |attr: u32, code: u32| HmsEntry { attr, code };
+    let mut out = Vec::new();
+    for k in 1..=7 {
+        out.push(hms(0x0300_0100, 0x0001_0000 | k)); // heatbed temperature abnormal
+    }
+    for k in 1..=9 {
+        out.push(hms(0x0300_0200, 0x0001_0000 | k)); // nozzle temperature abnormal
+    }
+    out.push(hms(0x0300_1E00, 0x0001_0003)); // H2 left nozzle temperature abnormal
+    out.push(hms(0x0300_9000, 0x0001_0007)); // chamber temperature too high
+    out.push(hms(0x0300_A100, 0x0001_0001)); // chamber temperature too high
+    let mut faults: Vec<(Vec<HmsEntry>, Option<u32>, String)> = out
+        .into_iter()
+        .map(|e| (vec![e], None, e.display_code()))
+        .collect();
+    faults.push((Vec::new(), Some(0x0300_8044), "0300_8044".into())); // fire detected (H2)
+    faults
+}
+
+/// The printer's own heater-fault, over-temperature and fire reports trip the latch like the
+/// watchdog: relay off, stop, queue paused, the code and its text as the cause. Each code trips
+/// once when it appears; a reset is not undone by the same latched code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printers_own_heater_and_fire_faults_trip_safety() {
+    let tg = gateway_with_safety(&[Model::P1S, Model::X1C], 1.0, |_| {}).await;
+    let gpio = tg.sim_gpio();
+    let mut updates = tg.safety().subscribe();
+    let mut first = true;
+    for (hms, print_error, code) in tripping_faults() {
+        tg.sims[0].knobs().set(|k| {
+            k.injected_hms = hms.clone();
+            k.injected_print_error = print_error;
+        });
+        let tripped = wait_update(&mut updates, &format!("trip on {code}"), |u| {
+            matches!(u, SafetyUpdate::Tripped { cause: SafetyCause::PrinterFault { code: c, .. }, .. } if *c == code)
+        })
+        .await;
+        let SafetyUpdate::Tripped {
+            cause,
+            affected_printers,
+            ..
+        } = tripped
+        else {
+            unreachable!()
+        };
+        assert_eq!(affected_printers, vec!["printer 1".to_string()], "{code}");
+        assert!(
+            matches!(&cause, SafetyCause::PrinterFault { printer, .. } if printer == "printer 1"),
+            "{cause:?}"
+        );
+        let text = cause.describe();
+        assert!(
+            text.contains(&code) && (text.contains("temperature") || text.contains("FIRE")),
+            "the cause names the code and what it means: {text}"
+        );
+        assert_eq!(gpio.output_state(5), Some(false), "{code}: relay off");
+        assert_eq!(
+            gpio.output_state(6),
+            Some(true),
+            "{code}: the other printer keeps its power"
+        );
+        if first {
+            first = false;
+            wait_update(&mut updates, "follow-up", |u| {
+                matches!(u, SafetyUpdate::FollowUpDone { .. })
+            })
+            .await;
+            wait_stops(&tg.sims[0], 1).await;
+            let mut rx = tg.gw().dispatcher.subscribe();
+            tokio::time::timeout(WAIT, rx.wait_for(|s| s.safety_tripped && s.queue_paused))
+                .await
+                .expect("queue paused in time")
+                .expect("dispatcher running");
+            let latched = tg
+                .gw()
+                .store
+                .latched_trip()
+                .expect("store")
+                .expect("latched");
+            assert!(
+                matches!(latched.cause, SafetyCause::PrinterFault { .. }),
+                "{latched:?}"
+            );
+        }
+    }
+    // The last fault stays latched on the printer: a reset holds, no second trip for it.
+    wait_update(&mut updates, "persisted", |u| {
+        matches!(u, SafetyUpdate::Persisted { .. })
+    })
+    .await;
+    let status = tg.safety().status();
+    let trip_id = status.trip.as_ref().and_then(|t| t.id).expect("trip id");
+    tg.safety().reset("alice", trip_id).await.expect("reset");
+    let mut link = tg.gw().printers[0].link.subscribe();
+    let reports = link.borrow_and_update().last_report_at;
+    tg.gw().printers[0]
+        .link
+        .send(PrinterCommand::PushAll)
+        .await
+        .expect("pushall");
+    tokio::time::timeout(
+        WAIT,
+        link.wait_for(|s| s.last_report_at.is_some() && s.last_report_at != reports),
+    )
+    .await
+    .expect("another report with the latched fault")
+    .expect("link");
+    assert!(
+        !tg.safety().status().tripped,
+        "no new trip for a fault already seen"
     );
     tg.shutdown().await;
 }

@@ -84,6 +84,15 @@ pub enum SafetyCause {
     },
     /// No report for this long while printing.
     ReportSilence { printer: String, silent_secs: u64 },
+    /// The printer itself reported a heater fault, over-temperature or fire (HMS or
+    /// `print_error`, see `safety::printer_faults`).
+    PrinterFault {
+        printer: String,
+        /// `0300_0200_0001_0003` (HMS) or `0300_8044` (`print_error`).
+        code: String,
+        /// The code with its meaning, as the UI shows it.
+        text: String,
+    },
 }
 
 impl SafetyCause {
@@ -96,7 +105,8 @@ impl SafetyCause {
             | SafetyCause::ThermalRunaway { printer, .. }
             | SafetyCause::HeaterNotHeating { printer, .. }
             | SafetyCause::HeaterNotHolding { printer, .. }
-            | SafetyCause::ReportSilence { printer, .. } => Some(printer),
+            | SafetyCause::ReportSilence { printer, .. }
+            | SafetyCause::PrinterFault { printer, .. } => Some(printer),
         }
     }
 
@@ -118,6 +128,7 @@ impl SafetyCause {
             SafetyCause::HeaterNotHeating { .. } => "heater_not_heating",
             SafetyCause::HeaterNotHolding { .. } => "heater_not_holding",
             SafetyCause::ReportSilence { .. } => "report_silence",
+            SafetyCause::PrinterFault { .. } => "printer_fault",
         }
     }
 
@@ -172,6 +183,9 @@ impl SafetyCause {
                 printer,
                 silent_secs,
             } => format!("{printer}: no report for {silent_secs} s while printing"),
+            SafetyCause::PrinterFault { printer, text, .. } => {
+                format!("{printer} reported {text}")
+            }
         }
     }
 }

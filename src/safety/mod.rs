@@ -6,6 +6,7 @@
 //! * [`latch`] — [`latch::TripController`]: relays off first, then a [`latch::TripRecord`] for the
 //!   follow-up (persist, stop printers, pause the queue, notify); latch, reset, manual power.
 //! * [`watchdog`] — [`watchdog::ThermalWatchdog`]: pure checks of temperature reports.
+//! * [`printer_faults`] — the printer's own heater, over-temperature and fire reports that trip.
 //! * [`config`] — `[safety]` in printgate.toml.
 //! * [`bench`] — latency figures for `printgate bench safety`.
 //! * [`runtime`] — [`runtime::spawn_safety`] runs all of the above inside the gateway and gives
@@ -21,6 +22,7 @@ pub mod debounce;
 pub mod gpio;
 mod input_worker;
 pub mod latch;
+pub mod printer_faults;
 pub mod rppal_gpio;
 pub mod runtime;
 pub mod sim_gpio;

@@ -33,6 +33,7 @@ use crate::safety::latch::{
     InputKind, PowerChange, PowerError, PowerRequest, PrinterReading, RelayStatus, ResetError,
     ResetRequest, SafetyCause, TripController, TripRecord, now_unix_ms,
 };
+use crate::safety::printer_faults;
 use crate::safety::sim_gpio::SimGpio;
 use crate::safety::watchdog::{
     ThermalSample, ThermalWatchdog, WatchdogVerdict, auto_power_off_due,
@@ -962,6 +963,14 @@ async fn watch_printer(
             changed = rx.changed() => if changed.is_err() { return },
         }
         let next = rx.borrow_and_update().clone();
+        if next.link.is_online()
+            && let Some(st) = next.state.as_ref()
+        {
+            for cause in printer_faults::new_faults(&name, prev.state.as_ref(), st) {
+                let record = inner.trip(cause); // relays off first, then the log line
+                tracing::error!(printer = %name, "safety tripped: {}", record.cause.describe());
+            }
+        }
         for alert in alerts::printer_alerts(&name, &prev, &next) {
             inner.notifier.notify(alert);
         }

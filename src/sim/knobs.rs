@@ -5,6 +5,7 @@
 //! Knob durations (`late_start`, `qos0_delay`) are real (wall-clock) time, not simulated time:
 //! they model protocol behaviour the gateway measures with its own clock.
 
+use crate::printer::HmsEntry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -79,8 +80,18 @@ pub struct KnobValues {
     pub refuse_busy: bool,
     /// Send a failing ack for a busy refusal (otherwise only `print_error` shows it).
     pub busy_ack: bool,
-    /// Heater that keeps heating past its target (HMS 0300_0200/0100_0001_0003 once 15 °C over).
+    /// Heater that keeps heating past its target (HMS 0300_0200/0100_0001_0003 once 15 °C over,
+    /// unless `firmware_reports_overheat` is off).
     pub thermal_runaway: Option<Heater>,
+    /// The firmware raises its over-temperature HMS (0300_0200/0100_0001_0003) when a heater
+    /// runs 15 °C past its target. Off: a printer whose own protection failed, silent while it
+    /// overheats (only the gateway's watchdog can see it).
+    pub firmware_reports_overheat: bool,
+    /// HMS entries the printer reports as latched while they are listed here (fault injection,
+    /// e.g. 0300_0100_0001_0001 heatbed fault).
+    pub injected_hms: Vec<HmsEntry>,
+    /// A `print_error` the printer reports while set (e.g. 0x0300_8044, fire detected).
+    pub injected_print_error: Option<u32>,
     /// Report this nozzle temperature instead of the modelled one (over-limit tests).
     pub nozzle_temp_override: Option<f64>,
     /// Report this bed temperature instead of the modelled one.
@@ -124,6 +135,9 @@ impl KnobValues {
             refuse_busy: false,
             busy_ack: true,
             thermal_runaway: None,
+            firmware_reports_overheat: true,
+            injected_hms: Vec::new(),
+            injected_print_error: None,
             nozzle_temp_override: None,
             bed_temp_override: None,
             strict_sequence_ids: false,

@@ -135,6 +135,9 @@ pub struct Machine {
     pub print_error: u32,
     error_clear: Option<ErrorClear>,
     pub hms: Vec<HmsEntry>,
+    /// What the `injected_hms` / `injected_print_error` knobs put in, so that it leaves with them.
+    injected_hms: Vec<HmsEntry>,
+    injected_print_error: Option<u32>,
     pub print_type: &'static str,
     pub lights_on: bool,
     /// Front door open (X1 `home_flag` bit 23, H2/P2S `stat` bit 23).
@@ -182,6 +185,8 @@ impl Machine {
             print_error: 0,
             error_clear: None,
             hms: Vec::new(),
+            injected_hms: Vec::new(),
+            injected_print_error: None,
             print_type: "idle",
             lights_on: true,
             door_open: false,
@@ -269,6 +274,7 @@ impl Machine {
         let dt = if dt.is_finite() && dt > 0.0 { dt } else { 0.0 };
         self.sim_now += dt;
         self.update_thermal(dt, knobs);
+        self.apply_injected_faults(knobs);
         if knobs.developer_mode {
             self.hms.retain(|h| *h != HMS_VERIFY_FAILED);
         }
@@ -345,8 +351,33 @@ impl Machine {
             self.bed_target,
             knobs.thermal_runaway == Some(Heater::Bed),
         );
-        latch(&mut self.hms, HMS_NOZZLE_OVER_TEMP, nozzle_over);
-        latch(&mut self.hms, HMS_BED_OVER_TEMP, bed_over);
+        // A printer whose own protection failed (the case the gateway's watchdog is for) says
+        // nothing.
+        let reports = knobs.firmware_reports_overheat;
+        latch(&mut self.hms, HMS_NOZZLE_OVER_TEMP, reports && nozzle_over);
+        latch(&mut self.hms, HMS_BED_OVER_TEMP, reports && bed_over);
+    }
+
+    /// Faults injected by the knobs stay latched while the knob holds them (as a real printer's
+    /// HMS list does while the condition lasts) and clear when it drops them.
+    fn apply_injected_faults(&mut self, knobs: &KnobValues) {
+        for gone in self
+            .injected_hms
+            .iter()
+            .filter(|h| !knobs.injected_hms.contains(h))
+        {
+            latch(&mut self.hms, *gone, false);
+        }
+        for entry in &knobs.injected_hms {
+            latch(&mut self.hms, *entry, true);
+        }
+        self.injected_hms.clone_from(&knobs.injected_hms);
+        match (knobs.injected_print_error, self.injected_print_error) {
+            (Some(code), _) => self.print_error = code,
+            (None, Some(old)) if self.print_error == old => self.print_error = 0,
+            _ => {}
+        }
+        self.injected_print_error = knobs.injected_print_error;
     }
 
     fn prep_total(&self) -> f64 {
