@@ -13,8 +13,9 @@ use axum::http::HeaderMap;
 use common::*;
 use printgate::alerts::{AlertTarget, AlertsConfig};
 use printgate::config::Model;
-use printgate::jobs::dispatcher::Event;
+use printgate::jobs::dispatcher::{Event, PrinterRuntime};
 use printgate::jobs::model::JobState;
+use printgate::jobs::plate::PlateState;
 use printgate::printer::{HmsEntry, PrinterCommand};
 use printgate::safety::latch::{Heater, SafetyCause};
 use printgate::safety::runtime::SafetyUpdate;
@@ -745,5 +746,73 @@ async fn the_printers_own_heater_and_fire_faults_trip_safety() {
         !tg.safety().status().tripped,
         "no new trip for a fault already seen"
     );
+    tg.shutdown().await;
+}
+
+async fn wait_dispatcher(tg: &TestGateway, what: &str, pred: impl Fn(&PrinterRuntime) -> bool) {
+    let mut rx = tg.gw().dispatcher.subscribe();
+    tokio::time::timeout(
+        WAIT,
+        rx.wait_for(|s| s.printers.get("printer 1").is_some_and(&pred)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("dispatcher: {what}"))
+    .expect("dispatcher running");
+}
+
+/// A person may clear the plate of a printer printgate itself switched off (the tap is valid when
+/// power returns and starts the next job); offline for any other reason, the tap is refused with
+/// the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plate_clear_is_accepted_while_printgate_holds_the_power_off() {
+    let tg = gateway_with_safety(&[Model::P1S], 1.0, |_| {}).await;
+    let sim = &tg.sims[0];
+
+    // Unplugged (printgate's relay is on): the state is unknown, the tap is refused.
+    sim.power_cut();
+    wait_dispatcher(&tg, "offline", |p| !p.link_online).await;
+    let msgs = tg.tap("printer 1", "tap-unplugged").await;
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("not accepted") && m.contains("offline")),
+        "{msgs:?}"
+    );
+    assert!(!matches!(
+        tg.gw().dispatcher.state().printers["printer 1"].plate,
+        PlateState::Clear(_)
+    ));
+    sim.power_restore(false);
+    tg.wait_online().await;
+
+    // printgate switches the power off (the relay cuts the printer): the tap is accepted.
+    tg.safety()
+        .set_power("printer 1", false, false, "alice")
+        .expect("power off");
+    sim.power_cut();
+    wait_dispatcher(&tg, "power held off", |p| {
+        p.power_held_off && !p.link_online
+    })
+    .await;
+    let msgs = tg.tap("printer 1", "tap-unpowered").await;
+    assert!(
+        msgs.iter().any(|m| m.contains("holds the power")),
+        "{msgs:?}"
+    );
+    assert!(matches!(
+        tg.gw().dispatcher.state().printers["printer 1"].plate,
+        PlateState::Clear(_)
+    ));
+    let job = tg
+        .queue(Some("printer 1"), Model::P1S, "after-power-on")
+        .await;
+    assert!(starts(sim).is_empty());
+
+    // Power back on: the printer boots idle and the tap starts the job, once.
+    tg.safety()
+        .set_power("printer 1", true, false, "alice")
+        .expect("power on");
+    sim.power_restore(false);
+    tg.wait_job(job.id, JobState::Printing).await;
+    assert_eq!(starts(sim).len(), 1);
     tg.shutdown().await;
 }

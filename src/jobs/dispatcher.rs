@@ -191,6 +191,8 @@ pub struct PrinterRuntime {
     pub last_activity_at: Option<Millis>,
     /// In memory: recent tap ids, to ignore re-submitted taps.
     pub recent_tap_ids: VecDeque<String>,
+    /// In memory: printgate's own relay holds this printer's power off (nothing can print).
+    pub power_held_off: bool,
 }
 
 impl PrinterRuntime {
@@ -207,6 +209,7 @@ impl PrinterRuntime {
             last_pushall_at: None,
             last_activity_at: None,
             recent_tap_ids: VecDeque::new(),
+            power_held_off: false,
         }
     }
 }
@@ -302,6 +305,11 @@ pub enum Event {
     LinkDown {
         printer: String,
     },
+    /// The safety room switched this printer's relay: `true` while printgate holds its power off.
+    PowerHeldOff {
+        printer: String,
+        held_off: bool,
+    },
     Tap {
         printer: String,
         user: String,
@@ -390,6 +398,10 @@ pub enum Action {
     },
     ObserveLinkDown {
         printer: String,
+    },
+    ObservePowerHeldOff {
+        printer: String,
+        held_off: bool,
     },
     /// Add a freshly created job (its row exists already).
     TrackJob(Box<Job>),
@@ -567,6 +579,7 @@ impl Action {
         match self {
             ObserveReport { .. }
             | ObserveLinkDown { .. }
+            | ObservePowerHeldOff { .. }
             | TrackJob(_)
             | SetSafetyTripped { .. }
             | NoteIdEchoed { .. }
@@ -661,6 +674,16 @@ impl Ctx {
                         printer: printer.clone(),
                     });
                     self.link_lost(&printer);
+                }
+            }
+            Event::PowerHeldOff { printer, held_off } => {
+                if self
+                    .s
+                    .printers
+                    .get(&printer)
+                    .is_some_and(|p| p.power_held_off != held_off)
+                {
+                    self.emit(Action::ObservePowerHeldOff { printer, held_off });
                 }
             }
             Event::Tap {
@@ -935,11 +958,15 @@ impl Ctx {
             && p.report.as_ref().is_some_and(|r| {
                 r.link_online && r.have_full_report && p.epoch == Some(r.connection_epoch)
             });
-        let refusal = if !known {
+        // printgate's own relay holds the power off: nothing can print, so a person can clear
+        // the plate of a cooled, switched-off printer. Any print activity reported after power
+        // returns voids the tap as always (I1).
+        let unpowered = !p.link_online && p.power_held_off;
+        let refusal = if !known && !unpowered {
             Some(format!(
-                "the state of {printer} is not known right now (offline or no full report yet); tap Plate clear again when it shows online"
+                "{printer} is offline or has not sent its state yet, so printgate cannot tell whether it is printing; check that it is switched on and connected, then tap Plate clear again when it shows online"
             ))
-        } else if p.report.as_ref().is_some_and(|r| r.gcode_state.is_active()) {
+        } else if !unpowered && p.report.as_ref().is_some_and(|r| r.gcode_state.is_active()) {
             Some(format!(
                 "{printer} is printing; remove the print when it has finished, then tap again"
             ))
@@ -967,7 +994,21 @@ impl Ctx {
                     format!("plate-clear tap by {user} not accepted: {reason}"),
                 );
             }
-            None => self.emit(Action::RecordTap { printer, tap }),
+            None => {
+                self.emit(Action::RecordTap {
+                    printer: printer.clone(),
+                    tap,
+                });
+                if unpowered {
+                    self.notify(
+                        Some(&printer),
+                        None,
+                        format!(
+                            "plate-clear tap by {user} accepted while printgate holds the power of {printer} off: nothing can print until power returns; it stays valid then unless the printer shows print activity"
+                        ),
+                    );
+                }
+            }
         }
     }
 
@@ -1678,6 +1719,11 @@ fn apply_fields(s: &mut DispatchState, action: &Action) {
                 p.link_online = report.link_online;
                 p.epoch = Some(report.connection_epoch);
                 p.report = Some(report.clone());
+            }
+        }
+        ObservePowerHeldOff { printer, held_off } => {
+            if let Some(p) = s.printers.get_mut(printer) {
+                p.power_held_off = *held_off;
             }
         }
         ObserveLinkDown { printer } => {
@@ -2418,6 +2464,85 @@ mod tests {
             a.iter().any(|a| matches!(a, Action::MarkPublished { .. })),
             "{a:?}"
         );
+    }
+
+    fn power_held_off(h: &mut H, held_off: bool) -> Vec<Action> {
+        h.ev(Event::PowerHeldOff {
+            printer: "p".into(),
+            held_off,
+        })
+    }
+
+    /// Auto power-off after a print: the plate of the cooled, unpowered printer can be cleared;
+    /// the tap stays valid when power returns and starts the next job.
+    #[test]
+    fn a_tap_is_accepted_while_printgate_holds_the_power_off() {
+        let mut h = H::new();
+        h.report(GcodeState::Running, "41", None);
+        h.at(60_000).report(GcodeState::Finish, "41", None);
+        assert_eq!(h.s.printers["p"].plate, PlateState::Occupied);
+        h.ev(Event::LinkDown {
+            printer: "p".into(),
+        });
+        let refused = h.tap("t-offline");
+        assert!(
+            refused.iter().any(
+                |a| matches!(a, Action::RejectTap { reason, .. } if reason.contains("offline"))
+            ),
+            "offline for an unknown reason: refused, saying why: {refused:?}"
+        );
+        power_held_off(&mut h, true);
+        let a = h.tap("t1");
+        assert!(
+            a.iter().any(|a| matches!(a, Action::RecordTap { .. })),
+            "{a:?}"
+        );
+        assert!(
+            a.iter().any(|a| matches!(a, Action::Notify { message, .. } if message.contains("holds the power"))),
+            "the reason it was accepted is recorded: {a:?}"
+        );
+        h.ev(Event::JobQueued(Box::new(job(1))));
+        // Power returns; the printer boots and reports the finished job as before.
+        h.at(5_000);
+        power_held_off(&mut h, false);
+        h.report(GcodeState::Finish, "41", None);
+        h.ev(Event::StageComplete {
+            job: 1,
+            printer: "p".into(),
+            ticket: h.upload_ticket(1),
+        });
+        assert!(
+            h.log.iter().any(
+                |a| matches!(a, Action::ConsumeTapAndMarkStarting { tap, .. } if tap.tap_id == "t1")
+            ),
+            "the tap made while unpowered starts the job: {:?}",
+            h.log
+        );
+        assert_eq!(count(&h.log, |a| matches!(a, Action::Publish { .. })), 1);
+    }
+
+    /// I1 still holds: print activity reported after power returns voids that tap.
+    #[test]
+    fn activity_after_power_returns_voids_a_tap_made_while_unpowered() {
+        let mut h = H::new();
+        h.report(GcodeState::Finish, "41", None);
+        h.ev(Event::LinkDown {
+            printer: "p".into(),
+        });
+        power_held_off(&mut h, true);
+        assert!(
+            h.tap("t1")
+                .iter()
+                .any(|a| matches!(a, Action::RecordTap { .. }))
+        );
+        power_held_off(&mut h, false);
+        let a = h.at(5_000).report(GcodeState::Running, "42", None);
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::MarkPlateOccupied { .. })),
+            "{a:?}"
+        );
+        assert_eq!(h.s.printers["p"].plate, PlateState::Occupied);
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::safety::watchdog::{
 use crate::safety::{GpioError, SafetyEvent, install_inputs};
 use crate::store::{Store, StoreError};
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
@@ -335,8 +335,47 @@ pub fn spawn_safety(
         base,
         shutdown.clone(),
     ));
+    tasks.spawn(tell_dispatcher_power(
+        inner.clone(),
+        inner.updates.subscribe(),
+        shutdown.clone(),
+    ));
     tasks.spawn(watch_jobs(inner.clone(), shutdown));
     Ok(SafetyHandle { inner })
+}
+
+/// Keep the dispatcher told which printers printgate's relays hold unpowered (at start and after
+/// every relay change: trip, manual or automatic power switching), so that a person may clear
+/// the plate of a printer printgate switched off.
+async fn tell_dispatcher_power(
+    inner: Arc<Inner>,
+    mut updates: broadcast::Receiver<SafetyUpdate>,
+    shutdown: CancellationToken,
+) {
+    let mut told: HashMap<String, bool> = HashMap::new();
+    loop {
+        for (name, ..) in &inner.printers {
+            let held_off = inner.controller.relay_on(name) == Some(false);
+            if told.get(name) != Some(&held_off) {
+                let event = Event::PowerHeldOff {
+                    printer: name.clone(),
+                    held_off,
+                };
+                if inner.dispatcher.submit(event).await.is_err() {
+                    return;
+                }
+                told.insert(name.clone(), held_off);
+            }
+        }
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            u = updates.recv() => u,
+        };
+        match next {
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 impl SafetyHandle {
