@@ -167,11 +167,7 @@ async fn smoke_edge_cuts_power_stops_every_printer_pauses_queue_persists_and_ale
     assert_eq!(status.trip.as_ref().and_then(|t| t.id), latched.id);
     assert_eq!(status.unpersisted, 0);
     // Queue paused (the dispatcher is told in the background right after the stops).
-    let mut rx = tg.gw().dispatcher.subscribe();
-    tokio::time::timeout(WAIT, rx.wait_for(|s| s.safety_tripped && s.queue_paused))
-        .await
-        .expect("queue paused in time")
-        .expect("dispatcher running");
+    wait_tripped_and_paused(&tg, "queue paused in time").await;
     // Alerts: ntfy with its headers, and the webhook's JSON.
     let mut got = receive_each(&mut received, &["/printgate-topic", "/hook"]).await;
     let ntfy = got.remove(
@@ -235,11 +231,7 @@ async fn latch_survives_restart_reset_keeps_power_off_and_queue_resumes_only_whe
     assert!(status.tripped, "{status:?}");
     let trip_id = status.trip.as_ref().and_then(|t| t.id).expect("trip id");
     tg.wait_online().await;
-    let mut rx = tg.gw().dispatcher.subscribe();
-    tokio::time::timeout(WAIT, rx.wait_for(|s| s.safety_tripped && s.queue_paused))
-        .await
-        .expect("queue paused after restart")
-        .expect("dispatcher running");
+    wait_tripped_and_paused(&tg, "queue paused after restart").await;
 
     // Nothing is dispatched while tripped, even with a job and a tap.
     let job = tg.queue(Some("printer 1"), Model::P1S, "after-trip").await;
@@ -703,11 +695,7 @@ async fn the_printers_own_heater_and_fire_faults_trip_safety() {
             })
             .await;
             wait_stops(&tg.sims[0], 1).await;
-            let mut rx = tg.gw().dispatcher.subscribe();
-            tokio::time::timeout(WAIT, rx.wait_for(|s| s.safety_tripped && s.queue_paused))
-                .await
-                .expect("queue paused in time")
-                .expect("dispatcher running");
+            wait_tripped_and_paused(&tg, "queue paused in time").await;
             let latched = tg
                 .gw()
                 .store
@@ -747,6 +735,15 @@ async fn the_printers_own_heater_and_fire_faults_trip_safety() {
         "no new trip for a fault already seen"
     );
     tg.shutdown().await;
+}
+
+/// The dispatcher knows of the trip and has paused the queue.
+async fn wait_tripped_and_paused(tg: &TestGateway, what: &str) {
+    let mut rx = tg.gw().dispatcher.subscribe();
+    tokio::time::timeout(WAIT, rx.wait_for(|s| s.safety_tripped && s.queue_paused))
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+        .expect("dispatcher running");
 }
 
 async fn wait_dispatcher(tg: &TestGateway, what: &str, pred: impl Fn(&PrinterRuntime) -> bool) {

@@ -2053,6 +2053,15 @@ mod tests {
         fn job(&self) -> &Job {
             self.s.jobs.get(&1).expect("job 1")
         }
+        /// The upload in flight for `job` completed.
+        fn stage_complete(&mut self, job: JobId) -> Vec<Action> {
+            let ticket = self.upload_ticket(job);
+            self.ev(Event::StageComplete {
+                job,
+                printer: "p".into(),
+                ticket,
+            })
+        }
         fn upload_ticket(&self, job: JobId) -> EffectTicket {
             self.s
                 .uploads_in_flight
@@ -2072,11 +2081,7 @@ mod tests {
             let mut h = H::new();
             h.report(GcodeState::Idle, "0", None);
             h.ev(Event::JobQueued(Box::new(job(1))));
-            h.ev(Event::StageComplete {
-                job: 1,
-                printer: "p".into(),
-                ticket: h.upload_ticket(1),
-            });
+            h.stage_complete(1);
             h.tap("t1");
             h.report(GcodeState::Idle, "0", None);
             assert!(h.log.iter().any(|a| matches!(a, Action::Publish { .. })));
@@ -2282,11 +2287,7 @@ mod tests {
                 .any(|a| matches!(a, Action::MarkPlateOccupied { .. }))
         );
         h.ev(Event::JobQueued(Box::new(job(1))));
-        h.ev(Event::StageComplete {
-            job: 1,
-            printer: "p".into(),
-            ticket: h.upload_ticket(1),
-        });
+        h.stage_complete(1);
         h.at(600_000).report(GcodeState::Finish, "777", None);
         assert_eq!(h.job().state, JobState::Staged);
         assert_eq!(count(&h.log, |a| matches!(a, Action::Publish { .. })), 0);
@@ -2303,11 +2304,7 @@ mod tests {
         let mut h = H::new();
         h.report(GcodeState::Idle, "0", Some(0));
         h.ev(Event::JobQueued(Box::new(job(1))));
-        h.ev(Event::StageComplete {
-            job: 1,
-            printer: "p".into(),
-            ticket: h.upload_ticket(1),
-        });
+        h.stage_complete(1);
         let a = h.at(30_000).tap("t1");
         assert!(
             a.iter()
@@ -2324,11 +2321,7 @@ mod tests {
         let mut h = H::new();
         h.report(GcodeState::Idle, "0", Some(0));
         h.ev(Event::JobQueued(Box::new(job(1))));
-        h.ev(Event::StageComplete {
-            job: 1,
-            printer: "p".into(),
-            ticket: h.upload_ticket(1),
-        });
+        h.stage_complete(1);
         h.at(30_000).tap("t1"); // decided, waiting for a fresh report
         let a = h.ev(Event::LinkDown {
             printer: "p".into(),
@@ -2416,11 +2409,7 @@ mod tests {
         let mut h = H::new();
         h.report(GcodeState::Idle, "0", None);
         h.ev(Event::JobQueued(Box::new(job(1))));
-        h.ev(Event::StageComplete {
-            job: 1,
-            printer: "p".into(),
-            ticket: h.upload_ticket(1),
-        });
+        h.stage_complete(1);
         h.tap("t1");
         let first = h.publish_ticket(1);
         assert!(first > 0, "published: {:?}", h.log);
@@ -2434,11 +2423,7 @@ mod tests {
             matches!(h.s.printers["p"].plate, PlateState::Clear(_)),
             "tap restored"
         );
-        h.ev(Event::StageComplete {
-            job: 1,
-            printer: "p".into(),
-            ticket: h.upload_ticket(1),
-        });
+        h.stage_complete(1);
         h.report(GcodeState::Idle, "0", None);
         let second = h.publish_ticket(1);
         assert!(second > first, "published again: {:?}", h.log);
@@ -2506,11 +2491,7 @@ mod tests {
         h.at(5_000);
         power_held_off(&mut h, false);
         h.report(GcodeState::Finish, "41", None);
-        h.ev(Event::StageComplete {
-            job: 1,
-            printer: "p".into(),
-            ticket: h.upload_ticket(1),
-        });
+        h.stage_complete(1);
         assert!(
             h.log.iter().any(
                 |a| matches!(a, Action::ConsumeTapAndMarkStarting { tap, .. } if tap.tap_id == "t1")
@@ -2561,11 +2542,7 @@ mod tests {
         let mut h = H::new();
         h.report(GcodeState::Idle, "0", Some(0));
         h.ev(Event::JobQueued(Box::new(job(1))));
-        h.ev(Event::StageComplete {
-            job: 1,
-            printer: "p".into(),
-            ticket: h.upload_ticket(1),
-        });
+        h.stage_complete(1);
         h.at(20_000).tap("t1"); // decided on a stale report; the pushall is never answered
         let a = h.at(60_000).ev(Event::Tick);
         assert!(
@@ -2593,11 +2570,7 @@ mod tests {
         let mut h = H::new();
         h.report(GcodeState::Idle, "0", None);
         h.ev(Event::JobQueued(Box::new(job(1))));
-        h.ev(Event::StageComplete {
-            job: 1,
-            printer: "p".into(),
-            ticket: h.upload_ticket(1),
-        });
+        h.stage_complete(1);
         h.tap("t1");
         let a = h.ev(Event::PublishResult {
             job: 1,
@@ -2637,11 +2610,7 @@ mod tests {
             user: "ann".into(),
             new_subtask_id: 4242,
         });
-        h.ev(Event::StageComplete {
-            job: 1,
-            printer: "p".into(),
-            ticket: h.upload_ticket(1),
-        });
+        h.stage_complete(1);
         h.at(1_000).report(GcodeState::Idle, "0", None);
         assert_eq!(h.job().state, JobState::Staged);
         assert_eq!(count(&h.log, |a| matches!(a, Action::Publish { .. })), 1);

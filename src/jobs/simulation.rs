@@ -2029,6 +2029,15 @@ mod tests {
         }
     }
 
+    fn requeue(job: JobId, at: Millis) -> Action {
+        Action::ReturnToQueued {
+            job,
+            restore_tap: true,
+            reason: "x".into(),
+            at,
+        }
+    }
+
     fn assign(job: JobId) -> Action {
         Action::Assign {
             job,
@@ -2178,15 +2187,7 @@ mod tests {
             },
             1_800,
         );
-        c.observe_batch(
-            &[Action::ReturnToQueued {
-                job: 1,
-                restore_tap: true,
-                reason: "x".into(),
-                at: 1_800,
-            }],
-            1_800,
-        );
+        c.observe_batch(&[requeue(1, 1_800)], 1_800);
         assert!(
             c.violations.iter().any(|v| v.contains("I2")),
             "{:?}",
@@ -2195,15 +2196,7 @@ mod tests {
 
         // Requeueing a job whose start may have been sent.
         let mut c = ok.clone();
-        c.observe_batch(
-            &[Action::ReturnToQueued {
-                job: 1,
-                restore_tap: true,
-                reason: "x".into(),
-                at: 2_000,
-            }],
-            2_000,
-        );
+        c.observe_batch(&[requeue(1, 2_000)], 2_000);
         assert!(
             c.violations.iter().any(|v| v.contains("I2")),
             "{:?}",
