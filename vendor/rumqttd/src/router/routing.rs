@@ -505,12 +505,16 @@ impl Router {
                 if let Some(cursor) = retransmissions.get(&request.filter_idx) {
                     request.cursor = *cursor;
                     // reset the group cursor
-                    if let Some(group_name) = &request.group {
-                        // TODO: Test this more
-                        self.shared_subscriptions
-                            .get_mut(group_name)
-                            .expect("group must exists")
-                            .cursor = *cursor;
+                    // printgate patch: the group was removed above when this client was its
+                    // last member; upstream's `expect("group must exists")` then panicked the
+                    // router thread (a persistent session leaving a shared subscription with
+                    // unacknowledged messages).
+                    if let Some(group) = request
+                        .group
+                        .as_ref()
+                        .and_then(|g| self.shared_subscriptions.get_mut(g))
+                    {
+                        group.cursor = *cursor;
                     }
                 }
             }

@@ -538,19 +538,27 @@ async fn remote<P: Protocol>(
         client_id = format!("{tenant_id}.{client_id}");
     }
 
-    if let Some(sender) = will_handlers.lock().unwrap().remove(&client_id) {
+    // printgate patch: the previous connection with this client id may be gone without
+    // having removed its entry (its link failed to start), so its receiver is dropped and
+    // `try_send` fails; upstream unwrapped that while holding the lock, which panicked and
+    // poisoned the map for every later connection. Neither may end the broker.
+    let previous = will_handlers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&client_id);
+    if let Some(sender) = previous {
         let awaiting_will = if clean_session {
             AwaitingWill::Fire
         } else {
             AwaitingWill::Cancel
         };
-        sender.try_send(awaiting_will).unwrap();
+        let _ = sender.try_send(awaiting_will);
     }
 
     let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
     will_handlers
         .lock()
-        .unwrap()
+        .unwrap_or_else(|e| e.into_inner())
         .insert(client_id.clone(), will_tx);
 
     // Start the link
@@ -614,7 +622,10 @@ async fn remote<P: Protocol>(
         Ok(w) => w.is_ok_and(|k| k == AwaitingWill::Fire),
         Err(_) => {
             // no need to keep the sender after timeout
-            will_handlers.lock().unwrap().remove(&client_id);
+            will_handlers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&client_id);
             // as will delay interval has passed, publish the will message
             true
         }

@@ -55,6 +55,25 @@ fn connect_code(return_code: ConnectReturnCode) -> u8 {
         ConnectReturnCode::ServiceUnavailable => 3,
         ConnectReturnCode::BadUserNamePassword => 4,
         ConnectReturnCode::NotAuthorized => 5,
-        _ => unreachable!(),
+        // printgate patch: MQTT 5 codes have no 3.1.1 value; upstream panicked on them. Send
+        // the nearest 3.1.1 refusal.
+        ConnectReturnCode::UnsupportedProtocolVersion => 1,
+        ConnectReturnCode::BadAuthenticationMethod => 4,
+        ConnectReturnCode::Banned => 5,
+        ConnectReturnCode::UnspecifiedError
+        | ConnectReturnCode::MalformedPacket
+        | ConnectReturnCode::ProtocolError
+        | ConnectReturnCode::ImplementationSpecificError
+        | ConnectReturnCode::ServerUnavailable
+        | ConnectReturnCode::ServerBusy
+        | ConnectReturnCode::TopicNameInvalid
+        | ConnectReturnCode::PacketTooLarge
+        | ConnectReturnCode::QuotaExceeded
+        | ConnectReturnCode::PayloadFormatInvalid
+        | ConnectReturnCode::RetainNotSupported
+        | ConnectReturnCode::QoSNotSupported
+        | ConnectReturnCode::UseAnotherServer
+        | ConnectReturnCode::ServerMoved
+        | ConnectReturnCode::ConnectionRateExceeded => 3,
     }
 }

@@ -6,12 +6,12 @@ pub fn read(fixed_header: FixedHeader, mut bytes: Bytes) -> Result<Unsubscribe, 
     bytes.advance(variable_header_index);
 
     let pkid = read_u16(&mut bytes)?;
-    let mut payload_bytes = fixed_header.remaining_len - 2;
     let mut filters = Vec::with_capacity(1);
 
-    while payload_bytes > 0 {
+    // printgate patch: count what is left in the packet instead of subtracting from the
+    // remaining length (no arithmetic on lengths a client sent).
+    while bytes.has_remaining() {
         let topic_filter = read_mqtt_string(&mut bytes)?;
-        payload_bytes -= topic_filter.len() + 2;
         filters.push(topic_filter);
     }
 

@@ -204,7 +204,11 @@ fn parse_fixed_header(mut stream: Iter<u8>) -> Result<FixedHeader, Error> {
         return Err(Error::InsufficientBytes(2 - stream_len));
     }
 
-    let byte1 = stream.next().unwrap();
+    // printgate patch: no unwrap on network input (the length check above makes it safe
+    // today; this keeps it safe if that check changes).
+    let Some(byte1) = stream.next() else {
+        return Err(Error::InsufficientBytes(2));
+    };
     let (len_len, len) = length(stream)?;
 
     Ok(FixedHeader::new(*byte1, len_len, len))
@@ -426,7 +430,17 @@ impl Protocol for V5 {
                 let (pubcomp, properties) = pubcomp::read(fixed_header, packet)?;
                 Packet::PubComp(pubcomp, properties)
             }
-            _ => unreachable!(),
+            // printgate patch: upstream had `_ => unreachable!()` here, and CONNACK and
+            // UNSUBACK were not listed, so a client sending either with a body panicked the
+            // broker.
+            PacketType::ConnAck => {
+                let (connack, properties) = connack::read(fixed_header, packet)?;
+                Packet::ConnAck(connack, properties)
+            }
+            PacketType::UnsubAck => {
+                let (unsuback, properties) = unsuback::read(fixed_header, packet)?;
+                Packet::UnsubAck(unsuback, properties)
+            }
         };
 
         Ok(packet)
@@ -469,7 +483,6 @@ impl Protocol for V5 {
             }
             Packet::PingReq(pingreq) => ping::pingreq::write(buffer)?,
             Packet::PingResp(pingresp) => ping::pingresp::write(buffer)?,
-            _ => unreachable!(),
         };
         Ok(size)
     }
