@@ -1,41 +1,91 @@
-// printgate: small progressive enhancement. Pages work without it (forms post and redirect);
-// with it, cards update live over Server-Sent Events, a banner says when the gateway is
-// unreachable, and uploads show a real progress bar.
+// printgate: small progressive enhancement. Pages work without it (forms post and redirect back
+// with a message); with it, cards and the queue update in place over Server-Sent Events (the
+// server sends their HTML, rendered from the same templates as the page), a banner says when the
+// gateway is unreachable, actions answer next to their control, and uploads show a progress bar.
+// The page is never reloaded under the user: a form being filled is never reset or replaced.
 "use strict";
 (function () {
   var banner = document.getElementById("offline");
   function setOffline(off) { if (banner) banner.hidden = !off; }
+  // How many live messages of each kind the page applied (also read by the browser tests).
+  var live = window.printgateLive = { state: 0, printer: 0, queue: 0 };
 
-  function text(card, field, value) {
-    var el = card.querySelector('[data-field="' + field + '"]');
-    if (el && value !== undefined && value !== null && el.textContent !== String(value)) el.textContent = value;
+  // ---- in-place updates -------------------------------------------------------------------
+  // Whether `el` holds a form someone is filling: a focused field, a field changed from what
+  // the server rendered (a ticked confirmation), or a submission in flight.
+  function beingFilled(el) {
+    var a = document.activeElement;
+    if (a && el.contains(a) && /^(INPUT|SELECT|TEXTAREA)$/.test(a.tagName) && a.type !== "hidden") return true;
+    var fields = el.querySelectorAll("input, select, textarea");
+    for (var i = 0; i < fields.length; i++) {
+      var f = fields[i];
+      if (f.type === "hidden") continue;
+      if (f.type === "checkbox" || f.type === "radio") { if (f.checked !== f.defaultChecked) return true; }
+      else if (f.tagName === "SELECT") {
+        for (var k = 0; k < f.options.length; k++) if (f.options[k].selected !== f.options[k].defaultSelected) return true;
+      } else if (f.value !== f.defaultValue) return true;
+    }
+    return el.querySelector("form[data-busy]") !== null;
   }
-  function temp(v) { return v === null || v === undefined ? "–" : Math.round(v); }
+
+  function sameNode(a, b) {
+    return a.nodeType === b.nodeType && a.nodeName === b.nodeName &&
+      (a.nodeType !== 1 || a.getAttribute("data-job") === b.getAttribute("data-job"));
+  }
+  function syncAttributes(to, from) {
+    var i, at;
+    for (i = to.attributes.length - 1; i >= 0; i--) {
+      at = to.attributes[i].name;
+      if (!from.hasAttribute(at)) to.removeAttribute(at);
+    }
+    for (i = 0; i < from.attributes.length; i++) {
+      at = from.attributes[i];
+      if (to.getAttribute(at.name) !== at.value) to.setAttribute(at.name, at.value);
+    }
+  }
+  // Make the children of `to` equal to those of `from`, touching only what differs: a button
+  // whose markup did not change stays the same element, so a tap on it is never lost.
+  function morph(to, from) {
+    var want = from.childNodes, have = to.childNodes;
+    for (var i = 0; i < want.length; i++) {
+      var n = want[i], o = have[i];
+      if (!o) { to.appendChild(n.cloneNode(true)); continue; }
+      if (!sameNode(o, n)) { to.replaceChild(n.cloneNode(true), o); continue; }
+      if (o.nodeType === 1) { syncAttributes(o, n); morph(o, n); }
+      else if (o.nodeValue !== n.nodeValue) o.nodeValue = n.nodeValue;
+    }
+    while (have.length > want.length) to.removeChild(to.lastChild);
+  }
+
+  var pending = [];
+  // Show `html` in the live part `el`, unless a form in it is being filled: then keep it for
+  // when the user is done (focus leaves, the form is sent or reset).
+  function update(el, html) {
+    if (!el || typeof html !== "string" || html === "") return;
+    if (beingFilled(el)) {
+      pending = pending.filter(function (p) { return p.el !== el; });
+      pending.push({ el: el, html: html });
+      return;
+    }
+    var t = document.createElement("template");
+    t.innerHTML = html;
+    morph(el, t.content);
+  }
+  function flushPending() {
+    var waiting = pending;
+    pending = [];
+    waiting.forEach(function (p) { if (p.el.isConnected) update(p.el, p.html); });
+  }
+  document.addEventListener("focusout", function () { setTimeout(flushPending, 0); });
+  document.addEventListener("change", function () { setTimeout(flushPending, 0); });
 
   function updatePrinter(p) {
     var card = document.querySelector('[data-printer="' + CSS.escape(p.name) + '"]');
     if (!card) return;
     card.classList.toggle("offline", !p.online);
-    text(card, "link", p.link);
-    text(card, "gcode_state", p.gcode_state);
-    var badge = card.querySelector('[data-field="gcode_state"]');
-    if (badge) badge.className = "badge state-" + p.gcode_state;
-    text(card, "job", p.job_name || "");
-    var bar = card.querySelector('[data-field="percent"]');
-    if (bar && p.percent !== null) bar.value = p.percent;
-    text(card, "percent-text", p.percent === null ? "" : p.percent + " %");
-    text(card, "layer", p.layer);
-    text(card, "nozzle", temp(p.nozzle_temp) + " / " + temp(p.nozzle_target) + " °C");
-    text(card, "bed", temp(p.bed_temp) + " / " + temp(p.bed_target) + " °C");
-    if (p.chamber_temp !== null) text(card, "chamber", temp(p.chamber_temp) + " °C");
-    // A printer message (e.g. "Klipper is shutdown: …") appearing or going reloads the card.
-    var msg = card.querySelector('[data-field="printer_message"]');
-    if (!msg !== !p.printer_message) { location.reload(); return; }
-    if (msg) text(card, "printer_message", p.printer_message);
-    var plate = card.querySelector('[data-field="plate"]');
-    // A plate or HMS change changes what the card offers: reload it from the server.
-    if (plate && plate.dataset.plate !== p.plate.state) location.reload();
+    update(card.querySelector('[data-live="card"]'), p.card_html);
   }
+  function updateQueue(html) { update(document.querySelector('[data-live="queue"]'), html); }
 
   if (document.body.dataset.live === "1" && window.EventSource) {
     var es = new EventSource("/live");
@@ -44,9 +94,61 @@
     es.addEventListener("state", function (e) {
       var s = JSON.parse(e.data);
       s.printers.forEach(updatePrinter);
+      updateQueue(s.queue_html);
+      live.state++;
     });
-    es.addEventListener("printer", function (e) { updatePrinter(JSON.parse(e.data)); });
-    es.addEventListener("queue", function () { location.reload(); });
+    es.addEventListener("printer", function (e) { updatePrinter(JSON.parse(e.data)); live.printer++; });
+    es.addEventListener("queue", function (e) { updateQueue(JSON.parse(e.data).html); live.queue++; });
+  }
+
+  // ---- actions answer in place -----------------------------------------------------------
+  // A form inside a [data-flash-scope] (a printer card, the queue) is sent in the background;
+  // the gateway's answer, done or the reason it was refused, is shown in the scope's
+  // [data-flash] live region. Without this script the same post redirects back with the answer.
+  function say(flash, text, kind) {
+    if (!flash) return;
+    flash.className = "flash flash-" + kind;
+    flash.textContent = (kind === "refused" ? "Not done: " : "") + text;
+  }
+  document.addEventListener("submit", function (ev) {
+    var form = ev.target;
+    var scope = form.closest && form.closest("[data-flash-scope]");
+    if (!scope || form.method.toLowerCase() !== "post" || !window.fetch) return;
+    ev.preventDefault();
+    if (form.hasAttribute("data-busy")) return; // one submission at a time (no double stops)
+    var flash = scope.querySelector("[data-flash]");
+    var button = ev.submitter || form.querySelector("button");
+    form.setAttribute("data-busy", "");
+    if (button) button.disabled = true;
+    say(flash, "Sending…", "pending");
+    fetch(form.action, {
+      method: "POST",
+      body: new URLSearchParams(new FormData(form)),
+      headers: { Accept: "application/json" },
+      credentials: "same-origin"
+    }).then(function (r) {
+      return r.json().then(function (body) { return { r: r, body: body }; },
+        function () { return { r: r, body: null }; });
+    }).then(function (a) {
+      var b = a.body || {};
+      var text = b.message || (b.error && b.error.message) ||
+        ("The gateway answered " + a.r.status + " " + a.r.statusText + "; reload the page to see what happened.");
+      var done = a.r.ok && b.done === true;
+      say(flash, text, done ? "done" : "refused");
+      if (done) form.reset(); // e.g. untick "Stop the print for good" once it stopped
+    }, function () {
+      say(flash, "The gateway could not be reached, so this may not have been done. Look at the printer's state before trying again.", "refused");
+    }).then(function () {
+      form.removeAttribute("data-busy");
+      if (button) button.disabled = false;
+      flushPending();
+    });
+  });
+
+  // The answer of a post without this script rides in the address (?notice=…): drop it from
+  // the address so that reloading the page does not show it again.
+  if (window.history && history.replaceState && /[?&]notice=/.test(location.search)) {
+    history.replaceState(null, "", location.pathname + location.hash);
   }
 
   // Upload with a progress bar; the server's redirect (with its notice) is followed after.

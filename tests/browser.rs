@@ -6,10 +6,19 @@
 //! Plate clear behind its confirmation → the simulator receives exactly one start → the card
 //! follows the print live over SSE (the test never reloads) and ends with "Remove the print,
 //! then tap Plate clear" → a second tap starts the next job. Screenshots at a 390×844 phone
-//! viewport and at 1280×900 go to `target/test-output/browser/`.
+//! viewport and at 1280×900 go to `test-output/browser/` (ignored by git).
 //!
 //! `the_main_flow_works_without_javascript`: the same upload → tap flow with JavaScript off
-//! (plain form posts and redirects).
+//! (plain form posts and redirects; a refused action redirects back with its reason).
+//!
+//! The page never lies about an action (at a 390×844 phone viewport):
+//! `a_ticked_stop_survives_live_updates_and_the_stop_takes_effect` (live events while "Stop the
+//! print for good" is ticked leave it ticked and the page un-reloaded; Stop then stops the
+//! simulated printer and the page says so), `plate_clear_is_offered_only_once_the_print_has_ended`
+//! (no Plate clear button while printing; it appears live when the print ends) and
+//! `a_refused_action_shows_its_reason_on_the_page` (pause on an idle printer, moving the only
+//! job, cancel). They also take light and dark screenshots at 390×844 and 1366×900 and check that
+//! nothing overflows sideways.
 //!
 //! Chromium and chromedriver come from Debian (`/usr/bin/chromium`, `/usr/bin/chromedriver`;
 //! override with `PRINTGATE_CHROMIUM` / `PRINTGATE_CHROMEDRIVER`). When they are missing the
@@ -54,12 +63,11 @@ fn tool(env: &str, default: &str) -> PathBuf {
     path
 }
 
-/// `target/test-output/browser/` (under `CARGO_TARGET_DIR` when set).
+/// `test-output/browser/` in the checkout (ignored by git).
 fn output_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let dir = target.join("test-output").join("browser");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("test-output")
+        .join("browser");
     std::fs::create_dir_all(&dir).expect("create the test output folder");
     dir
 }
@@ -477,6 +485,15 @@ async fn the_main_flow_works_without_javascript() {
         "JavaScript is off in this run"
     );
 
+    // A refused action redirects back with the reason (pause on an idle printer).
+    c.goto(&t.url("/printers/printer%201"))
+        .await
+        .expect("printer page");
+    click(&c, "form[action$='/control/pause'] button").await;
+    wait_for(&c, "p.notice").await;
+    let notice = text_of(&c, "p.notice").await;
+    assert!(notice.contains("not printing"), "{notice}");
+
     let files = tempfile::tempdir().expect("upload dir");
     let file = fixture_file(files.path(), "no script benchy", 256 * 1024);
     upload(&c, &t, &file).await;
@@ -510,4 +527,419 @@ async fn the_main_flow_works_without_javascript() {
     c.close().await.expect("close the browser");
     drop(driver);
     t.shutdown().await;
+}
+
+// ------------------------------------------------------------------------------------------
+// The page never lies about an action: live updates change cards in place (no reload, so a
+// form being filled survives), Plate clear is offered only when a tap can be accepted, and
+// every action shows its result or the reason it was refused.
+
+/// A Chrome DevTools command through chromedriver (`goog/cdp/execute`), e.g. to emulate
+/// `prefers-color-scheme: dark` for screenshots.
+#[derive(Debug)]
+struct Cdp {
+    cmd: &'static str,
+    params: serde_json::Value,
+}
+
+type UrlError = <reqwest::Url as std::str::FromStr>::Err;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base_url: &reqwest::Url,
+        session_id: Option<&str>,
+    ) -> Result<reqwest::Url, UrlError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+    fn method_and_body(&self, _: &reqwest::Url) -> (axum::http::Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (axum::http::Method::POST, Some(body.to_string()))
+    }
+}
+
+async fn color_scheme(c: &Client, scheme: &str) {
+    c.issue_cmd(Cdp {
+        cmd: "Emulation.setEmulatedMedia",
+        params: json!({ "features": [{ "name": "prefers-color-scheme", "value": scheme }] }),
+    })
+    .await
+    .expect("emulate the color scheme");
+    let applied = c
+        .execute(
+            &format!("return matchMedia('(prefers-color-scheme: {scheme})').matches"),
+            vec![],
+        )
+        .await
+        .expect("read the media query");
+    assert_eq!(applied, json!(true), "prefers-color-scheme: {scheme}");
+}
+
+/// Screenshots of the current page at 390×844 and 1366×900, light and dark, scrolled so that
+/// `show` (a CSS selector) is in view.
+async fn screenshots_light_dark(c: &Client, dir: &Path, name: &str, show: &str) {
+    for scheme in ["light", "dark"] {
+        color_scheme(c, scheme).await;
+        for (label, w, h) in [("phone", 390, 844), ("desktop", 1366, 900)] {
+            set_viewport(c, w, h).await;
+            c.execute(
+                "var e = document.querySelector(arguments[0]); \
+                 if (e) e.scrollIntoView({block: 'center'}); else window.scrollTo(0, 0); \
+                 return true",
+                vec![json!(show)],
+            )
+            .await
+            .expect("scroll");
+            // Nothing may stick out sideways at either width.
+            let overflow = c
+                .execute(
+                    "return document.documentElement.scrollWidth - window.innerWidth",
+                    vec![],
+                )
+                .await
+                .expect("measure the page");
+            let png = c.screenshot().await.expect("screenshot");
+            let path = dir.join(format!("{name}-{label}-{scheme}.png"));
+            std::fs::write(&path, png).expect("write a screenshot");
+            println!("screenshot: {}", path.display());
+            assert!(
+                overflow.as_i64().is_some_and(|o| o <= 0),
+                "{name} at {w}px overflows sideways by {overflow}px (see {})",
+                path.display()
+            );
+        }
+    }
+    color_scheme(c, "light").await;
+    set_viewport(c, 390, 844).await;
+}
+
+/// A signed-in phone-size browser (JavaScript on) against a fresh gateway with simulated
+/// printers; `close` ends both.
+struct PhoneSession {
+    t: TestGateway,
+    c: Client,
+    _driver: Driver,
+    _profile: tempfile::TempDir,
+}
+
+impl PhoneSession {
+    async fn open(models: &[Model], time_scale: f64) -> PhoneSession {
+        let t = TestGateway::start(models, time_scale).await;
+        t.wait_online().await;
+        let driver = start_driver().await;
+        let profile = tempfile::tempdir().expect("profile dir");
+        let c = browser(&driver, profile.path(), true).await;
+        set_viewport(&c, 390, 844).await;
+        setup_account(&c, &t).await;
+        PhoneSession {
+            t,
+            c,
+            _driver: driver,
+            _profile: profile,
+        }
+    }
+
+    async fn close(self) {
+        self.c.close().await.expect("close the browser");
+        drop(self._driver);
+        self.t.shutdown().await;
+    }
+}
+
+/// Mark the window: the mark survives only as long as the page is not reloaded.
+async fn mark_window(c: &Client) {
+    c.execute("window.__pgNoReload = 'kept'; return true", vec![])
+        .await
+        .expect("set the marker");
+}
+
+async fn page_was_not_reloaded(c: &Client) -> bool {
+    c.execute("return window.__pgNoReload === 'kept'", vec![])
+        .await
+        .is_ok_and(|v| v == json!(true))
+}
+
+/// How many live messages of `kind` the page has applied (0 before the script counts any).
+async fn live_count(c: &Client, kind: &str) -> i64 {
+    c.execute(
+        &format!("return (window.printgateLive && window.printgateLive[{kind:?}]) || 0"),
+        vec![],
+    )
+    .await
+    .ok()
+    .and_then(|v| v.as_i64())
+    .unwrap_or(0)
+}
+
+/// Wait until the page applied the live stream's first message. (A script without the
+/// counters, from before in-place updates, is not waited for.)
+async fn wait_live(c: &Client) {
+    wait_until("the page's live stream is up", || async {
+        let counted = c
+            .execute("return typeof window.printgateLive === 'object'", vec![])
+            .await
+            .is_ok_and(|v| v == json!(true));
+        !counted || live_count(c, "state").await > 0
+    })
+    .await;
+}
+
+/// The printers as the JSON API shows them (a client of the API, not the page).
+async fn api_printer(t: &TestGateway, name: &str) -> serde_json::Value {
+    let token = common::demo_api_token(&t.gw().store);
+    let all: Vec<serde_json::Value> = reqwest::Client::new()
+        .get(t.url("/api/v1/printers"))
+        .header(auth::API_KEY_HEADER, token)
+        .send()
+        .await
+        .expect("GET /api/v1/printers")
+        .json()
+        .await
+        .expect("printers JSON");
+    all.into_iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no printer {name:?} in the API"))
+}
+
+/// Start a print on `printer` (queue a job, tap) and wait until the printer reports it.
+async fn start_print(t: &TestGateway, printer: &str, key: &str) -> JobId {
+    let job = t.queue(Some(printer), Model::P1S, key).await;
+    let notices = t.tap(printer, &format!("tap-{key}")).await;
+    assert!(
+        notices.iter().all(|n| !n.contains("not accepted")),
+        "{notices:?}"
+    );
+    t.wait_job(job.id, JobState::Printing).await;
+    job.id
+}
+
+async fn wait_gcode_state(t: &TestGateway, index: usize, ok: impl Fn(&str) -> bool) {
+    let mut rx = t.gw().printers[index].link.subscribe();
+    tokio::time::timeout(
+        UI_WAIT,
+        rx.wait_for(|s| {
+            s.state
+                .as_ref()
+                .is_some_and(|st| ok(st.gcode_state.as_str()))
+        }),
+    )
+    .await
+    .expect("the printer reached the state in time")
+    .expect("link alive");
+}
+
+async fn flash_text(c: &Client, scope: &str) -> String {
+    text_of(c, &format!("{scope} [data-flash]")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticked_stop_survives_live_updates_and_the_stop_takes_effect() {
+    let _turn = ONE_BROWSER.lock().await;
+    let out = output_dir();
+    // A 600 s print at 10× takes a minute: long enough to tick, update and stop.
+    let session = PhoneSession::open(&[Model::P1S, Model::P1S], 10.0).await;
+    let (t, c) = (&session.t, &session.c);
+
+    let job = start_print(t, "printer 1", "long print").await;
+    wait_gcode_state(t, 0, |s| s == "RUNNING").await;
+    c.goto(&t.url("/printers/printer%201"))
+        .await
+        .expect("printer page");
+    wait_for(c, "form[action$='/control/stop'] input[name=confirm]").await;
+    wait_live(c).await;
+    mark_window(c).await;
+    click(c, "form[action$='/control/stop'] input[name=confirm]").await;
+
+    // Live events while the box is ticked: another printer's plate tap and a queue change.
+    let queue_before = live_count(c, "queue").await;
+    let printer_before = live_count(c, "printer").await;
+    t.tap("printer 2", "other tap").await;
+    t.queue(Some("printer 2"), Model::P1S, "queued meanwhile")
+        .await;
+    wait_until(
+        "the page applied the queue change (or reloaded)",
+        || async {
+            !page_was_not_reloaded(c).await
+                || (live_count(c, "queue").await > queue_before
+                    && live_count(c, "printer").await > printer_before)
+        },
+    )
+    .await;
+    assert!(
+        page_was_not_reloaded(c).await,
+        "a live update reloaded the page"
+    );
+    let ticked = wait_for(c, "form[action$='/control/stop'] input[name=confirm]")
+        .await
+        .is_selected()
+        .await
+        .expect("read the checkbox");
+    assert!(ticked, "the ticked 'Stop the print for good' was reset");
+
+    click(c, "form[action$='/control/stop'] button").await;
+    wait_until("the page shows the stop's result", || async {
+        flash_text(c, "article.card").await.contains("stopped")
+    })
+    .await;
+    let flash = flash_text(c, "article.card").await;
+    assert!(page_was_not_reloaded(c).await);
+    let state = api_printer(t, "printer 1").await;
+    let gcode_state = state["gcode_state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !["PREPARE", "RUNNING", "PAUSE"].contains(&gcode_state.as_str()),
+        "the printer still prints after the page said {flash:?}: {state}"
+    );
+    let mut rx = t.gw().dispatcher.subscribe();
+    let ended = tokio::time::timeout(
+        UI_WAIT,
+        rx.wait_for(|s| {
+            s.jobs
+                .get(&job)
+                .is_none_or(|j| j.state != JobState::Printing)
+        }),
+    )
+    .await
+    .is_ok();
+    assert!(ended, "the job still prints after the stop");
+    assert_ne!(
+        t.gw().store.job(job).expect("job row").map(|j| j.state),
+        Some(JobState::Finished),
+        "the print ran to its end"
+    );
+    println!("stop result on the page: {flash}");
+    screenshots_light_dark(c, &out, "page-printer-stopped", "article.card .controls").await;
+    c.goto(&t.url("/")).await.expect("dashboard");
+    wait_for(c, "article[data-printer='printer 2']").await;
+    screenshots_light_dark(c, &out, "page-dashboard", "header").await;
+
+    session.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plate_clear_is_offered_only_once_the_print_has_ended() {
+    let _turn = ONE_BROWSER.lock().await;
+    // A 600 s print at 60× takes about 10 s.
+    let session = PhoneSession::open(&[Model::P1S], 60.0).await;
+    let (t, c) = (&session.t, &session.c);
+
+    let card = "article[data-printer='printer 1']";
+    let button = format!("{card} a[href$='/plate-clear']");
+    let job = start_print(t, "printer 1", "short print").await;
+    c.goto(&t.url("/")).await.expect("dashboard");
+    wait_for(c, card).await;
+    wait_live(c).await;
+    mark_window(c).await;
+    let state = text_of(c, &format!("{card} [data-field=gcode_state]")).await;
+    assert!(
+        ["PREPARE", "RUNNING"].contains(&state.as_str()),
+        "printing: {state}"
+    );
+    assert!(
+        c.find(Locator::Css(&button)).await.is_err(),
+        "a printing printer's card offers Plate clear"
+    );
+    let plate = text_of(c, &format!("{card} .plate strong")).await;
+    assert!(plate.contains("after the print"), "{plate}");
+    // The same on the printer page.
+    c.goto(&t.url("/printers/printer%201"))
+        .await
+        .expect("printer page");
+    wait_for(c, "article.card .plate").await;
+    if t.gw().store.job(job).ok().flatten().map(|j| j.state) == Some(JobState::Printing) {
+        assert!(
+            c.find(Locator::Css("article.card a[href$='/plate-clear']"))
+                .await
+                .is_err(),
+            "the printer page offers Plate clear while printing"
+        );
+    }
+    c.goto(&t.url("/")).await.expect("dashboard");
+    wait_for(c, card).await;
+    wait_live(c).await;
+    mark_window(c).await;
+
+    t.wait_job(job, JobState::Finished).await;
+    wait_until("Plate clear appears once the print has ended", || async {
+        c.find(Locator::Css(&button)).await.is_ok()
+    })
+    .await;
+    assert!(
+        page_was_not_reloaded(c).await,
+        "the button appeared by a reload"
+    );
+    let plate = text_of(c, &format!("{card} .plate strong")).await;
+    assert_eq!(plate, "Remove the print, then tap Plate clear");
+
+    session.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_action_shows_its_reason_on_the_page() {
+    let _turn = ONE_BROWSER.lock().await;
+    let out = output_dir();
+    let session = PhoneSession::open(&[Model::P1S], TIME_SCALE).await;
+    let (t, c) = (&session.t, &session.c);
+
+    // Pause on an idle printer: refused, with the reason next to the controls.
+    c.goto(&t.url("/printers/printer%201"))
+        .await
+        .expect("printer page");
+    wait_for(c, "form[action$='/control/pause'] button").await;
+    mark_window(c).await;
+    click(c, "form[action$='/control/pause'] button").await;
+    wait_until("the page shows why pause was refused", || async {
+        flash_text(c, "article.card").await.contains("not printing")
+    })
+    .await;
+    assert!(page_was_not_reloaded(c).await, "answered in place");
+    let flash = wait_for(c, "article.card [data-flash]").await;
+    assert_eq!(
+        flash.attr("role").await.expect("role").as_deref(),
+        Some("status"),
+        "the message is announced (ARIA live region)"
+    );
+    assert!(
+        t.sims[0]
+            .command_log()
+            .iter()
+            .all(|c| c.command.as_deref() != Some("pause")),
+        "nothing was sent"
+    );
+
+    // Moving the only job up: nothing to move, and the page says so.
+    let job = t.queue(Some("printer 1"), Model::P1S, "only job").await;
+    c.goto(&t.url("/")).await.expect("dashboard");
+    let up = format!("form[action='/jobs/{}/up'] button", job.id);
+    wait_for(c, &up).await;
+    mark_window(c).await;
+    click(c, &up).await;
+    wait_until("the page shows why the job did not move", || async {
+        flash_text(c, "section.queue").await.contains("already")
+    })
+    .await;
+    assert!(page_was_not_reloaded(c).await, "answered in place");
+
+    // Cancelling it: the result is shown, and the queue updates in place.
+    let cancel = format!("form[action='/jobs/{}/cancel'] button", job.id);
+    click(c, &cancel).await;
+    wait_until("the page shows the cancel", || async {
+        flash_text(c, "section.queue").await.contains("cancelled")
+    })
+    .await;
+    wait_until("the cancelled job leaves the queue", || async {
+        c.find(Locator::Css(&format!("li[data-job='{}']", job.id)))
+            .await
+            .is_err()
+    })
+    .await;
+    assert!(page_was_not_reloaded(c).await);
+    screenshots_light_dark(c, &out, "page-dashboard-cancelled", "section.queue").await;
+
+    session.close().await;
 }

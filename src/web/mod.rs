@@ -4,6 +4,7 @@
 pub mod actor;
 pub mod assets;
 pub mod auth;
+pub mod form_answer;
 pub mod live;
 pub mod octoprint;
 pub mod openapi;
@@ -27,7 +28,7 @@ use axum::{Json, Router};
 use std::sync::Arc;
 use std::time::Instant;
 use tower_http::compression::CompressionLayer;
-use views::{PrinterView, fmt_minutes, fmt_temp};
+use views::{CardText, PrinterView};
 
 /// Build the router for one gateway.
 pub fn router(gw: Arc<Gateway>) -> Router {
@@ -63,6 +64,7 @@ struct StatusPage {
     printers: Vec<PrinterView>,
     jobs: Vec<queue::JobView>,
     notice: Option<String>,
+    refused: bool,
     queue_paused: bool,
     plate_ttl_minutes: u64,
     refresh_secs: u32,
@@ -70,13 +72,59 @@ struct StatusPage {
     safety_banner: Option<String>,
 }
 
-impl StatusPage {
-    fn fmt_temp(&self, t: &Option<f64>) -> String {
-        fmt_temp(*t)
-    }
-    fn fmt_minutes(&self, m: &Option<u32>) -> String {
-        fmt_minutes(*m)
-    }
+impl CardText for StatusPage {}
+
+/// The live part of one printer card alone (`card_body.html`), as the live stream sends it.
+#[derive(Template)]
+#[template(path = "card_body.html")]
+struct CardBody<'a> {
+    p: &'a PrinterView,
+    csrf: &'a str,
+}
+
+impl CardText for CardBody<'_> {}
+
+/// The dashboard's queue list alone (`queue_body.html`), as the live stream sends it.
+#[derive(Template)]
+#[template(path = "queue_body.html")]
+struct QueueBody<'a> {
+    jobs: &'a [queue::JobView],
+    queue_paused: bool,
+    plate_ttl_minutes: u64,
+    csrf: &'a str,
+}
+
+/// A fragment for the live stream; empty (the page keeps what it shows) if it cannot be
+/// rendered.
+fn fragment<T: Template>(t: &T) -> String {
+    t.render().unwrap_or_else(|e| {
+        tracing::warn!("a live page fragment could not be rendered: {e}");
+        String::new()
+    })
+}
+
+/// The HTML of one printer card's live part, from the same template the pages include.
+pub(crate) fn card_html(p: &PrinterView, csrf: &str) -> String {
+    fragment(&CardBody { p, csrf })
+}
+
+/// The HTML of the dashboard's queue list, from the same template the dashboard includes.
+pub(crate) fn queue_html(
+    gw: &Gateway,
+    jobs: &[queue::JobView],
+    paused: bool,
+    csrf: &str,
+) -> String {
+    fragment(&QueueBody {
+        jobs,
+        queue_paused: paused,
+        plate_ttl_minutes: plate_ttl_minutes(gw),
+        csrf,
+    })
+}
+
+fn plate_ttl_minutes(gw: &Gateway) -> u64 {
+    gw.config.dispatch.plate_clear_ttl_secs / 60
 }
 
 pub(crate) fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
@@ -93,6 +141,12 @@ pub(crate) fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
                 clock_now,
                 dispatch.timings.plate_clear_ttl_ms,
             );
+            // While a print is on the printer a tap is refused: no Plate clear button then.
+            let in_progress = views::print_in_progress(
+                snap.state.as_ref().map(|s| s.gcode_state),
+                dispatch.slot_job(&p.name).map(|j| j.state),
+            );
+            let plate = views::plate_during_print(plate, in_progress);
             let paused = runtime.is_some_and(|r| r.paused);
             let mut view =
                 views::printer_view(&p.name, p.model, &snap, now, gw.hms_text, plate, paused);
@@ -118,22 +172,18 @@ pub(crate) fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
         .collect()
 }
 
-#[derive(serde::Deserialize, Default)]
-struct StatusQuery {
-    notice: Option<String>,
-}
-
 async fn status_page(
     State(gw): State<Arc<Gateway>>,
     user: CurrentUser,
-    Query(q): Query<StatusQuery>,
+    Query(q): Query<form_answer::NoticeQuery>,
 ) -> Response {
     render(&StatusPage {
         printers: printer_views(&gw),
         jobs: queue::queue_views(&gw),
-        notice: q.notice.filter(|n| !n.is_empty()),
+        notice: q.notice(),
+        refused: q.refused(),
         queue_paused: gw.dispatcher.state().queue_paused,
-        plate_ttl_minutes: gw.config.dispatch.plate_clear_ttl_secs / 60,
+        plate_ttl_minutes: plate_ttl_minutes(&gw),
         refresh_secs: 5,
         csrf: user.csrf_token().to_string(),
         safety_banner: safety_page::banner(&gw),

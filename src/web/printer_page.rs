@@ -4,20 +4,23 @@
 
 use super::actor::Actor;
 use super::auth::CurrentUser;
-use super::views::PrinterView;
+use super::form_answer::{FormOutcome, NoticeQuery, answer};
+use super::views::{CardText, PrinterView};
 use super::{ApiError, render};
 use crate::Gateway;
-use crate::printer::{LinkError, PrinterCommand};
+use crate::printer::{GcodeState, LinkError, PrinterCommand, PrinterSnapshot};
 use crate::store::EventKind;
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// A person's control action on a printer, in the history.
 pub const PRINTER_CONTROL: EventKind = EventKind::new("printer_control");
@@ -41,6 +44,7 @@ struct PrinterPage {
     p: PrinterView,
     events: Vec<EventLine>,
     notice: Option<String>,
+    refused: bool,
     csrf: String,
     safety_banner: Option<String>,
     /// Klipper printers: how Moonraker connects (instance name, issued login).
@@ -53,19 +57,7 @@ struct KlipperSetup {
     login: Option<(String, String)>,
 }
 
-impl PrinterPage {
-    fn fmt_temp(&self, t: &Option<f64>) -> String {
-        super::views::fmt_temp(*t)
-    }
-    fn fmt_minutes(&self, m: &Option<u32>) -> String {
-        super::views::fmt_minutes(*m)
-    }
-}
-
-#[derive(Deserialize, Default)]
-struct NoticeQuery {
-    notice: Option<String>,
-}
+impl CardText for PrinterPage {}
 
 async fn page(
     State(gw): State<Arc<Gateway>>,
@@ -116,7 +108,8 @@ async fn page(
         p,
         klipper,
         events,
-        notice: q.notice.filter(|n| !n.is_empty()),
+        notice: q.notice(),
+        refused: q.refused(),
         csrf: user.csrf_token().to_string(),
         safety_banner: super::safety_page::banner(&gw),
     })
@@ -164,7 +157,22 @@ async fn control(
             "stopping cancels the print for good; confirm it (form field confirm=yes)",
         ));
     }
-    let result = p.link.send(cmd).await;
+    let mut reports = p.link.subscribe();
+    let reported = {
+        let snap = reports.borrow_and_update();
+        snap.link
+            .is_online()
+            .then(|| snap.state.as_ref().map(|s| s.gcode_state))
+            .flatten()
+    };
+    if let Some(why) = reported.and_then(|s| not_applicable(&cmd, s)) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_applicable",
+            format!("{name} {why}; nothing was sent"),
+        ));
+    }
+    let result = p.link.send(cmd.clone()).await;
     let outcome = match &result {
         Ok(_) => "sent".to_string(),
         Err(e) => e.to_string(),
@@ -175,9 +183,7 @@ async fn control(
         tracing::warn!("could not record a printer control: {e}");
     }
     match result {
-        Ok(_) => Ok(format!(
-            "{action} sent to {name}; watch the printer's state to see it take effect"
-        )),
+        Ok(_) => Ok(effect(&mut reports, reported, &cmd, action, name).await),
         Err(LinkError::Unsupported(why)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unsupported_action",
@@ -196,6 +202,78 @@ async fn control(
     }
 }
 
+/// Why `cmd` makes no sense in the state the printer reports (pause while not printing, resume
+/// while not paused), or `None`. Stop is always sent: it is the way out, whatever the report.
+fn not_applicable(cmd: &PrinterCommand, state: GcodeState) -> Option<String> {
+    match cmd {
+        PrinterCommand::Pause
+            if !matches!(
+                state,
+                GcodeState::Prepare | GcodeState::Slicing | GcodeState::Running
+            ) =>
+        {
+            Some(format!(
+                "is not printing (it reports {}): there is nothing to pause",
+                state.as_str()
+            ))
+        }
+        PrinterCommand::Resume if state != GcodeState::Pause => Some(format!(
+            "is not paused (it reports {}): there is nothing to resume",
+            state.as_str()
+        )),
+        _ => None,
+    }
+}
+
+/// How long a page waits for the printer to report that a pause, resume or stop took effect.
+const EFFECT_WAIT: Duration = Duration::from_secs(8);
+
+/// What a sent command did, as the printer's next reports tell: pause, resume and stop wait (at
+/// most [`EFFECT_WAIT`]) for the state they lead to, so the page says "stopped" only when the
+/// printer says so.
+async fn effect(
+    reports: &mut watch::Receiver<PrinterSnapshot>,
+    before: Option<GcodeState>,
+    cmd: &PrinterCommand,
+    action: &str,
+    name: &str,
+) -> String {
+    if let (PrinterCommand::Stop, Some(s)) = (cmd, before)
+        && !s.is_active()
+    {
+        return format!(
+            "stop sent to {name}; it was not printing (it reports {})",
+            s.as_str()
+        );
+    }
+    let (wanted, done): (fn(GcodeState) -> bool, &str) = match cmd {
+        PrinterCommand::Stop => (|s| !s.is_active() && s != GcodeState::Unknown, "stopped"),
+        PrinterCommand::Pause => (|s| s == GcodeState::Pause, "paused"),
+        PrinterCommand::Resume => (
+            |s| matches!(s, GcodeState::Running | GcodeState::Prepare),
+            "printing again",
+        ),
+        _ => return format!("{action} sent to {name}"),
+    };
+    let reached = |s: &PrinterSnapshot| s.state.as_ref().is_some_and(|st| wanted(st.gcode_state));
+    let seen = tokio::time::timeout(EFFECT_WAIT, reports.wait_for(reached))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let now = reports
+        .borrow()
+        .state
+        .as_ref()
+        .map(|s| s.gcode_state.as_str())
+        .unwrap_or("nothing");
+    match seen {
+        true => format!("{name} {done} (it reports {now})"),
+        false => format!(
+            "{action} sent to {name}, but after {} s it still reports {now}; look at the printer",
+            EFFECT_WAIT.as_secs()
+        ),
+    }
+}
+
 #[derive(Deserialize, Default)]
 struct ControlForm {
     confirm: Option<String>,
@@ -205,19 +283,19 @@ async fn control_form(
     State(gw): State<Arc<Gateway>>,
     Path((name, action)): Path<(String, String)>,
     actor: Actor,
+    headers: HeaderMap,
     Form(form): Form<ControlForm>,
 ) -> Response {
     let confirmed = form.confirm.as_deref() == Some("yes");
-    let message = match control(&gw, &name, &action, &actor.0, confirmed).await {
-        Ok(m) => m,
-        Err(e) => e.message,
+    let outcome = match control(&gw, &name, &action, &actor.0, confirmed).await {
+        Ok(m) => FormOutcome::done(m),
+        Err(e) => e.into(),
     };
-    let url = format!(
-        "/printers/{}?notice={}",
-        super::urlencode(&name),
-        super::urlencode(&message)
-    );
-    Redirect::to(&url).into_response()
+    answer(
+        &headers,
+        &format!("/printers/{}", super::urlencode(&name)),
+        outcome,
+    )
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -235,7 +313,10 @@ pub(crate) struct ControlMessage {
 }
 
 /// Send a control to a printer: `pause`, `resume`, `stop` (with `confirm: true`), `light-on`,
-/// `light-off`. None of them can start a print; each is recorded in the printer's history.
+/// `light-off`. None of them can start a print; each sent one is recorded in the printer's
+/// history. Pause, resume and stop answer once the printer reports their effect (at most 8 s;
+/// the message says when it did not); pause is refused unless the printer prints, resume unless
+/// it is paused.
 #[utoipa::path(
     post,
     path = "/api/v1/printers/{name}/{action}",
@@ -249,7 +330,7 @@ pub(crate) struct ControlMessage {
         (status = 200, description = "Sent", body = ControlMessage),
         (status = 400, description = "Stop without confirmation", body = super::openapi::ErrorBody),
         (status = 404, description = "Unknown printer or action", body = super::openapi::ErrorBody),
-        (status = 409, description = "Printer offline; nothing sent", body = super::openapi::ErrorBody),
+        (status = 409, description = "Printer offline, or not printing (pause) / not paused (resume); nothing sent", body = super::openapi::ErrorBody),
         (status = 503, description = "May not have reached the printer", body = super::openapi::ErrorBody),
     )
 )]

@@ -6,6 +6,7 @@
 
 use super::actor::Actor;
 use super::auth::CurrentUser;
+use super::form_answer::{self, FormOutcome};
 use super::{ApiError, render};
 use crate::Gateway;
 use crate::config::Model;
@@ -17,7 +18,7 @@ use crate::jobs::threemf::{self, FileError, FileKind};
 use askama::Template;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -114,13 +115,8 @@ fn notices_text(notices: &[Notice]) -> String {
         .join(" · ")
 }
 
-fn back_to_dashboard(notice: &str) -> Response {
-    let mut url = String::from("/");
-    if !notice.is_empty() {
-        url.push_str("?notice=");
-        url.push_str(&super::urlencode(notice));
-    }
-    Redirect::to(&url).into_response()
+fn back_to_dashboard(outcome: FormOutcome) -> Response {
+    form_answer::redirect("/", &outcome)
 }
 
 fn new_id() -> String {
@@ -456,14 +452,14 @@ async fn upload_form(State(gw): State<Arc<Gateway>>, actor: Actor, mp: Multipart
         Ok(form) => queue_upload(&gw, form, &actor.0).await,
         Err(e) => Err(e),
     };
-    match result {
-        Ok((job, true)) => back_to_dashboard(&format!(
+    back_to_dashboard(match result {
+        Ok((job, true)) => FormOutcome::done(format!(
             "{} was added to the queue; it starts only after Plate clear is tapped",
             job.name
         )),
-        Ok((job, false)) => back_to_dashboard(&format!("{} was already queued", job.name)),
-        Err(e) => back_to_dashboard(&e.message),
-    }
+        Ok((job, false)) => FormOutcome::done(format!("{} was already queued", job.name)),
+        Err(e) => e.into(),
+    })
 }
 
 /// The multipart form of an upload (documentation only; the handler reads the fields in any
@@ -597,18 +593,28 @@ async fn plate_clear_form(
     State(gw): State<Arc<Gateway>>,
     Path(name): Path<String>,
     actor: Actor,
+    headers: HeaderMap,
     axum::Form(form): axum::Form<TapForm>,
 ) -> Response {
-    if form.confirm.as_deref() != Some("yes") {
-        return back_to_dashboard("Plate clear was not confirmed; nothing changed");
-    }
-    match tap(&gw, &name, &actor.0, form.tap_id).await {
-        Ok(notices) if notices.is_empty() => {
-            back_to_dashboard(&format!("Plate of {name} marked clear by {}", actor.0))
+    let outcome = if form.confirm.as_deref() != Some("yes") {
+        FormOutcome::refused(
+            StatusCode::BAD_REQUEST,
+            "Plate clear was not confirmed; nothing changed",
+        )
+    } else {
+        match tap(&gw, &name, &actor.0, form.tap_id).await {
+            Ok(notices) if notices.is_empty() => {
+                FormOutcome::done(format!("Plate of {name} marked clear by {}", actor.0))
+            }
+            // A refused tap's notice says "… not accepted: <why>".
+            Ok(notices) if notices.iter().any(|n| n.message.contains("not accepted")) => {
+                FormOutcome::refused(StatusCode::CONFLICT, notices_text(&notices))
+            }
+            Ok(notices) => FormOutcome::done(notices_text(&notices)),
+            Err(e) => e.into(),
         }
-        Ok(notices) => back_to_dashboard(&notices_text(&notices)),
-        Err(e) => back_to_dashboard(&e.message),
-    }
+    };
+    form_answer::answer(&headers, "/", outcome)
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -716,15 +722,106 @@ async fn job_action(
         .map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
+/// A job as the dispatcher holds it, to tell what an action did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct JobNow {
+    name: String,
+    state: JobState,
+    position: i64,
+}
+
+fn job_now(gw: &Gateway, id: JobId) -> Option<JobNow> {
+    gw.dispatcher.state().jobs.get(&id).map(|j| JobNow {
+        name: j.name.clone(),
+        state: j.state,
+        position: j.position,
+    })
+}
+
+/// What a job action came to, from the job before and after it and the dispatcher's notices
+/// (which say why when it refused): never an empty answer.
+fn job_outcome(
+    id: JobId,
+    action: &str,
+    before: Option<&JobNow>,
+    after: Option<&JobNow>,
+    notices: String,
+) -> FormOutcome {
+    let Some(before) = before else {
+        return FormOutcome::refused(
+            StatusCode::NOT_FOUND,
+            format!("job {id} is not in the queue any more (it ended or was removed)"),
+        );
+    };
+    let name = &before.name;
+    let or = |fallback: String| {
+        if notices.is_empty() {
+            fallback
+        } else {
+            notices.clone()
+        }
+    };
+    let refused = |why: String| FormOutcome::refused(StatusCode::CONFLICT, or(why));
+    let now = after.map(|a| a.state).unwrap_or(JobState::Cancelled);
+    match action {
+        "cancel" if now == JobState::Cancelled => {
+            FormOutcome::done(or(format!("{name:?} was cancelled")))
+        }
+        "cancel" => refused(format!(
+            "{name:?} was not cancelled: it is {}",
+            now.as_str()
+        )),
+        "up" | "down" => {
+            let moved = after.is_some_and(|a| a.position != before.position);
+            let (dir, end) = if action == "up" {
+                ("up", "first")
+            } else {
+                ("down", "last")
+            };
+            if moved {
+                FormOutcome::done(or(format!("{name:?} moved {dir}")))
+            } else if !before.state.is_pre_start() || !now.is_pre_start() {
+                refused(format!(
+                    "{name:?} is {}: only jobs that wait can be moved",
+                    now.as_str()
+                ))
+            } else {
+                refused(format!(
+                    "{name:?} is already {end} in the queue; nothing moved"
+                ))
+            }
+        }
+        "start-again" if now.is_pre_start() && !before.state.is_pre_start() => {
+            FormOutcome::done(or(format!(
+                "{name:?} is queued again; it starts after a new Plate clear tap"
+            )))
+        }
+        "start-again" => refused(format!(
+            "{name:?} was not started again: it is {}",
+            now.as_str()
+        )),
+        _ => FormOutcome::done(or(format!("{action} done for {name:?}"))),
+    }
+}
+
 async fn job_action_form(
     State(gw): State<Arc<Gateway>>,
     Path((id, action)): Path<(JobId, String)>,
     actor: Actor,
+    headers: HeaderMap,
 ) -> Response {
-    match job_action(&gw, id, &action, &actor.0).await {
-        Ok(n) => back_to_dashboard(&notices_text(&n)),
-        Err(e) => back_to_dashboard(&e.message),
-    }
+    let before = job_now(&gw, id);
+    let outcome = match job_action(&gw, id, &action, &actor.0).await {
+        Ok(n) => job_outcome(
+            id,
+            &action,
+            before.as_ref(),
+            job_now(&gw, id).as_ref(),
+            notices_text(&n),
+        ),
+        Err(e) => e.into(),
+    };
+    form_answer::answer(&headers, "/", outcome)
 }
 
 /// Act on a job: `cancel`, `up`, `down` (queue order) or `start-again` (needs a new tap).
@@ -787,12 +884,32 @@ async fn queue_action_form(
     State(gw): State<Arc<Gateway>>,
     Path(action): Path<String>,
     Query(q): Query<QueueQuery>,
+    headers: HeaderMap,
 ) -> Response {
-    match queue_action(&gw, &action, q.printer).await {
-        Ok(n) if n.is_empty() => back_to_dashboard(&format!("queue {action}d")),
-        Ok(n) => back_to_dashboard(&notices_text(&n)),
-        Err(e) => back_to_dashboard(&e.message),
-    }
+    let printer = q.printer.clone().filter(|p| !p.is_empty());
+    let outcome = match printer.as_deref() {
+        Some(p) if printer_model(&gw, p).is_none() => FormOutcome::refused(
+            StatusCode::NOT_FOUND,
+            format!("there is no printer called {p:?}"),
+        ),
+        _ => match queue_action(&gw, &action, q.printer).await {
+            Ok(n) if n.is_empty() => {
+                let whose = match &printer {
+                    Some(p) => format!("the queue of {p}"),
+                    None => "the whole queue".to_string(),
+                };
+                FormOutcome::done(match action.as_str() {
+                    "pause" => format!(
+                        "{whose} is paused: nothing new starts there until it is resumed (a print in progress goes on)"
+                    ),
+                    _ => format!("{whose} is resumed"),
+                })
+            }
+            Ok(n) => FormOutcome::done(notices_text(&n)),
+            Err(e) => e.into(),
+        },
+    };
+    form_answer::answer(&headers, "/", outcome)
 }
 
 /// Pause or resume the whole queue, or one printer's queue (`?printer=`).
@@ -899,4 +1016,59 @@ async fn history_page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Resp
         jobs,
         csrf: user.csrf_token().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(state: JobState, position: i64) -> JobNow {
+        JobNow {
+            name: "benchy".into(),
+            state,
+            position,
+        }
+    }
+
+    #[test]
+    fn every_job_action_says_what_it_did_or_why_not() {
+        let queued = job(JobState::Queued, 1);
+        let moved = job(JobState::Queued, 2);
+        let o = job_outcome(7, "down", Some(&queued), Some(&moved), String::new());
+        assert_eq!(o, FormOutcome::done("\"benchy\" moved down"));
+        let o = job_outcome(7, "up", Some(&queued), Some(&queued), String::new());
+        assert!(!o.done && o.message.contains("already first"), "{o:?}");
+        let printing = job(JobState::Printing, 1);
+        let o = job_outcome(7, "up", Some(&printing), Some(&printing), String::new());
+        assert!(!o.done && o.message.contains("is printing"), "{o:?}");
+        // Cancel: gone from the queue means done; the dispatcher's refusal is the reason.
+        assert!(job_outcome(7, "cancel", Some(&queued), None, String::new()).done);
+        let why = "job \"benchy\" was not cancelled: it is printing".to_string();
+        let o = job_outcome(7, "cancel", Some(&printing), Some(&printing), why.clone());
+        assert_eq!(o, FormOutcome::refused(StatusCode::CONFLICT, why));
+        let o = job_outcome(7, "cancel", None, None, String::new());
+        assert_eq!(o.status, StatusCode::NOT_FOUND);
+        assert!(!o.message.is_empty());
+        let failed = job(JobState::Failed, 1);
+        assert!(
+            job_outcome(
+                7,
+                "start-again",
+                Some(&failed),
+                Some(&queued),
+                String::new()
+            )
+            .done
+        );
+        assert!(
+            !job_outcome(
+                7,
+                "start-again",
+                Some(&failed),
+                Some(&failed),
+                String::new()
+            )
+            .done
+        );
+    }
 }

@@ -2,9 +2,9 @@
 //! feeds the HTML status page and `GET /api/v1/printers`, and never contains secrets.
 
 use crate::config::Model;
-use crate::jobs::model::Millis;
+use crate::jobs::model::{JobState, Millis};
 use crate::jobs::plate::PlateState;
-use crate::printer::PrinterSnapshot;
+use crate::printer::{GcodeState, PrinterSnapshot};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -56,6 +56,9 @@ pub struct PlateView {
     pub tapped_by: Option<String>,
     /// Minutes until the tap expires.
     pub expires_in_minutes: Option<u64>,
+    /// Whether the card offers the Plate clear button: not while the plate is clear, nor while
+    /// a print is on the printer (the tap would be refused then).
+    pub tap_offered: bool,
 }
 
 /// The plate view from the dispatcher's plate state. `now`/`ttl_ms` on the dispatcher clock.
@@ -68,18 +71,53 @@ pub fn plate_view(plate: Option<&PlateState>, now: Millis, ttl_ms: Millis) -> Pl
                 text: format!("Plate clear — tapped by {}; the next job may start", tap.by),
                 tapped_by: Some(tap.by.clone()),
                 expires_in_minutes: Some(left.div_ceil(60_000)),
+                tap_offered: false,
             }
         }
         Some(PlateState::Occupied) => PlateView {
             state: "occupied".into(),
             text: "Remove the print, then tap Plate clear".into(),
+            tap_offered: true,
             ..Default::default()
         },
         _ => PlateView {
             state: "unknown".into(),
             text: "Plate not checked — look at the printer, clear it, then tap Plate clear".into(),
+            tap_offered: true,
             ..Default::default()
         },
+    }
+}
+
+/// What keeps a plate-clear tap from being accepted while a print is on the printer: it reports
+/// a print in progress (PREPARE, RUNNING, PAUSE; Klipper's printing and paused map to these), or
+/// one of its jobs is being started or printed. `None` when nothing is in progress.
+pub fn print_in_progress(
+    gcode_state: Option<GcodeState>,
+    job_state: Option<JobState>,
+) -> Option<String> {
+    if let Some(s) = gcode_state.filter(|s| s.is_active()) {
+        return Some(format!("it reports {}", s.as_str()));
+    }
+    job_state
+        .filter(|j| matches!(j, JobState::Starting | JobState::Printing))
+        .map(|j| format!("a job is {} on it", j.as_str()))
+}
+
+/// The plate while a print is in progress: shown without the Plate clear button (the tap would be
+/// refused until the print has ended).
+pub fn plate_during_print(plate: PlateView, in_progress: Option<String>) -> PlateView {
+    match in_progress {
+        Some(why) if plate.state != "clear" => PlateView {
+            text: format!("Printing ({why}) — tap Plate clear after the print has ended"),
+            tap_offered: false,
+            ..plate
+        },
+        Some(_) => PlateView {
+            tap_offered: false,
+            ..plate
+        },
+        None => plate,
     }
 }
 
@@ -141,6 +179,17 @@ pub fn printer_view(
     }
 }
 
+/// The number formats a printer card's template uses (`card_body.html`): every page that includes
+/// the card implements this.
+pub trait CardText {
+    fn fmt_temp(&self, t: &Option<f64>) -> String {
+        fmt_temp(*t)
+    }
+    fn fmt_minutes(&self, m: &Option<u32>) -> String {
+        fmt_minutes(*m)
+    }
+}
+
 /// `12.5` → `"12.5"`, `None` → `"–"`.
 pub fn fmt_temp(t: Option<f64>) -> String {
     t.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into())
@@ -152,5 +201,42 @@ pub fn fmt_minutes(m: Option<u32>) -> String {
         None => "–".into(),
         Some(m) if m >= 60 => format!("{} h {:02} min", m / 60, m % 60),
         Some(m) => format!("{m} min"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn occupied() -> PlateView {
+        plate_view(Some(&PlateState::Occupied), 0, 60_000)
+    }
+
+    #[test]
+    fn plate_clear_is_offered_only_when_no_print_is_in_progress() {
+        assert!(occupied().tap_offered);
+        assert!(plate_view(None, 0, 60_000).tap_offered);
+        for active in [GcodeState::Prepare, GcodeState::Running, GcodeState::Pause] {
+            let why = print_in_progress(Some(active), None);
+            assert!(why.as_deref().is_some_and(|w| w.contains(active.as_str())));
+            let plate = plate_during_print(occupied(), why);
+            assert!(!plate.tap_offered, "{active:?}");
+            assert!(
+                plate.text.contains("after the print has ended"),
+                "{}",
+                plate.text
+            );
+            assert_eq!(plate.state, "occupied");
+        }
+        // A job being started: the printer may still report IDLE.
+        for job in [JobState::Starting, JobState::Printing] {
+            let why = print_in_progress(Some(GcodeState::Idle), Some(job));
+            assert!(!plate_during_print(occupied(), why).tap_offered, "{job:?}");
+        }
+        for ended in [GcodeState::Idle, GcodeState::Finish, GcodeState::Failed] {
+            assert_eq!(print_in_progress(Some(ended), Some(JobState::Staged)), None);
+            assert!(plate_during_print(occupied(), None).tap_offered);
+        }
+        assert_eq!(print_in_progress(None, None), None);
     }
 }
