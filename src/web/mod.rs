@@ -141,9 +141,15 @@ pub(crate) fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
                 clock_now,
                 dispatch.timings.plate_clear_ttl_ms,
             );
-            // While a print is on the printer a tap is refused: no Plate clear button then.
+            // While a print is on the printer a tap is refused: no Plate clear button then. While
+            // printgate's own relay holds the power off, nothing prints whatever the last report
+            // said (the dispatcher accepts the tap then).
+            let unpowered = runtime.is_some_and(|r| !r.link_online && r.power_held_off);
             let in_progress = views::print_in_progress(
-                snap.state.as_ref().map(|s| s.gcode_state),
+                snap.state
+                    .as_ref()
+                    .map(|s| s.gcode_state)
+                    .filter(|_| !unpowered),
                 dispatch.slot_job(&p.name).map(|j| j.state),
             );
             let plate = views::plate_during_print(plate, in_progress);
