@@ -102,6 +102,7 @@ async fn start_broker(
         executor: Some(cmd_tx),
         tokens: Some(broker::executor::token_check(gateway.store.clone())),
         printer_logins: Some(printer_login_check(gateway.store.clone())),
+        credentials: Some(gateway.store.credentials()),
         printer_instances: cfg
             .printers
             .iter()

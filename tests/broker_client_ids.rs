@@ -64,6 +64,7 @@ async fn rig() -> Rig {
             tokens: None,
             printer_logins: None,
             printer_instances: Vec::new(),
+            credentials: None,
         },
         printers,
         token.clone(),

@@ -82,6 +82,7 @@ async fn start(
             tokens: None,
             printer_logins: None,
             printer_instances: Vec::new(),
+            credentials: None,
         },
         list,
         token,

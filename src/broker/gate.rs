@@ -4,8 +4,10 @@
 //! session); every PUBLISH and the will are checked against the ACL ([`crate::broker::acl`]),
 //! and so is every SUBSCRIBE of a Klipper printer's login (which also always gets a clean
 //! session); commands are handed to the [`CommandRouter`] with the sender's identity. A
-//! forbidden publish or subscribe closes the connection (MQTT 5: DISCONNECT "not authorized"). Limits: connections, packet
-//! size, CONNECT timeout, publish rate (backpressure, not disconnect).
+//! forbidden publish or subscribe closes the connection (MQTT 5: DISCONNECT "not authorized"), and
+//! so does the revocation of the token or printer login a client logged in with
+//! ([`sweep_revoked`]). Limits: connections, packet size, CONNECT timeout, publish rate
+//! (backpressure, not disconnect).
 
 use crate::broker::acl::{self, Decision};
 use crate::broker::auth::{Authenticator, Identity};
@@ -75,6 +77,23 @@ impl Gate {
                 &self.printer_instances,
             ),
         }
+    }
+}
+
+/// End the live sessions whose credential lost its access (a token revoked, an account
+/// deleted, a printer's login withdrawn or re-issued), each time the credentials signal moves,
+/// until `shutdown`. Without a signal there is nothing to watch.
+pub async fn sweep_revoked(gate: Arc<Gate>, shutdown: CancellationToken) {
+    let Some(mut signal) = gate.auth.credentials_signal() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = signal.changed() => if r.is_err() { return },
+        }
+        signal.borrow_and_update();
+        gate.auth.revalidate();
     }
 }
 
@@ -196,12 +215,12 @@ where
             return;
         }
     };
-    let identity = match gate
+    let session = match gate
         .auth
-        .check(info.username.as_deref(), info.password.as_deref())
+        .admit(info.username.as_deref(), info.password.as_deref())
         .await
     {
-        Ok(id) => id,
+        Ok(s) => s,
         Err(e) => {
             tracing::info!(%peer, user = info.username.as_deref().unwrap_or(""), "MQTT login refused: {e}");
             let _ = wr
@@ -210,8 +229,9 @@ where
             return;
         }
     };
+    let identity = &session.identity;
     if let Some(will) = &info.will
-        && gate.publish_decision(&identity, &will.topic) != Decision::Allow
+        && gate.publish_decision(identity, &will.topic) != Decision::Allow
     {
         tracing::info!(%peer, user = %identity.user, topic = %will.topic, "MQTT will message not allowed for this user");
         let _ = wr
@@ -265,6 +285,10 @@ where
     let denied = loop {
         let packet = tokio::select! {
             _ = shutdown.cancelled() => break None,
+            _ = session.revoked() => {
+                tracing::info!(%peer, user = %identity.user, "MQTT client disconnected: its login was revoked");
+                break Some(info.level);
+            }
             w = &mut down => {
                 // The broker ended the session (e.g. the same client id connected again).
                 writer = w.ok();
@@ -292,7 +316,7 @@ where
                     break None;
                 }
             };
-            match gate.publish_decision(&identity, publish.topic) {
+            match gate.publish_decision(identity, publish.topic) {
                 Decision::Allow => {}
                 Decision::Command(printer, kind) => {
                     // A redelivery (DUP) may be a command from before a reconnect: never

@@ -52,6 +52,9 @@ pub struct BrokerSetup {
     pub printer_logins: Option<PrinterLoginCheck>,
     /// Moonraker instance names of the configured Klipper printers (their topics are reserved).
     pub printer_instances: Vec<String>,
+    /// Moves when a token or printer login loses its access
+    /// ([`crate::store::Store::credentials`]): the MQTT sessions that used it end.
+    pub credentials: Option<watch::Receiver<u64>>,
 }
 
 /// The running MQTT side.
@@ -297,6 +300,9 @@ pub async fn start(
             if let Some(check) = setup.printer_logins.clone() {
                 auth = auth.with_printer_logins(check);
             }
+            if let Some(signal) = setup.credentials.clone() {
+                auth = auth.with_credentials_signal(signal);
+            }
             let gate = Arc::new(
                 Gate::new(
                     auth,
@@ -311,6 +317,7 @@ pub async fn start(
                 .await
                 .with_context(|| format!("cannot listen for MQTT on {} (broker.listen); is another broker (Mosquitto) running there? Stop it or choose another port", cfg.listen))?;
             mqtt_addr = Some(plain.local_addr()?);
+            tasks.spawn(gate::sweep_revoked(gate.clone(), shutdown.clone()));
             tasks.spawn(gate::serve_plain(plain, gate.clone(), shutdown.clone()));
             if let Some(addr) = cfg.websocket_listen {
                 let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {

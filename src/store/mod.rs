@@ -85,6 +85,8 @@ pub enum StoreError {
 /// The gateway's database.
 pub struct Store {
     conn: Mutex<rusqlite::Connection>,
+    /// Counts changes that take access away from a credential (see [`Store::credentials`]).
+    credentials: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -166,7 +168,21 @@ impl Store {
         migrations::apply(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            credentials: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// A counter that moves on, after the change is committed, whenever a credential loses
+    /// its access: an API token revoked, an account deleted (its tokens with it), a password
+    /// changed, a printer's MQTT login withdrawn or re-issued. Whoever keeps sessions that
+    /// were opened with credentials (the MQTT broker) re-checks them when it moves.
+    pub fn credentials(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.credentials.subscribe()
+    }
+
+    /// Signal [`Store::credentials`] (call after the commit).
+    fn credentials_changed(&self) {
+        self.credentials.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The connection; a poisoned lock (a panic while holding it) is recovered, since SQLite

@@ -56,6 +56,9 @@ impl Store {
                 now_ms
             ],
         )?;
+        drop(conn);
+        // A re-issued login replaces the earlier password.
+        self.credentials_changed();
         Ok((cred, password))
     }
 
@@ -99,9 +102,13 @@ impl Store {
 
     /// Withdraw a printer's login.
     pub fn revoke_printer_credential(&self, printer: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
+        let removed = self.conn().execute(
             "DELETE FROM printer_credentials WHERE printer = ?1",
             [printer],
-        )? > 0)
+        )? > 0;
+        if removed {
+            self.credentials_changed();
+        }
+        Ok(removed)
     }
 }

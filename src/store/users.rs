@@ -199,6 +199,7 @@ impl Store {
         tx.execute("DELETE FROM api_tokens WHERE user_id = ?1", [id])?;
         tx.execute("DELETE FROM users WHERE id = ?1", [id])?;
         tx.commit()?;
+        self.credentials_changed();
         Ok(UserDeletion::Deleted)
     }
 
@@ -235,6 +236,9 @@ impl Store {
         let user = user_by_name_in(&tx, username)?
             .ok_or_else(|| StoreError::Other(format!("account {username:?} vanished")))?;
         tx.commit()?;
+        if !created {
+            self.credentials_changed();
+        }
         Ok((user, created))
     }
 
@@ -383,6 +387,7 @@ impl Store {
         )?;
         tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?;
         tx.commit()?;
+        self.credentials_changed();
         Ok(())
     }
 
@@ -475,6 +480,9 @@ impl Store {
              WHERE id = ?1 AND user_id = ?2 AND revoked_at_ms IS NULL",
             params![token_id, user_id, now_ms],
         )?;
+        if n > 0 {
+            self.credentials_changed();
+        }
         Ok(n > 0)
     }
 }

@@ -193,8 +193,9 @@ fn back(name: &str, message: &str) -> Response {
     .into_response()
 }
 
-/// Issue a new MQTT login for a Klipper printer (replacing any earlier one) and return it with
-/// the `[mqtt]` section for its moonraker.conf. The password is returned only here.
+/// Issue a new MQTT login for a Klipper printer (replacing any earlier one, whose live
+/// connection is closed) and return it with the `[mqtt]` section for its moonraker.conf. The
+/// password is returned only here.
 #[utoipa::path(
     post,
     path = "/api/v1/printers/{name}/mqtt-login",
@@ -214,7 +215,8 @@ pub(crate) async fn api_issue(
     issue(&gw, &name, &actor.0).map(Json)
 }
 
-/// Withdraw a Klipper printer's MQTT login; its Moonraker can no longer connect with it.
+/// Withdraw a Klipper printer's MQTT login; its Moonraker can no longer connect with it, and a
+/// live connection made with it is closed.
 #[utoipa::path(
     delete,
     path = "/api/v1/printers/{name}/mqtt-login",
