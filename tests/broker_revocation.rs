@@ -201,6 +201,68 @@ impl Live {
     }
 }
 
+/// An MQTT 5 client session: it must be told why it ends (DISCONNECT "not authorized").
+struct LiveV5 {
+    _client: rumqttc::v5::AsyncClient,
+    ended: oneshot::Receiver<String>,
+}
+
+impl LiveV5 {
+    async fn open(mqtt: SocketAddr, id: &str, user: &str, password: &str) -> LiveV5 {
+        use rumqttc::v5::mqttbytes::v5::Packet as P5;
+        let mut o = rumqttc::v5::MqttOptions::new(id, mqtt.ip().to_string(), mqtt.port());
+        o.set_credentials(user, password);
+        let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 8);
+        let (up_tx, up) = oneshot::channel();
+        let (ended_tx, ended) = oneshot::channel();
+        tokio::spawn(async move {
+            let mut up_tx = Some(up_tx);
+            loop {
+                match el.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(P5::ConnAck(a))) => {
+                        if let Some(tx) = up_tx.take() {
+                            let _ = tx.send(format!("{:?}", a.code));
+                        }
+                    }
+                    Ok(rumqttc::v5::Event::Incoming(P5::Disconnect(d))) => {
+                        let _ = ended_tx.send(format!("{:?}", d.reason_code));
+                        return;
+                    }
+                    Ok(_) => {}
+                    // rumqttc reports the server's DISCONNECT as this error.
+                    Err(rumqttc::v5::ConnectionError::MqttState(
+                        rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                    )) => {
+                        let _ = ended_tx.send(format!("{reason_code:?}"));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = ended_tx.send(format!("closed without DISCONNECT: {e}"));
+                        return;
+                    }
+                }
+            }
+        });
+        let code = tokio::time::timeout(Duration::from_secs(10), up)
+            .await
+            .expect("MQTT 5 CONNACK within 10 s")
+            .expect("MQTT 5 session");
+        assert_eq!(code, "Success", "MQTT 5 login accepted");
+        LiveV5 {
+            _client: client,
+            ended,
+        }
+    }
+
+    async fn assert_not_authorized_soon(self, t0: Instant) {
+        let how = tokio::time::timeout(WITHIN.saturating_sub(t0.elapsed()), self.ended)
+            .await
+            .expect("the MQTT 5 session was still open 1 s after the revocation")
+            .expect("session task reports");
+        assert_eq!(how, "NotAuthorized", "MQTT 5 clients are told why");
+    }
+}
+
 /// Create an API token for the demo account through the tokens page (as a script would, with
 /// the demo token); returns (id, token).
 async fn new_token(r: &Rig, name: &str) -> (i64, String) {
@@ -244,6 +306,7 @@ async fn revoking_an_api_token_ends_its_mqtt_sessions() {
         .await
         .expect("token logs in");
     let live = Live::open(r.mqtt, "ha", "ha", &token, "tok/echo").await;
+    let live_v5 = LiveV5::open(r.mqtt, "ha-v5", "ha", &token).await;
     let resp = r
         .http
         .post(r.url(&format!("/settings/tokens/{id}/revoke")))
@@ -263,6 +326,7 @@ async fn revoking_an_api_token_ends_its_mqtt_sessions() {
     )
     .await;
     live.assert_closed_soon(t0, "revoked API token").await;
+    live_v5.assert_not_authorized_soon(t0).await;
     r.tg.shutdown().await;
 }
 

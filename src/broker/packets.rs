@@ -339,8 +339,10 @@ pub fn connack_unavailable(level: u8) -> Vec<u8> {
 }
 
 /// MQTT 5 DISCONNECT with reason "not authorized" (3.1.1 has no server DISCONNECT: just close).
+/// The empty property length is written out although MQTT 5 lets it be left off: some clients
+/// (rumqttc) cannot read a DISCONNECT without it and see only a dropped connection.
 pub fn disconnect_not_authorized(level: u8) -> Option<Vec<u8>> {
-    (level == 5).then(|| vec![0xE0, 1, 0x87])
+    (level == 5).then(|| vec![0xE0, 2, 0x87, 0])
 }
 
 #[cfg(test)]
