@@ -910,3 +910,158 @@ async fn power_restore_offers_resume_but_never_resumes() {
     .unwrap();
     p.shutdown().await;
 }
+
+/// A client connected with the right code and subscribed to the report topic.
+async fn subscribed(p: &SimPrinter, id: &str) -> TestClient {
+    let mut c = TestClient::connect(p, &p.access_code(), id).await.unwrap();
+    c.subscribe_report().await;
+    c
+}
+
+/// D1 (issue 14): one message carrying several sections, as a popular client sends on connect,
+/// gets every section answered, in message order. P1S: a full report comes only after `pushall`.
+#[tokio::test]
+async fn several_sections_in_one_message_are_each_answered_in_order() {
+    let p = SimPrinter::start(config(Model::P1S, 1.0)).await.unwrap();
+    let mut c = subscribed(&p, "multi").await;
+    // Written by hand so that the sections stay in this order on the wire.
+    let payload = br#"{"pushing":{"sequence_id":"30001","command":"pushall","version":1,"push_target":1},"info":{"sequence_id":"30002","command":"get_version"},"upgrade":{"sequence_id":"30003","command":"get_history"}}"#;
+    c.send_raw(payload.to_vec(), QoS::AtLeastOnce).await;
+    let seen = c.until(|v| is_ack(v, "info", "get_version", "30002")).await;
+    let full = seen
+        .iter()
+        .position(|v| is_push(v) && v["print"]["msg"] == 0)
+        .unwrap_or_else(|| panic!("pushall in the same message unanswered; saw {seen:#?}"));
+    assert_eq!(
+        full,
+        seen.len() - 2,
+        "full report right before the version answer: {seen:#?}"
+    );
+    // The reverse order is answered in the reverse order.
+    let payload = br#"{"info":{"sequence_id":"30004","command":"get_version"},"pushing":{"sequence_id":"30005","command":"pushall"}}"#;
+    c.send_raw(payload.to_vec(), QoS::AtLeastOnce).await;
+    let seen = c.until(|v| is_push(v) && v["print"]["msg"] == 0).await;
+    assert!(
+        seen.iter()
+            .any(|v| is_ack(v, "info", "get_version", "30004")),
+        "version answer before the full report: {seen:#?}"
+    );
+    // `upgrade.get_history` is not answered (BAMBU-LAN.md documents no answer), and nothing
+    // answers under `upgrade`.
+    assert!(
+        !seen.iter().any(|v| v.get("upgrade").is_some()),
+        "{seen:#?}"
+    );
+    p.shutdown().await;
+}
+
+/// D3 (issue 14): a start without `subtask_name` shows the file's base name as the job name.
+#[tokio::test]
+async fn start_without_subtask_name_reports_the_file_base_name() {
+    for model in [Model::P1S, Model::X1C] {
+        let p = SimPrinter::start(config(model, 1.0)).await.unwrap();
+        p.storage()
+            .put("/lid_v2.gcode.3mf", three_mf(model.model_code(), 900))
+            .unwrap();
+        let mut c = subscribed(&p, "noname").await;
+        let mut start = project_file("31001", "lid_v2.gcode.3mf", "77");
+        start["print"]
+            .as_object_mut()
+            .unwrap()
+            .remove("subtask_name");
+        c.send(start).await;
+        let seen = c
+            .until(|v| is_push(v) && v["print"]["gcode_state"] == "PREPARE")
+            .await;
+        let prepare = &seen.last().unwrap()["print"];
+        assert_eq!(prepare["subtask_name"], "lid_v2", "{model:?}: {prepare:#}");
+        assert_eq!(prepare["subtask_id"], "77");
+        p.shutdown().await;
+    }
+}
+
+/// D5 (issue 14): a file in a sub-folder of the storage (as Studio's `cache/`) prints with each
+/// URL form BAMBU-LAN.md §4.2 lists, on the models that use it.
+#[tokio::test]
+async fn printing_from_a_sub_folder_works_with_every_url_form() {
+    let cases = [
+        (Model::P1S, "file:///sdcard/cache/{}"),
+        (Model::A1, "file:///sdcard/cache/{}"),
+        (Model::X1C, "ftp:///cache/{}"),
+        (Model::H2D, "ftp:///cache/{}"),
+        (Model::P2S, "ftp://cache/{}"),
+        (Model::P2S, "file:///media/usb0/cache/{}"),
+    ];
+    for (i, (model, form)) in cases.into_iter().enumerate() {
+        let p = SimPrinter::start(config(model, 1.0)).await.unwrap();
+        let name = format!("job-{i}.gcode.3mf");
+        p.storage()
+            .put(&format!("/cache/{name}"), three_mf(model.model_code(), 900))
+            .unwrap();
+        let mut c = subscribed(&p, "sub").await;
+        let url = form.replace("{}", &name);
+        let mut start = project_file("32001", &name, "88");
+        start["print"]["url"] = json!(url);
+        c.send(start).await;
+        let seen = c
+            .until(|v| {
+                is_push(v)
+                    && (v["print"]["gcode_state"] == "PREPARE"
+                        || v["print"]["print_error"].as_u64().is_some_and(|e| e != 0))
+            })
+            .await;
+        let last = &seen.last().unwrap()["print"];
+        assert_eq!(last["gcode_state"], "PREPARE", "{model:?} {url}: {last:#}");
+        // A P1 delta carries `print_error` only when it changed.
+        assert!(
+            last.get("print_error").is_none_or(|e| *e == 0),
+            "{model:?} {url}: {last:#}"
+        );
+        let t = p
+            .wait_truth(WAIT, |t| t.gcode_state == GcodeState::Prepare)
+            .await
+            .unwrap();
+        assert_eq!(t.subtask_id, "88");
+        p.shutdown().await;
+    }
+}
+
+/// D8 (issue 14): P1/A1 answer `get_version` with `product_name` as real replies do, and every
+/// module carries the fields BAMBU-LAN.md §3.8 quotes.
+#[tokio::test]
+async fn get_version_carries_product_name_on_every_model() {
+    let cases = [
+        (Model::P1P, "Bambu Lab P1P"),
+        (Model::P1S, "Bambu Lab P1S"),
+        (Model::A1, "Bambu Lab A1"),
+        (Model::A1Mini, "Bambu Lab A1 mini"),
+        (Model::X1C, "Bambu Lab X1-Carbon"),
+        (Model::P2S, "Bambu Lab P2S"),
+        (Model::H2D, "Bambu Lab H2D"),
+    ];
+    for (model, product) in cases {
+        let p = SimPrinter::start(config(model, 1.0)).await.unwrap();
+        let mut c = subscribed(&p, "ver").await;
+        c.send(json!({"info": {"sequence_id": "33001", "command": "get_version"}}))
+            .await;
+        let seen = c.until(|v| is_ack(v, "info", "get_version", "33001")).await;
+        let info = &seen.last().unwrap()["info"];
+        assert_eq!(
+            (&info["result"], &info["reason"]),
+            (&json!("success"), &json!(""))
+        );
+        let modules = info["module"].as_array().expect("module array");
+        let ota = modules
+            .iter()
+            .find(|m| m["name"] == "ota")
+            .expect("ota module");
+        assert_eq!(ota["product_name"], product, "{model:?}: {ota:#}");
+        for m in modules {
+            for key in ["name", "sw_ver", "hw_ver", "sn", "product_name"] {
+                assert!(m[key].is_string(), "{model:?}: {key} missing in {m:#}");
+            }
+            assert_eq!(m["sn"], p.serial());
+        }
+        p.shutdown().await;
+    }
+}

@@ -622,13 +622,18 @@ impl Machine {
         }
         let duration = info.prediction.unwrap_or(DEFAULT_PREDICTION_SECS).max(30.0);
         let total_layers = ((duration / 12.0) as u32).clamp(50, 250);
+        // P1/A1 report the file name (§3.5: `<name>.gcode.3mf`), also for a file in a folder.
         let gcode_file = if matches!(self.model, Model::X1C | Model::X1E) {
             format!("/data/{param}")
         } else {
-            name.clone()
+            name.rsplit('/').next().unwrap_or(&name).to_string()
+        };
+        let subtask_name = match string_field(body, "subtask_name", "") {
+            given if given.is_empty() => default_subtask_name(&name),
+            given => given,
         };
         let job = Job {
-            subtask_name: string_field(body, "subtask_name", ""),
+            subtask_name,
             subtask_id: string_field(body, "subtask_id", "0"),
             task_id: string_field(body, "task_id", "0"),
             project_id: string_field(body, "project_id", "0"),
@@ -728,7 +733,9 @@ pub fn plate_index(param: &str) -> Option<u32> {
         .filter(|n| *n >= 1)
 }
 
-/// Resolve every URL form of §4.2 to the storage name at the root.
+/// Resolve every URL form of §4.2 to the file's storage path: `/<name>` at the root, or
+/// `<folder>/<name>` in a sub-folder (`file:///sdcard/cache/<name>`, `ftp:///cache/<name>`),
+/// as FTPS stored it. Every model accepts every form (BAMBU-LAN.md §4.2, §11).
 pub fn resolve_url(url: &str) -> Option<String> {
     let rest = url
         .strip_prefix("ftp://")
@@ -739,11 +746,25 @@ pub fn resolve_url(url: &str) -> Option<String> {
         .iter()
         .find_map(|p| rest.strip_prefix(p))
         .unwrap_or(rest);
-    let name = rest.trim_start_matches('/');
-    if name.is_empty() || name.contains('/') || name.contains("..") {
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() || parts.iter().any(|p| *p == "." || *p == "..") {
         return None;
     }
-    Some(name.to_string())
+    Some(parts.join("/"))
+}
+
+/// The job name a printer shows for a start without `subtask_name`: the file's base name
+/// without its `.gcode.3mf` / `.3mf` / `.gcode` extension (`cache/lid_v2.gcode.3mf` → `lid_v2`).
+/// BAMBU-LAN.md does not say; local clients report that `subtask_name` then carries the file
+/// name (rhoopr/bambutop issue #3, ha-bambulab issue #133).
+pub fn default_subtask_name(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    [".gcode.3mf", ".3mf", ".gcode"]
+        .iter()
+        .find_map(|ext| base.strip_suffix(ext))
+        .filter(|stem| !stem.is_empty())
+        .unwrap_or(base)
+        .to_string()
 }
 
 /// What the printer learns from the 3MF.
@@ -867,6 +888,24 @@ mod tests {
         }
         assert_eq!(resolve_url("http://x/a"), None);
         assert_eq!(resolve_url("ftp://"), None);
+        for u in [
+            "file:///sdcard/cache/a.gcode.3mf",
+            "ftp:///cache/a.gcode.3mf",
+            "ftp://cache/a.gcode.3mf",
+            "file:///media/usb0/cache/a.gcode.3mf",
+        ] {
+            assert_eq!(resolve_url(u).as_deref(), Some("cache/a.gcode.3mf"), "{u}");
+        }
+        assert_eq!(resolve_url("ftp:///cache/../a.3mf"), None);
+        assert_eq!(resolve_url("file:///sdcard/"), None);
+    }
+
+    #[test]
+    fn default_subtask_name_is_the_base_name_without_extension() {
+        assert_eq!(default_subtask_name("lid_v2.gcode.3mf"), "lid_v2");
+        assert_eq!(default_subtask_name("cache/part.3mf"), "part");
+        assert_eq!(default_subtask_name("a.gcode"), "a");
+        assert_eq!(default_subtask_name(".3mf"), ".3mf");
     }
 
     #[test]

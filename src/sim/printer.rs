@@ -320,36 +320,59 @@ impl Hub {
         let json = parse_lenient(&payload);
         self.log
             .record(conn_id, client_id, qos, payload.clone(), json.clone());
-        let Some(json) = json else { return };
+        // Parsed a second time to keep the sections in message order (`json` is sorted).
+        let Some(sections) = parse_lenient_as::<Sections>(&payload) else {
+            return;
+        };
         match self.knobs.get().qos0_delay {
             Some(delay) if qos == 0 && !delay.is_zero() => {
                 let hub = Arc::clone(self);
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    hub.process(&json);
+                    hub.process(&sections);
                 });
             }
-            _ => self.process(&json),
+            _ => self.process(&sections),
         }
     }
 
-    fn process(&self, json: &Value) {
+    /// Act on every section of one request, in message order, as a printer does: a message
+    /// with `pushing.pushall` + `info.get_version` gets a full report and a version answer.
+    fn process(&self, sections: &Sections) {
         let knobs = self.knobs.get();
         if !self.powered() || knobs.ignore_commands {
             return;
         }
-        let Some((section, body)) = json.as_object().and_then(|o| o.iter().next()) else {
-            return;
-        };
-        let Some(body) = body.as_object() else { return };
-        let command = body.get("command").and_then(Value::as_str).unwrap_or("");
         let mut core = lock(&self.core);
         if !self.powered() {
             return;
         }
-        let ack = match (section.as_str(), command) {
+        for (section, body) in &sections.0 {
+            let Some(body) = body.as_object() else {
+                continue;
+            };
+            let ack = self.section(&mut core, &knobs, section, body);
+            if let Some(ack) = ack
+                && !knobs.drop_acks
+            {
+                self.publish(&knobs, &ack);
+            }
+        }
+        self.update_truth(&core, &knobs);
+    }
+
+    /// One section of a request; returns the answer to publish, if the firmware sends one.
+    fn section(
+        &self,
+        core: &mut Core,
+        knobs: &KnobValues,
+        section: &str,
+        body: &Map<String, Value>,
+    ) -> Option<Value> {
+        let command = body.get("command").and_then(Value::as_str).unwrap_or("");
+        match (section, command) {
             ("pushing", "pushall") => {
-                self.push_full(&mut core, &knobs);
+                self.push_full(core, knobs);
                 None
             }
             ("pushing", "start") => {
@@ -380,20 +403,19 @@ impl Hub {
             }
             ("print", _) => {
                 let ctx = CommandCtx {
-                    knobs: &knobs,
+                    knobs,
                     storage: &self.storage,
                     unix_now: unix_now(),
                 };
                 core.machine.handle_print(body, &ctx).ack
             }
+            // `upgrade.get_history`, `security.*`, `xcam.*`, `camera.*` and unknown sections or
+            // commands: BAMBU-LAN.md documents no answer for them (§4.4 lists `upgrade.*` and
+            // `security.*` as not needed), so the simulator ignores them silently, as the
+            // firmware does for commands it does not know. Answering them faithfully is part
+            // of issue 14's "not modelled" list.
             _ => None,
-        };
-        if let Some(ack) = ack
-            && !knobs.drop_acks
-        {
-            self.publish(&knobs, &ack);
         }
-        self.update_truth(&core, &knobs);
     }
 
     /// A person starts a print on the printer's own screen: same state machine as a
@@ -603,6 +625,11 @@ impl Hub {
 
 /// Strip trailing NUL/whitespace and parse JSON, falling back to Latin-1 decoding.
 pub fn parse_lenient(payload: &[u8]) -> Option<Value> {
+    parse_lenient_as(payload)
+}
+
+/// [`parse_lenient`] into any type.
+fn parse_lenient_as<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Option<T> {
     let end = payload
         .iter()
         .rposition(|b| !(*b == 0 || b.is_ascii_whitespace()))
@@ -612,6 +639,36 @@ pub fn parse_lenient(payload: &[u8]) -> Option<Value> {
         let latin1: String = trimmed.iter().map(|b| char::from(*b)).collect();
         serde_json::from_str(&latin1).ok()
     })
+}
+
+/// The top-level sections of a request (`print`, `info`, `pushing`, …) in message order.
+/// `serde_json::Map` sorts its keys (the crate's `preserve_order` feature is off, and turning
+/// it on would change the key order of every JSON document the gateway writes), so the
+/// sections are read straight from the parser.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sections(pub Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Sections {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Sections;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object of request sections")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Sections, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    out.push(entry);
+                }
+                Ok(Sections(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 /// A running simulated printer. Dropping it stops its tasks; [`SimPrinter::shutdown`] also

@@ -20,11 +20,6 @@ pub fn firmware_version(model: Model) -> &'static str {
     }
 }
 
-/// Newer firmware names itself with `product_name`; P1/A1 with `project_name`.
-fn uses_product_name(model: Model) -> bool {
-    matches!(model, Model::X1C | Model::X1E | Model::P2S | Model::H2D)
-}
-
 fn product_name(model: Model) -> &'static str {
     match model {
         Model::X1C => "Bambu Lab X1-Carbon",
@@ -273,28 +268,36 @@ pub fn delta(prev: &Map<String, Value>, next: &Map<String, Value>) -> Option<Map
     (!out.is_empty()).then_some(out)
 }
 
-/// The `info.get_version` answer with model-style module names.
+/// The `info.get_version` answer with model-style module names, shaped as current firmware
+/// answers (BAMBU-LAN.md §3.8; module records as captured from P1S 01.08, A1 01.07 and X1C
+/// 01.11, quoted in ha-bambulab's `pybambu/utils.py`): every module has `name`, `sw_ver`,
+/// `hw_ver`, `loader_ver`, `sn`, `product_name`, `visible` and `flag`; the `ota` module's
+/// `product_name` names the printer (`"Bambu Lab P1S"`), the other modules' is empty. The old
+/// P1/A1 `project_name` (`C12`) is not sent by the firmware versions the simulator reports.
 pub fn version_answer(model: Model, serial: &str, sequence_id: Value) -> Value {
     let fw = firmware_version(model);
     let mut modules = Vec::new();
-    let mut module = |name: &str, sw: &str, hw: &str| {
-        let mut m = json!({"name": name, "sw_ver": sw, "hw_ver": hw, "sn": serial});
-        if uses_product_name(model) {
-            m["product_name"] = json!(product_name(model));
-        } else {
-            m["project_name"] = json!(model.model_code());
-        }
-        modules.push(m);
+    let mut module = |name: &str, sw: &str, hw: &str, product: &str| {
+        modules.push(json!({
+            "name": name,
+            "sw_ver": sw,
+            "hw_ver": hw,
+            "loader_ver": "00.00.00.00",
+            "sn": serial,
+            "product_name": product,
+            "visible": !product.is_empty(),
+            "flag": 0,
+        }));
     };
-    module("ota", fw, "OTA");
+    module("ota", fw, "OTA", product_name(model));
     if matches!(model, Model::X1C | Model::X1E) {
-        module("rv1126", fw, "AP05");
-    } else if uses_product_name(model) {
-        module("ap", fw, "AP07");
+        module("rv1126", fw, "AP05", "");
+    } else if matches!(model, Model::P2S | Model::H2D) {
+        module("ap", fw, "AP07", "");
     } else {
-        module("esp32", fw, "AP04");
+        module("esp32", fw, "AP04", "");
     }
-    module("mc", "00.00.28.55", "MC07");
+    module("mc", "00.00.28.55", "MC07", "");
     json!({"info": {
         "command": "get_version",
         "sequence_id": sequence_id,
@@ -383,7 +386,8 @@ mod tests {
     fn version_modules() {
         let v = version_answer(Model::P1S, "01P00A000000001", json!("5"));
         assert_eq!(v["info"]["module"][0]["name"], "ota");
-        assert_eq!(v["info"]["module"][0]["project_name"], "C12");
+        assert_eq!(v["info"]["module"][0]["product_name"], "Bambu Lab P1S");
+        assert_eq!(v["info"]["module"][1]["product_name"], "");
         let v = version_answer(Model::X1C, "00M00A000000001", json!("5"));
         assert_eq!(
             v["info"]["module"][0]["product_name"],
