@@ -609,17 +609,7 @@ impl RawSession {
     /// EPSV, connect, send `line`, expect 150, TLS (resumed), read everything, expect 226.
     async fn data(&mut self, line: &str) -> Vec<u8> {
         use tokio::io::AsyncReadExt;
-        let epsv = self.cmd("EPSV").await;
-        let port: u16 = epsv
-            .split("|||")
-            .nth(1)
-            .and_then(|r| r.split('|').next())
-            .and_then(|p| p.parse().ok())
-            .expect("EPSV port");
-        assert_ne!(port, self.port);
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("data");
+        let tcp = self.epsv_connect().await;
         assert!(self.cmd(line).await.starts_with("150 "), "{line}");
         let name = ServerName::try_from(SERIAL.to_string()).expect("name");
         let mut data = tokio_rustls::TlsConnector::from(self.tls.clone())
@@ -647,16 +637,9 @@ async fn server_speaks_the_other_vsftpd_commands() {
     rig.storage.put("verify_job", b"job".to_vec()).expect("put");
     let mut s = RawSession::open(&rig).await;
     assert!(s.cmd("PWD").await.starts_with("530 "), "login first");
-    assert_eq!(s.cmd("USER bblp").await, "331 Please specify the password.");
-    assert_eq!(
-        s.cmd(&format!("PASS {CODE}")).await,
-        "230 Login successful."
-    );
-    assert_eq!(s.cmd("PBSZ 0").await, "200 PBSZ set to 0.");
-    assert_eq!(s.cmd("PROT P").await, "200 PROT now Private.");
-    assert_eq!(s.cmd("TYPE I").await, "200 Switching to Binary mode.");
+    s.login().await;
     assert_eq!(s.cmd("PWD").await, "257 \"/\" is the current directory");
-    assert_eq!(s.cmd("MKD cache").await, "257 \"/cache\" created");
+    assert_eq!(s.cmd("MKD logger").await, "257 \"/logger\" created");
     assert_eq!(
         s.cmd("RETR /verify_job").await.get(..4),
         Some("425 "),
@@ -668,7 +651,10 @@ async fn server_speaks_the_other_vsftpd_commands() {
         list.contains("drwxr-xr-x") && list.ends_with(" verify_job\r\n"),
         "{list}"
     );
-    assert_eq!(s.data("NLST").await, b"cache\r\nverify_job\r\n");
+    assert_eq!(
+        s.data("NLST").await,
+        b"cache\r\nlogger\r\nmodel\r\ntimelapse\r\nverify_job\r\n"
+    );
     assert!(s.cmd("MDTM /verify_job").await.starts_with("213 20"));
     assert_eq!(s.cmd("SIZE /verify_job").await, "213 3");
     assert_eq!(s.cmd("SIZE /nothing").await, "550 Could not get file size.");
@@ -692,7 +678,7 @@ async fn server_speaks_the_other_vsftpd_commands() {
         s.cmd("DELE /verify_job").await,
         "550 Delete operation failed."
     );
-    assert_eq!(s.cmd("FEAT").await, "500 Unknown command.");
+    assert_eq!(s.cmd("XCRC /verify_job").await, "500 Unknown command.");
     assert_eq!(s.cmd("QUIT").await, "221 Goodbye.");
     assert!(rig.storage.get("verify_job").is_none());
 }
@@ -709,4 +695,149 @@ async fn slow_link_cap_still_delivers_the_whole_file() {
         .await
         .expect("upload");
     assert_eq!(rig.stored_md5("slow.gcode.3mf"), Some(report.md5));
+}
+
+impl RawSession {
+    /// EPSV and connect the data socket to the port it names.
+    async fn epsv_connect(&mut self) -> tokio::net::TcpStream {
+        let epsv = self.cmd("EPSV").await;
+        let port: u16 = epsv
+            .split("|||")
+            .nth(1)
+            .and_then(|r| r.split('|').next())
+            .and_then(|p| p.parse().ok())
+            .expect("EPSV port");
+        assert_ne!(port, self.port);
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("data")
+    }
+
+    /// Log in as a client does (USER, PASS, PBSZ, PROT P, TYPE I).
+    async fn login(&mut self) {
+        assert_eq!(
+            self.cmd("USER bblp").await,
+            "331 Please specify the password."
+        );
+        assert_eq!(
+            self.cmd(&format!("PASS {CODE}")).await,
+            "230 Login successful."
+        );
+        assert_eq!(self.cmd("PBSZ 0").await, "200 PBSZ set to 0.");
+        assert_eq!(self.cmd("PROT P").await, "200 PROT now Private.");
+        assert_eq!(self.cmd("TYPE I").await, "200 Switching to Binary mode.");
+    }
+
+    /// EPSV, connect, send `line`; the first reply (150 when the server takes the upload, then
+    /// the bytes are sent over resumed TLS and the final reply is returned instead).
+    async fn store(&mut self, line: &str, content: &[u8]) -> String {
+        use tokio::io::AsyncWriteExt;
+        let tcp = self.epsv_connect().await;
+        let first = self.cmd(line).await;
+        if !first.starts_with("150 ") {
+            return first;
+        }
+        let name = ServerName::try_from(SERIAL.to_string()).expect("name");
+        let mut data = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .expect("data tls");
+        data.write_all(content).await.expect("send");
+        data.shutdown().await.expect("close_notify");
+        drop(data);
+        self.reply().await
+    }
+
+    /// Reply lines of a multi-line answer up to and including the line starting `last`.
+    async fn lines_until(&mut self, first: String, last: &str) -> Vec<String> {
+        // A single-line reply (no `211-`) ends at once.
+        let multi = first.as_bytes().get(3) == Some(&b'-');
+        let mut lines = vec![first];
+        if !multi {
+            return lines;
+        }
+        // Bounded: a FEAT answer has a dozen lines; each read is bounded by WAIT.
+        for _ in 0..64 {
+            if lines.last().is_some_and(|l| l.starts_with(last)) {
+                return lines;
+            }
+            lines.push(self.reply().await);
+        }
+        panic!("no {last:?} line in {lines:?}");
+    }
+}
+
+/// D4 (issue 14): the storage starts with `cache/`, `model/`, `timelapse/`; `LIST`/`NLST` honour
+/// their path (vsFTPd's NLST prefixes the path it was given); a `STOR` into a folder that was
+/// never created fails with 553 as vsFTPd does; `SYST`, `FEAT` and `OPTS UTF8 ON` are answered
+/// with vsFTPd's texts.
+#[tokio::test]
+async fn listing_paths_missing_folders_and_vsftpd_informational_commands() {
+    let rig = Rig::start(FtpsKnobValues::default()).await;
+    let mut s = RawSession::open(&rig).await;
+    // FEAT and OPTS are answered before login, SYST only after (vsFTPd's prelogin).
+    let feat = s.cmd("FEAT").await;
+    let feat = s.lines_until(feat, "211 ").await;
+    assert_eq!(feat.first().map(String::as_str), Some("211-Features:"));
+    assert_eq!(feat.last().map(String::as_str), Some("211 End"));
+    for f in [
+        " EPSV", " MDTM", " PASV", " PBSZ", " PROT", " SIZE", " UTF8",
+    ] {
+        assert!(feat.iter().any(|l| l == f), "FEAT lacks {f:?}: {feat:?}");
+    }
+    assert_eq!(s.cmd("OPTS UTF8 ON").await, "200 Always in UTF8 mode.");
+    assert_eq!(s.cmd("SYST").await, "530 Please login with USER and PASS.");
+    s.login().await;
+    assert_eq!(s.cmd("SYST").await, "215 UNIX Type: L8");
+    assert_eq!(s.cmd("opts utf8 on").await, "200 Always in UTF8 mode.");
+    assert_eq!(s.cmd("OPTS MLST type;").await, "501 Option not understood.");
+
+    assert_eq!(s.data("NLST").await, b"cache\r\nmodel\r\ntimelapse\r\n");
+    assert_eq!(
+        s.cmd("MKD cache").await,
+        "550 Create directory operation failed.",
+        "cache/ exists from the start"
+    );
+    assert_eq!(
+        s.store("STOR /cache/a.gcode.3mf", b"abc").await,
+        "226 Transfer complete."
+    );
+    assert_eq!(
+        rig.storage.get("cache/a.gcode.3mf").as_deref(),
+        Some(&b"abc".to_vec())
+    );
+    assert_eq!(s.data("NLST cache").await, b"cache/a.gcode.3mf\r\n");
+    assert_eq!(s.data("NLST /cache/").await, b"/cache/a.gcode.3mf\r\n");
+    let list = String::from_utf8(s.data("LIST /cache").await).expect("utf8");
+    assert!(
+        list.starts_with("-rw-r--r--")
+            && list.ends_with(" a.gcode.3mf\r\n")
+            && list.lines().count() == 1,
+        "{list}"
+    );
+    let list = String::from_utf8(s.data("LIST -la model").await).expect("utf8");
+    assert_eq!(list, "", "model/ is empty");
+    assert_eq!(s.data("NLST timelapse").await, b"");
+    // A path that is no folder: vsFTPd sends an empty listing and says so.
+    assert_eq!(s.data("NLST nowhere").await, b"");
+
+    assert_eq!(
+        s.store("STOR /never/made.gcode.3mf", b"x").await,
+        "553 Could not create file."
+    );
+    assert_eq!(
+        s.store("STOR model/ok.gcode.3mf", b"yz").await,
+        "226 Transfer complete."
+    );
+    assert!(rig.storage.get("never/made.gcode.3mf").is_none());
+    assert_eq!(
+        rig.storage.get("model/ok.gcode.3mf").map(|c| c.len()),
+        Some(2)
+    );
+    assert_eq!(s.cmd("MKD never").await, "257 \"/never\" created");
+    assert_eq!(
+        s.store("STOR /never/made.gcode.3mf", b"x").await,
+        "226 Transfer complete."
+    );
+    assert_eq!(s.cmd("QUIT").await, "221 Goodbye.");
 }

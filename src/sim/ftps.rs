@@ -1,7 +1,10 @@
 //! The simulated printer's FTPS server: vsFTPd 3.0.5 as seen on X1C/P2S (BAMBU-LAN.md §7, §12).
 //! Implicit TLS from the first byte (TLS 1.2 only unless the `tls13` knob is on), user `bblp`
 //! with the access code, passive data connections whose TLS handshake starts after `150` and
-//! must resume the control session, files kept in [`SimStorage`].
+//! must resume the control session, files kept in [`SimStorage`]. The storage starts with the
+//! folders `cache/`, `model/` and `timelapse/`; `LIST`/`NLST` list the path they are given (an
+//! `NLST` of a folder prefixes the names with it, as vsFTPd does) and a `STOR` into a folder
+//! that does not exist fails with `553 Could not create file.`.
 //!
 //! Fault knobs ([`FtpsKnobs`]) can be changed while the server runs; each new command reads
 //! their current values. A `STOR` that breaks mid-way never reaches [`SimStorage`]: the server
@@ -246,7 +249,7 @@ pub async fn start(
         access_code,
         knobs: knobs.clone(),
         record: FtpsRecord::default(),
-        files: Mutex::new(FileMeta::default()),
+        files: Mutex::new(FileMeta::with_default_folders()),
         started: Utc::now(),
         next_session: AtomicU64::new(1),
     });
@@ -282,6 +285,24 @@ struct FileMeta {
     /// Broken uploads: name → bytes that arrived.
     partial: BTreeMap<String, u64>,
 }
+
+/// Folders a printer's storage has from the start (Studio stores sent files in `cache/`).
+pub const DEFAULT_FOLDERS: [&str; 3] = ["cache", "model", "timelapse"];
+
+impl FileMeta {
+    fn with_default_folders() -> Self {
+        Self {
+            dirs: DEFAULT_FOLDERS.iter().map(|d| d.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+}
+
+/// vsFTPd's `FEAT` answer for what this server implements (implicit TLS, so no `AUTH`; passive
+/// only, so no `EPRT`; no `REST`).
+const FEATURES: &[&str] = &[
+    " EPSV", " MDTM", " PASV", " PBSZ", " PROT", " SIZE", " TVFS", " UTF8",
+];
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -494,11 +515,29 @@ impl Session {
                 }
                 _ => self.ctl.reply(536, "Bad PROT command.").await,
             },
+            // vsFTPd answers FEAT and OPTS before login too.
+            "FEAT" => {
+                let mut text = String::from("211-Features:\r\n");
+                for f in FEATURES {
+                    text.push_str(f);
+                    text.push_str("\r\n");
+                }
+                self.ctl.raw(text.as_bytes()).await?;
+                self.ctl.reply(211, "End").await
+            }
+            "OPTS" => {
+                if arg.trim().eq_ignore_ascii_case("UTF8 ON") {
+                    self.ctl.reply(200, "Always in UTF8 mode.").await
+                } else {
+                    self.ctl.reply(501, "Option not understood.").await
+                }
+            }
             _ if !self.logged_in => {
                 self.ctl
                     .reply(530, "Please login with USER and PASS.")
                     .await
             }
+            "SYST" => self.ctl.reply(215, "UNIX Type: L8").await,
             "TYPE" => match arg.to_ascii_uppercase().as_str() {
                 "I" | "L 8" => self.ctl.reply(200, "Switching to Binary mode.").await,
                 "A" | "A N" => self.ctl.reply(200, "Switching to ASCII mode.").await,
@@ -512,8 +551,7 @@ impl Session {
             }
             "CWD" => {
                 let dir = self.resolve(arg);
-                let exists = dir.is_empty() || lock(&self.shared.files).dirs.contains(&dir);
-                if exists {
+                if self.dir_exists(&dir) {
                     self.cwd = format!("/{dir}");
                     self.ctl.reply(250, "Directory successfully changed.").await
                 } else {
@@ -522,8 +560,12 @@ impl Session {
             }
             "MKD" => {
                 let dir = self.resolve(arg);
+                // Like mkdir(2): the parent must exist and the name must be free.
                 let created = !dir.is_empty()
                     && !self.shared.storage.is_missing()
+                    && self.dir_exists(parent(&dir))
+                    && self.file_size(&dir).is_none()
+                    && !self.dir_exists(&dir)
                     && lock(&self.shared.files).dirs.insert(dir.clone());
                 if created {
                     let text = format!("\"/{dir}\" created");
@@ -572,7 +614,8 @@ impl Session {
                             "Opening BINARY mode data connection for {key} ({} bytes).",
                             content.len()
                         );
-                        self.send_data(&content, &opening, &knobs).await
+                        self.send_data(&content, &opening, "Transfer complete.", &knobs)
+                            .await
                     }
                     None => self.ctl.reply(550, "Failed to open file.").await,
                 }
@@ -581,10 +624,17 @@ impl Session {
                 if self.shared.storage.is_missing() {
                     return self.ctl.reply(550, "Failed to open directory.").await;
                 }
-                let listing = self.listing(verb == "LIST");
+                let (listing, final_text) = match self.listing(arg, verb == "LIST") {
+                    Some(listing) => (listing, "Directory send OK."),
+                    None => (
+                        String::new(),
+                        "Transfer done (but failed to open directory).",
+                    ),
+                };
                 self.send_data(
                     listing.as_bytes(),
                     "Here comes the directory listing.",
+                    final_text,
                     &knobs,
                 )
                 .await
@@ -633,9 +683,48 @@ impl Session {
             .unwrap_or(self.shared.started)
     }
 
-    /// `ls -l` lines (numeric owner/group, UTC) or bare names of the current directory.
-    fn listing(&self, long: bool) -> String {
-        let dir = self.resolve("");
+    /// A directory: the root, a folder made by `MKD` (or there from the start), or a folder
+    /// holding a stored file.
+    fn dir_exists(&self, dir: &str) -> bool {
+        if dir.is_empty() || lock(&self.shared.files).dirs.contains(dir) {
+            return true;
+        }
+        let prefix = format!("{dir}/");
+        self.shared
+            .storage
+            .list()
+            .iter()
+            .any(|(name, _)| name.starts_with(&prefix))
+    }
+
+    /// `LIST`/`NLST` of `arg` as vsFTPd does it: leading `-options` are skipped; a directory is
+    /// listed; anything else is split at its last `/` into a directory and a name to show.
+    /// `ls -l` lines (numeric owner/group, UTC) for `LIST`; names for `NLST`, prefixed with
+    /// the directory as the client wrote it. `None` when the directory does not exist.
+    fn listing(&self, arg: &str, long: bool) -> Option<String> {
+        let path = match arg.strip_prefix('-') {
+            Some(opts) => opts.split_once(' ').map_or("", |(_, p)| p),
+            None => arg,
+        }
+        .trim();
+        let (dir_arg, filter) = if path.is_empty() || self.dir_exists(&self.resolve(path)) {
+            (path, None)
+        } else {
+            match path.rsplit_once('/') {
+                Some(("", name)) => ("/", Some(name)),
+                Some((dir, name)) => (dir, Some(name)),
+                None => ("", Some(path)),
+            }
+        };
+        let dir = self.resolve(dir_arg);
+        if !self.dir_exists(&dir) {
+            return None;
+        }
+        let shown_prefix = match dir_arg {
+            "" | "." => String::new(),
+            d if d.ends_with('/') => d.to_string(),
+            d => format!("{d}/"),
+        };
         let prefix = if dir.is_empty() {
             String::new()
         } else {
@@ -668,10 +757,14 @@ impl Session {
                 }
             }
         }
+        if let Some(only) = filter {
+            entries.retain(|name, _| name == only);
+        }
         let now = Utc::now();
         let mut out = String::new();
         for (name, size) in entries {
             if !long {
+                out.push_str(&shown_prefix);
                 out.push_str(&name);
                 out.push_str("\r\n");
                 continue;
@@ -691,7 +784,7 @@ impl Session {
                 "{mode}    1 0        0        {len:>8} {when} {name}\r\n"
             ));
         }
-        out
+        Some(out)
     }
 
     async fn passive(&mut self, extended: bool, knobs: &FtpsKnobValues) -> SessionEnd {
@@ -794,6 +887,7 @@ impl Session {
         &mut self,
         payload: &[u8],
         opening: &str,
+        final_text: &str,
         knobs: &FtpsKnobValues,
     ) -> SessionEnd {
         let Some(data) = self.open_data(opening, knobs).await? else {
@@ -804,7 +898,7 @@ impl Session {
             Data::Clear(mut tcp) => write_and_close(&mut tcp, payload).await,
         };
         if sent {
-            self.ctl.reply(226, "Transfer complete.").await
+            self.ctl.reply(226, final_text).await
         } else {
             self.ctl.reply(426, "Failure writing network stream.").await
         }
@@ -815,7 +909,8 @@ impl Session {
         if key.is_empty() {
             return self.ctl.reply(553, "Could not create file.").await;
         }
-        if knobs.reply_553 || self.shared.storage.is_missing() {
+        // vsFTPd cannot create the file in a folder that does not exist (open(2) fails).
+        if knobs.reply_553 || self.shared.storage.is_missing() || !self.dir_exists(parent(&key)) {
             self.pasv = None;
             return self.ctl.reply(553, "Could not create file.").await;
         }
@@ -871,6 +966,11 @@ impl Session {
             self.ctl.reply(226, "Transfer complete.").await
         }
     }
+}
+
+/// The folder a storage key lives in (`""` = the root).
+fn parent(key: &str) -> &str {
+    key.rsplit_once('/').map_or("", |(dir, _)| dir)
 }
 
 enum Received {
