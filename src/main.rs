@@ -33,7 +33,7 @@ enum Command {
     /// Run simulated Bambu printers standalone (for measuring a gateway in another process).
     ///
     /// Prints one line per printer: name model serial host mqtt_port ftps_port access_code
-    /// fingerprint.
+    /// fingerprint. Runs until SIGINT (Ctrl-C) or SIGTERM, then stops every printer and exits 0.
     Sim {
         /// How many printers to simulate.
         #[arg(long, value_name = "N", default_value_t = 1)]
@@ -186,24 +186,31 @@ fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-/// Cancel `token` on SIGINT or SIGTERM.
+/// Cancel `token` on SIGINT or SIGTERM. On Unix the handlers are installed before this
+/// returns, so a signal that arrives right after start-up is not lost.
 fn cancel_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-                }
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::spawn(async move {
+                    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+                    tracing::info!("shutting down");
+                    token.cancel();
+                });
+                return;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("warning: cannot listen for SIGINT/SIGTERM ({e}); trying Ctrl-C only");
             }
         }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
+    }
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
         token.cancel();
     });
@@ -286,7 +293,7 @@ fn main() -> ExitCode {
                         ),
                     }
                 }
-                printgate::sim::cli::run_sim_cli(printers, parsed, time_scale).await?;
+                printgate::sim::cli::run_sim_cli(printers, parsed, time_scale, token).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Demo {

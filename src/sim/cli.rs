@@ -1,8 +1,11 @@
-//! `printgate sim`: run N simulated printers on loopback until Ctrl-C and print how to reach
-//! each one (one line per printer), so the gateway or Bambu tools can be pointed at them.
+//! `printgate sim`: run N simulated printers on loopback until SIGINT (Ctrl-C) or SIGTERM and
+//! print how to reach each one (one line per printer), so the gateway or Bambu tools can be
+//! pointed at them.
 
 use crate::config::Model;
 use crate::sim::printer::{SimConfig, SimFleet, SimPrinter};
+use std::io::Write;
+use tokio_util::sync::CancellationToken;
 
 /// Models used when none are given.
 pub const DEFAULT_MODELS: [Model; 3] = [Model::P1S, Model::X1C, Model::A1Mini];
@@ -44,11 +47,13 @@ pub fn fleet_configs(printers: usize, models: &[Model], time_scale: f64) -> Vec<
         .collect()
 }
 
-/// Start `printers` simulators (models cycled), print one line each, run until Ctrl-C.
+/// Start `printers` simulators (models cycled), print one line each, run until `stop` is
+/// cancelled (the binary cancels it on SIGINT and SIGTERM), then shut every printer down.
 pub async fn run_sim_cli(
     printers: usize,
     models: Vec<Model>,
     time_scale: f64,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
     if printers == 0 {
         anyhow::bail!("nothing to simulate: ask for at least one printer");
@@ -61,7 +66,9 @@ pub async fn run_sim_cli(
     for p in fleet.printers() {
         println!("{}", describe(p));
     }
-    tokio::signal::ctrl_c().await?;
+    // A reader behind a pipe sees the table now, not when the buffer fills.
+    let _ = std::io::stdout().flush();
+    stop.cancelled().await;
     fleet.shutdown().await;
     Ok(())
 }
