@@ -316,7 +316,9 @@ pub async fn start(
             let plain = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("cannot listen for MQTT on {} (broker.listen); is another broker (Mosquitto) running there? Stop it or choose another port", cfg.listen))?;
-            mqtt_addr = Some(plain.local_addr()?);
+            let plain_addr = plain.local_addr()?;
+            tracing::info!("MQTT broker on {plain_addr}");
+            mqtt_addr = Some(plain_addr);
             tasks.spawn(gate::sweep_revoked(gate.clone(), shutdown.clone()));
             tasks.spawn(gate::serve_plain(plain, gate.clone(), shutdown.clone()));
             if let Some(addr) = cfg.websocket_listen {
@@ -325,7 +327,9 @@ pub async fn start(
                         "cannot listen for MQTT over WebSocket on {addr} (broker.websocket_listen)"
                     )
                 })?;
-                ws_addr = Some(l.local_addr()?);
+                let addr = l.local_addr()?;
+                tracing::info!("MQTT over WebSocket on ws://{addr}/mqtt");
+                ws_addr = Some(addr);
                 tasks.spawn(crate::broker::websocket::serve(
                     l,
                     gate.clone(),
@@ -337,7 +341,9 @@ pub async fn start(
                 let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
                     format!("cannot listen for MQTT over TLS on {addr} (broker.tls_listen)")
                 })?;
-                mqtts_addr = Some(l.local_addr()?);
+                let addr = l.local_addr()?;
+                tracing::info!("MQTT over TLS on {addr}");
+                mqtts_addr = Some(addr);
                 tasks.spawn(gate::serve_tls(l, acceptor, gate, shutdown.clone()));
             }
             Target {
