@@ -360,6 +360,9 @@ fn bench_limits() -> printgate::broker::config::BrokerLimits {
         max_connections: 256,
         // The default (50/s per client) would make a throughput test measure the limiter.
         publishes_per_sec: 1_000_000,
+        // All bench clients connect at once from 127.0.0.1.
+        max_unauthenticated: 256,
+        max_unauthenticated_per_address: 256,
         ..Default::default()
     }
 }

@@ -149,7 +149,8 @@ fn start_serve(
     let mut t = format!(
         "data_dir = {}\n\n[web]\nlisten = \"127.0.0.1:{web}\"\n\n[broker]\n\
          listen = \"127.0.0.1:{mqtt}\"\ntls_listen = \"127.0.0.1:{mqtts}\"\n\n\
-         [broker.limits]\nmax_connections = 200\n\n\
+         [broker.limits]\nmax_connections = 200\nmax_unauthenticated = 256\n\
+         max_unauthenticated_per_address = 256\n\n\
          [broker.mdns]\nenabled = false\n\n[broker.ssdp]\nenabled = false\n\n\
          [[broker.users]]\nname = \"watch\"\npassword_hash = {}\naccess = \"read\"\n\n\
          [[broker.users]]\nname = \"ctl\"\npassword_hash = {}\naccess = \"control\"\n",

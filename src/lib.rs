@@ -3,6 +3,7 @@
 //! `serve`, `demo` and the integration tests run identical code: [`start`] wires the store, the
 //! printer links, the recorder and the web server, and everything stops on one cancellation token.
 
+pub mod admission;
 pub mod alerts;
 pub mod backup;
 pub mod broker;
@@ -352,7 +353,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         safety: Some(safety),
         broker_endpoint,
     });
-    let listener = tokio::net::TcpListener::bind(gateway.config.web.listen).await?;
+    let listener = admission::listen(gateway.config.web.listen)?;
     let web_addr = listener.local_addr()?;
     tasks.spawn(prune_events_daily(gateway.store.clone(), shutdown.clone()));
     for p in &gateway.printers {
@@ -364,18 +365,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ));
     }
     let app = web::router(gateway.clone());
-    let token = shutdown.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await;
-        if let Err(e) = served {
-            tracing::error!("web server stopped: {e}");
-        }
-    });
+    let admission = web::serve::web_admission();
+    tasks.spawn(admission.clone().log_summaries(shutdown.clone()));
+    tasks.spawn(web::serve::serve(
+        listener,
+        app,
+        web::serve::HttpLimits {
+            admission,
+            header_timeout: web::serve::WEB_HEADER_TIMEOUT,
+            hand_over: false,
+        },
+        shutdown.clone(),
+    ));
     tracing::info!("web interface on http://{web_addr}");
     let broker = start_broker(&gateway, web_addr, &shutdown, &mut tasks).await?;
     notify::gateway_ready(&gateway, &mut tasks, shutdown.clone())?;

@@ -49,9 +49,17 @@ pub struct BrokerLimits {
     /// Largest MQTT packet accepted from a client, in bytes.
     #[serde(default = "d_max_packet")]
     pub max_packet_bytes: usize,
-    /// A client must send CONNECT within this many milliseconds.
+    /// A client must have logged in (TLS handshake, WebSocket upgrade and CONNECT) within this
+    /// many milliseconds of connecting.
     #[serde(default = "d_connect_timeout")]
     pub connect_timeout_ms: u64,
+    /// Connections that have not logged in yet, from all addresses together. They do not take
+    /// a `max_connections` slot: a flood of them cannot lock out logged-in clients.
+    #[serde(default = "d_max_unauthenticated")]
+    pub max_unauthenticated: usize,
+    /// Connections that have not logged in yet, from one address; more are closed at once.
+    #[serde(default = "d_max_unauthenticated_per_address")]
+    pub max_unauthenticated_per_address: usize,
     /// Publishes per second one client may send (sustained; bursts of the same size).
     #[serde(default = "d_publish_rate")]
     pub publishes_per_sec: u32,
@@ -69,6 +77,12 @@ fn d_max_packet() -> usize {
 fn d_connect_timeout() -> u64 {
     5000
 }
+fn d_max_unauthenticated() -> usize {
+    128
+}
+fn d_max_unauthenticated_per_address() -> usize {
+    8
+}
 fn d_publish_rate() -> u32 {
     50
 }
@@ -82,6 +96,8 @@ impl Default for BrokerLimits {
             max_connections: d_max_connections(),
             max_packet_bytes: d_max_packet(),
             connect_timeout_ms: d_connect_timeout(),
+            max_unauthenticated: d_max_unauthenticated(),
+            max_unauthenticated_per_address: d_max_unauthenticated_per_address(),
             publishes_per_sec: d_publish_rate(),
             max_inflight: d_inflight(),
         })
@@ -317,6 +333,8 @@ impl BrokerConfig {
         if l.max_connections == 0
             || l.max_packet_bytes < 1024
             || l.connect_timeout_ms == 0
+            || l.max_unauthenticated == 0
+            || l.max_unauthenticated_per_address == 0
             || l.publishes_per_sec == 0
             || l.max_inflight == 0
         {

@@ -8,7 +8,15 @@
 //! so does the revocation of the token or printer login a client logged in with
 //! ([`sweep_revoked`]). Limits: connections, packet size, CONNECT timeout, publish rate
 //! (backpressure, not disconnect).
+//!
+//! Until its login succeeds a connection holds only a place in the pre-login budget
+//! ([`crate::admission`]: `max_unauthenticated_per_address` per source address,
+//! `max_unauthenticated` in all) and must finish its TLS handshake, WebSocket upgrade and CONNECT
+//! by one deadline (`connect_timeout_ms`); a `max_connections` slot is taken only after the
+//! login. Refused and timed-out connections are counted and logged once per interval.
 
+pub use crate::admission::Ticket;
+use crate::admission::{Admission, Limits, Outcome};
 use crate::broker::acl::{self, Decision};
 use crate::broker::auth::{Authenticator, Identity};
 use crate::broker::commands::CommandRouter;
@@ -31,7 +39,10 @@ pub struct Gate {
     pub commands: CommandRouter,
     /// Moonraker instance names of configured Klipper printers: their topics are theirs alone.
     pub printer_instances: Vec<String>,
+    /// Slots of logged-in clients (`max_connections`).
     slots: Arc<Semaphore>,
+    /// Places of connections that have not logged in yet, on every listener.
+    pub admission: Arc<Admission>,
 }
 
 impl Gate {
@@ -43,6 +54,14 @@ impl Gate {
         commands: CommandRouter,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let admission = Admission::new(Limits {
+            what: "MQTT",
+            before: "before login",
+            per_address: limits.max_unauthenticated_per_address,
+            total: limits.max_unauthenticated,
+            deadline: Duration::from_millis(limits.connect_timeout_ms),
+            settings: "[broker.limits]",
+        });
         Gate {
             auth,
             internal,
@@ -51,6 +70,7 @@ impl Gate {
             commands,
             printer_instances: Vec::new(),
             slots,
+            admission,
         }
     }
 
@@ -60,8 +80,8 @@ impl Gate {
         self
     }
 
-    /// A connection slot (`broker.limits.max_connections`), if one is free.
-    pub(crate) fn try_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    /// A slot of a logged-in client (`broker.limits.max_connections`), if one is free.
+    fn try_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self.slots.clone().try_acquire_owned().ok()
     }
 
@@ -132,8 +152,9 @@ async fn serve(
                 }
             },
         };
-        let Ok(permit) = gate.slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "MQTT connection refused: {} clients already connected (broker.limits.max_connections)", gate.limits.max_connections);
+        // Refused (closed at once, counted for the summary line) when this address or every
+        // address together has too many connections that have not logged in yet.
+        let Some(ticket) = gate.admission.admit(peer.ip()) else {
             drop(stream);
             continue;
         };
@@ -141,16 +162,17 @@ async fn serve(
         let tls = tls.clone();
         let token = shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let _ = stream.set_nodelay(true);
-            let timeout = Duration::from_millis(gate.limits.connect_timeout_ms);
             match tls {
-                None => client(stream, peer, &gate, token).await,
+                None => client(stream, peer, &gate, ticket, token).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => client(s, peer, &gate, token).await,
+                    match tokio::time::timeout_at(ticket.deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => client(s, peer, &gate, ticket, token).await,
                         Ok(Err(e)) => tracing::debug!(%peer, "MQTT TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(%peer, "MQTT TLS handshake timed out"),
+                        Err(_) => {
+                            ticket.timed_out();
+                            tracing::debug!(%peer, "MQTT TLS handshake timed out");
+                        }
                     }
                 }
             }
@@ -189,23 +211,30 @@ impl Bucket {
     }
 }
 
-/// Serve one client connection (plain, TLS or WebSocket stream) until it ends.
-pub(crate) async fn client<S>(stream: S, peer: SocketAddr, gate: &Gate, shutdown: CancellationToken)
-where
+/// Serve one client connection (plain, TLS or WebSocket stream) until it ends. `ticket` is its
+/// place in the pre-login budget: it must log in by the ticket's deadline, and trades the
+/// ticket for a `max_connections` slot when it has.
+pub(crate) async fn client<S>(
+    stream: S,
+    peer: SocketAddr,
+    gate: &Gate,
+    ticket: Ticket,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let limit = gate.limits.max_packet_bytes;
-    let first = tokio::time::timeout(
-        Duration::from_millis(gate.limits.connect_timeout_ms),
-        packets::read_packet(&mut rd, limit),
-    )
-    .await;
+    let first =
+        tokio::time::timeout_at(ticket.deadline, packets::read_packet(&mut rd, limit)).await;
     let connect = match first {
         Ok(Ok(p)) if p.kind() == packets::CONNECT => p,
         Ok(Ok(_)) => return tracing::debug!(%peer, "first MQTT packet was not CONNECT"),
         Ok(Err(e)) => return tracing::debug!(%peer, "MQTT CONNECT unreadable: {e}"),
-        Err(_) => return tracing::debug!(%peer, "no MQTT CONNECT in time"),
+        Err(_) => {
+            ticket.timed_out();
+            return tracing::debug!(%peer, "no MQTT CONNECT in time");
+        }
     };
     let info = match packets::parse_connect(&connect.body) {
         Ok(i) => i,
@@ -239,6 +268,15 @@ where
             .await;
         return;
     }
+    // Logged in: from now on the client holds a slot of its own instead of its pre-login place.
+    let Some(_slot) = gate.try_slot() else {
+        gate.admission.note(peer.ip(), Outcome::RefusedFull);
+        let _ = wr
+            .write_all(&packets::connack_unavailable(info.level))
+            .await;
+        return;
+    };
+    drop(ticket);
     let client_id = internal_client_id(&identity.user, &info.client_id);
     let mut rewritten = packets::rewrite_connect(
         &connect.body,

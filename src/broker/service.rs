@@ -313,8 +313,8 @@ pub async fn start(
                 )
                 .with_printer_instances(setup.printer_instances.clone()),
             );
-            let plain = tokio::net::TcpListener::bind(cfg.listen)
-                .await
+            tasks.spawn(gate.admission.clone().log_summaries(shutdown.clone()));
+            let plain = crate::admission::listen(cfg.listen)
                 .with_context(|| format!("cannot listen for MQTT on {} (broker.listen); is another broker (Mosquitto) running there? Stop it or choose another port", cfg.listen))?;
             let plain_addr = plain.local_addr()?;
             tracing::info!("MQTT broker on {plain_addr}");
@@ -322,7 +322,7 @@ pub async fn start(
             tasks.spawn(gate::sweep_revoked(gate.clone(), shutdown.clone()));
             tasks.spawn(gate::serve_plain(plain, gate.clone(), shutdown.clone()));
             if let Some(addr) = cfg.websocket_listen {
-                let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                let l = crate::admission::listen(addr).with_context(|| {
                     format!(
                         "cannot listen for MQTT over WebSocket on {addr} (broker.websocket_listen)"
                     )
@@ -338,7 +338,7 @@ pub async fn start(
             }
             if let Some(addr) = cfg.tls_listen {
                 let acceptor = tls_acceptor(&cfg, &setup.data_dir)?;
-                let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                let l = crate::admission::listen(addr).with_context(|| {
                     format!("cannot listen for MQTT over TLS on {addr} (broker.tls_listen)")
                 })?;
                 let addr = l.local_addr()?;

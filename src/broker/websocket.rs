@@ -3,8 +3,14 @@
 //! a byte stream (binary frames in, binary frames out) and handed to the same front door as
 //! plain and TLS clients ([`crate::broker::gate`]): same login, ACL, limits and connection
 //! slots. Nothing else is served on this port.
+//!
+//! Connections are accepted by [`crate::web::serve`] with the front door's pre-login budget:
+//! from accept to the MQTT login (HTTP request head, upgrade, CONNECT) a connection holds one
+//! place of it and has one deadline (`broker.limits.connect_timeout_ms`).
 
 use crate::broker::gate::{self, Gate};
+use crate::web::serve::{HttpLimits, PendingTicket};
+use axum::Extension;
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -14,6 +20,7 @@ use axum::routing::get;
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -30,34 +37,32 @@ struct WsState {
 /// Accept MQTT-over-WebSocket clients until `shutdown`.
 pub async fn serve(listener: TcpListener, gate: Arc<Gate>, shutdown: CancellationToken) {
     let state = WsState {
-        gate,
+        gate: gate.clone(),
         shutdown: shutdown.clone(),
+    };
+    let limits = HttpLimits {
+        admission: gate.admission.clone(),
+        header_timeout: Duration::from_millis(gate.limits.connect_timeout_ms),
+        hand_over: true,
     };
     let app = Router::new()
         .route("/mqtt", get(upgrade))
         .route("/", get(upgrade))
         .with_state(state);
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await;
-    if let Err(e) = served {
-        tracing::error!("MQTT WebSocket listener stopped: {e}");
-    }
+    crate::web::serve::serve(listener, app, limits, shutdown).await;
 }
 
 async fn upgrade(
     ws: WebSocketUpgrade,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(pending): Extension<PendingTicket>,
     State(state): State<WsState>,
 ) -> Response {
-    let Some(permit) = state.gate.try_slot() else {
-        tracing::warn!(%peer, "MQTT WebSocket connection refused: broker.limits.max_connections reached");
+    // The connection's place in the pre-login budget goes with it to the MQTT login.
+    let Some(ticket) = pending.take() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "too many MQTT clients are connected",
+            "this connection has already been upgraded once; open a new one",
         )
             .into_response();
     };
@@ -65,13 +70,12 @@ async fn upgrade(
     ws.protocols(["mqtt", "mqttv3.1"])
         .max_message_size(frame_limit)
         .on_upgrade(move |socket| async move {
-            let _permit = permit;
-            bridge(socket, peer, state).await;
+            bridge(socket, peer, ticket, state).await;
         })
 }
 
 /// Pump frames between the WebSocket and a pipe whose other end the front door serves.
-async fn bridge(socket: WebSocket, peer: SocketAddr, state: WsState) {
+async fn bridge(socket: WebSocket, peer: SocketAddr, ticket: gate::Ticket, state: WsState) {
     let (door_side, ws_side) = tokio::io::duplex(PIPE_BYTES);
     let (mut from_door, mut to_door) = tokio::io::split(ws_side);
     let (mut sink, mut frames) = socket.split();
@@ -102,7 +106,7 @@ async fn bridge(socket: WebSocket, peer: SocketAddr, state: WsState) {
         }
         let _ = sink.close().await;
     };
-    let door = gate::client(door_side, peer, &state.gate, state.shutdown.clone());
+    let door = gate::client(door_side, peer, &state.gate, ticket, state.shutdown.clone());
     // When either side of the pipe ends, the other pump is dropped (closing the WebSocket or
     // the front door's input), so a client that never answers a close cannot hold the task.
     let pumps = async {

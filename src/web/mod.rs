@@ -12,6 +12,7 @@ pub mod printer_login;
 pub mod printer_page;
 pub mod queue;
 pub mod safety_page;
+pub mod serve;
 pub mod settings;
 pub mod settings_notifications;
 pub mod settings_users;
