@@ -4,8 +4,9 @@
 //! `Metadata/slice_info.config` (printer model code, predicted seconds, grams, filaments per
 //! plate), `Metadata/plate_<N>.json` (`bed_type`) and a thumbnail `Metadata/plate_<N>.png`
 //! (BAMBU-LAN.md §4.2). [`inspect`] checks such an archive against [`ZipLimits`] (entry count,
-//! total and per-entry expansion, counted while actually decompressing because declared sizes
-//! can lie) and extracts [`ThreeMfInfo`]; [`check_model`] refuses a plate sliced for another
+//! total size, overall and per-entry expansion, counted while actually decompressing because
+//! declared sizes can lie; entry names that point outside the archive) and extracts
+//! [`ThreeMfInfo`]; [`check_model`] refuses a plate sliced for another
 //! printer model. Plain `.gcode` gets basic text checks in [`inspect_gcode`]. Every
 //! [`FileError`] says what is wrong and what to do.
 
@@ -67,29 +68,53 @@ impl FileKind {
 /// Bounds applied while inspecting an archive (zip-bomb and resource protection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ZipLimits {
-    /// Most entries an archive may hold (a Bambu export has about 15 plus ~8 per plate).
+    /// Most entries an archive may hold (a Bambu export has about 15 plus ~8 per plate, so
+    /// the default [`MAX_ENTRIES`] allows more than 100 plates).
     pub max_entries: usize,
-    /// Most bytes all entries together may expand to.
+    /// Most bytes all entries together may expand to (default [`MAX_UNPACKED_BYTES`]).
     pub max_total_uncompressed: u64,
     /// Largest expansion ratio (uncompressed / compressed) of one entry bigger than
     /// [`RATIO_CHECK_FLOOR`]. G-code deflates about 3–8×; a bomb expands hundreds of times.
     pub max_ratio: u64,
+    /// Largest expansion of the whole archive (all entries together / the file's size) once
+    /// it expands past [`OVERALL_RATIO_FLOOR`]: many small entries, each harmless on its own,
+    /// cannot add up to a bomb.
+    pub max_overall_ratio: u64,
     /// Largest thumbnail kept; a bigger one counts as absent.
     pub max_thumbnail_bytes: u64,
     /// Largest `slice_info.config` / `plate_<N>.json` parsed.
     pub max_metadata_bytes: u64,
 }
 
-/// Entries that expand to at most this many bytes are not ratio-checked (tiny, repetitive
-/// XML can legitimately compress very well and cannot hurt).
+/// Entries that expand to at most this many bytes are not ratio-checked one by one (tiny,
+/// repetitive XML can legitimately compress very well); together they count towards
+/// [`ZipLimits::max_overall_ratio`].
 pub const RATIO_CHECK_FLOOR: u64 = 1024 * 1024;
+
+/// Archives that expand to at most this many bytes in total are not ratio-checked as a whole
+/// (a small project's XML may compress 50× and cannot hurt).
+pub const OVERALL_RATIO_FLOOR: u64 = 64 * 1024 * 1024;
+
+/// Default most entries: a Bambu Studio / OrcaSlicer export holds about 15 entries plus about 8
+/// per plate (G-code, its MD5, JSON, thumbnails), so 1,000 fits more than 100 plates.
+pub const MAX_ENTRIES: usize = 1_000;
+
+/// Default most bytes an archive may expand to: 1 GiB. A large multi-plate sliced file holds a
+/// few hundred MB of G-code at most (a 20-hour plate is 50–150 MB), so this leaves room while
+/// a Pi's SD card and the printer's storage are never asked to hold a bomb.
+pub const MAX_UNPACKED_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Default largest overall expansion: 40:1. Real sliced files expand 3–10× (G-code deflates
+/// 3–8×, thumbnails not at all); a zip bomb expands hundreds or thousands of times.
+pub const MAX_OVERALL_RATIO: u64 = 40;
 
 impl Default for ZipLimits {
     fn default() -> Self {
         ZipLimits {
-            max_entries: 10_000,
-            max_total_uncompressed: 4 * 1024 * 1024 * 1024,
+            max_entries: MAX_ENTRIES,
+            max_total_uncompressed: MAX_UNPACKED_BYTES,
             max_ratio: 100,
+            max_overall_ratio: MAX_OVERALL_RATIO,
             max_thumbnail_bytes: 4 * 1024 * 1024,
             max_metadata_bytes: 16 * 1024 * 1024,
         }
@@ -104,7 +129,7 @@ pub enum FileError {
     )]
     Empty,
     #[error(
-        "the file is larger than the gateway's upload limit of {}: slice fewer objects per plate, or raise the upload size limit",
+        "the file is larger than the gateway's upload limit of {}: slice fewer objects per plate, or raise web.max_upload_mb in the gateway's configuration",
         human_bytes(*limit)
     )]
     TooLarge { limit: u64 },
@@ -134,6 +159,10 @@ pub enum FileError {
         "the archive holds {count} entries, more than the limit of {limit}: this is not a sliced plate file; export the plate again from the slicer"
     )]
     TooManyEntries { count: u64, limit: usize },
+    #[error(
+        "the 3MF holds an entry named '{name}', a path outside the archive (it uses '..', an absolute path, a backslash or a drive letter): a slicer never writes such names; export the plate again from the slicer"
+    )]
+    UnsafeEntryName { name: String },
     #[error(
         "the 3MF contains no sliced plate (no Metadata/plate_<N>.gcode inside): slice the model and export/send the plate as .gcode.3mf"
     )]
@@ -347,7 +376,28 @@ pub fn inspect<R: Read + Seek>(
         });
     }
 
-    // Pass 1: declared sizes only, nothing decompressed yet.
+    // All entries together may expand to this much: the total limit, and the overall ratio
+    // once past its floor.
+    let allowed_total = limits
+        .max_total_uncompressed
+        .min(OVERALL_RATIO_FLOOR.max(len.saturating_mul(limits.max_overall_ratio)));
+    let over_total = || {
+        if allowed_total == limits.max_total_uncompressed {
+            format!(
+                "its entries expand to more than {} in total",
+                human_bytes(limits.max_total_uncompressed)
+            )
+        } else {
+            format!(
+                "its entries expand to more than {} from a file of {} (more than {}:1 overall)",
+                human_bytes(allowed_total),
+                human_bytes(len),
+                limits.max_overall_ratio
+            )
+        }
+    };
+
+    // Pass 1: names and declared sizes only, nothing decompressed yet.
     let mut entries = Vec::with_capacity(archive.len());
     let mut declared_total: u64 = 0;
     for i in 0..archive.len() {
@@ -356,6 +406,11 @@ pub fn inspect<R: Read + Seek>(
             .name()
             .map(|n| n.into_owned())
             .unwrap_or_else(|_| String::from_utf8_lossy(e.name_raw()).into_owned());
+        if e.enclosed_name().is_none() || !is_plain_entry_name(&name) {
+            return Err(FileError::UnsafeEntryName {
+                name: printable(&name, 120),
+            });
+        }
         if e.encrypted() {
             return Err(FileError::Unsupported {
                 detail: format!("entry '{}' is encrypted", printable(&name, 80)),
@@ -375,12 +430,9 @@ pub fn inspect<R: Read + Seek>(
             });
         }
         declared_total = declared_total.saturating_add(size);
-        if declared_total > limits.max_total_uncompressed {
+        if declared_total > allowed_total {
             return Err(FileError::ZipBomb {
-                detail: format!(
-                    "its entries declare more than {} in total",
-                    human_bytes(limits.max_total_uncompressed)
-                ),
+                detail: over_total().replacen("expand to", "declare", 1),
             });
         }
         entries.push((name, size, e.is_dir()));
@@ -434,8 +486,9 @@ pub fn inspect<R: Read + Seek>(
             None
         };
         let mut file = archive.by_index(i).map_err(|e| entry_error(e, name))?;
-        let budget = limits.max_total_uncompressed.saturating_sub(actual_total);
-        let (count, kept) = read_bounded(&mut file, name, *declared, budget, keep_limit)?;
+        let budget = allowed_total.saturating_sub(actual_total);
+        let (count, kept) =
+            read_bounded(&mut file, name, *declared, budget, &over_total, keep_limit)?;
         actual_total = actual_total.saturating_add(count);
         if let Some(bytes) = kept {
             if name == SLICE_INFO {
@@ -506,7 +559,8 @@ pub fn read_thumbnail<R: Read + Seek>(
     if declared > limits.max_thumbnail_bytes || file.encrypted() {
         return Ok(None);
     }
-    let (_, kept) = read_bounded(&mut file, &name, declared, declared, Some(declared))?;
+    let over = || format!("'{name}' expands to more than it declares");
+    let (_, kept) = read_bounded(&mut file, &name, declared, declared, &over, Some(declared))?;
     Ok(kept.filter(|b| b.starts_with(PNG_SIGNATURE)))
 }
 
@@ -572,13 +626,14 @@ pub fn inspect_gcode<R: Read>(mut reader: R) -> Result<GcodeInfo, FileError> {
 }
 
 /// Read one entry to its end, counting the bytes that actually come out. Refuses more than
-/// `declared` (a lying header) or more than `budget` (the total limit); keeps the bytes when
-/// `keep` is `Some`.
+/// `declared` (a lying header) or more than `budget` (what is left of the total limit, then
+/// `over_budget` says why); keeps the bytes when `keep` is `Some`.
 fn read_bounded<R: Read>(
     file: &mut R,
     name: &str,
     declared: u64,
     budget: u64,
+    over_budget: &dyn Fn() -> String,
     keep: Option<u64>,
 ) -> Result<(u64, Option<Vec<u8>>), FileError> {
     let cap = declared.min(budget);
@@ -615,7 +670,7 @@ fn read_bounded<R: Read>(
                     human_bytes(declared)
                 )
             } else {
-                "its entries expand to more than the total limit".to_string()
+                over_budget()
             };
             return Err(FileError::ZipBomb { detail });
         }
@@ -662,6 +717,23 @@ fn declared_entry_count<R: Read + Seek>(reader: &mut R, len: u64) -> Option<u64>
         return None;
     }
     Some(u64::from_le_bytes(rec.get(32..40)?.try_into().ok()?))
+}
+
+/// Whether an entry name is a plain relative path inside the archive, as slicers write them:
+/// no `..` component, not absolute (`/x`), no backslash (a Windows separator, so `..\x` and
+/// `\x` are caught too) and no drive letter (`C:`). Such names reach the printer's storage
+/// unchanged, so anything else is refused.
+fn is_plain_entry_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let drive_letter = bytes.len() >= 2
+        && bytes.first().is_some_and(u8::is_ascii_alphabetic)
+        && bytes.get(1) == Some(&b':');
+    !name.is_empty()
+        && !name.starts_with('/')
+        && !name.contains('\\')
+        && !drive_letter
+        && !name.chars().any(char::is_control)
+        && !name.split('/').any(|part| part == "..")
 }
 
 /// `N` of `Metadata/plate_<N>.gcode`.

@@ -185,6 +185,48 @@ pub fn zip_bomb_understated() -> Vec<u8> {
     raw_zip_with_deflated_zeros("Metadata/plate_1.gcode", 1 << 30, 4096)
 }
 
+/// `base` (a zip) with `count` more entries `Metadata/filler_<i>.bin`, each inflating to
+/// `entry_bytes` zeros with a correct CRC: many small entries that together expand to a lot (a
+/// zip bomb no single entry reveals). The zeros are compressed once and copied raw, so even
+/// thousands of entries build in milliseconds.
+pub fn with_zero_entries(base: Vec<u8>, count: u32, entry_bytes: u64) -> Vec<u8> {
+    let mut template = ZipWriter::new(Cursor::new(Vec::new()));
+    let deflated = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Deflated)
+        .compression_level(Some(9));
+    template
+        .start_file("zeros", deflated)
+        .expect("fixture zip entry");
+    let block = vec![0u8; 64 * 1024];
+    let mut left = entry_bytes;
+    while left > 0 {
+        let take = usize::try_from(left.min(block.len() as u64)).unwrap_or(block.len());
+        template
+            .write_all(block.get(..take).unwrap_or_default())
+            .expect("fixture zip write");
+        left -= take as u64;
+    }
+    let template = template.finish().expect("fixture zip finish").into_inner();
+    let mut source = zip::ZipArchive::new(Cursor::new(template)).expect("fixture template");
+    let mut zip = ZipWriter::new_append(Cursor::new(base)).expect("fixture zip to append to");
+    for i in 0..count {
+        let entry = source.by_index_raw(0).expect("fixture template entry");
+        zip.raw_copy_file_rename(entry, format!("Metadata/filler_{i}.bin"))
+            .expect("fixture raw copy");
+    }
+    zip.finish().expect("fixture zip finish").into_inner()
+}
+
+/// `base` (a zip) with one more deflated entry called exactly `name` (names a slicer never
+/// writes: `../x`, `/etc/x`, `a\b`, `C:/x`).
+pub fn with_entry(base: Vec<u8>, name: &str, data: &[u8]) -> Vec<u8> {
+    let mut zip = ZipWriter::new_append(Cursor::new(base)).expect("fixture zip to append to");
+    let deflated = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
+    zip.start_file(name, deflated).expect("fixture zip entry");
+    zip.write_all(data).expect("fixture zip write");
+    zip.finish().expect("fixture zip finish").into_inner()
+}
+
 /// The first `keep` bytes of `data` (an interrupted upload).
 pub fn truncated(data: &[u8], keep: usize) -> Vec<u8> {
     data.get(..keep.min(data.len()))
