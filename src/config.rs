@@ -222,6 +222,10 @@ pub struct WebConfig {
     /// TLS reverse proxy; requests with `X-Forwarded-Proto: https` get it anyway).
     #[serde(default)]
     pub secure_cookies: bool,
+    /// Largest print file accepted by an upload, in MiB (default 512). A bigger upload is
+    /// refused with 413 while it streams, before it is stored.
+    #[serde(default = "default_max_upload_mb")]
+    pub max_upload_mb: u64,
 }
 
 impl Default for WebConfig {
@@ -229,8 +233,23 @@ impl Default for WebConfig {
         Self {
             listen: default_listen(),
             secure_cookies: false,
+            max_upload_mb: default_max_upload_mb(),
         }
     }
+}
+
+impl WebConfig {
+    /// [`WebConfig::max_upload_mb`] in bytes.
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.max_upload_mb.saturating_mul(1024 * 1024)
+    }
+}
+
+/// Default of `web.max_upload_mb`: the biggest real multi-plate sliced files are a few hundred MB.
+pub const DEFAULT_MAX_UPLOAD_MB: u64 = 512;
+
+fn default_max_upload_mb() -> u64 {
+    DEFAULT_MAX_UPLOAD_MB
 }
 
 fn default_listen() -> SocketAddr {
@@ -555,6 +574,14 @@ impl Config {
         check_data_dir(&self.data_dir, errs);
         let l = &self.link;
         let mut r = RangeCheck { errs };
+        r.check(
+            "web.max_upload_mb",
+            self.web.max_upload_mb,
+            1,
+            16 * 1024,
+            "MiB",
+            default_max_upload_mb(),
+        );
         r.check(
             "link.keepalive_secs",
             l.keepalive_secs,

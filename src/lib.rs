@@ -59,6 +59,24 @@ async fn record_printer_events(
 pub const EVENT_RETENTION_DAYS: i64 = 90;
 pub const EVENTS_PER_PRINTER: usize = 20_000;
 
+/// Remove stored files no job refers to, every [`jobs::files::SWEEP_EVERY`] (the start-up
+/// sweep runs when the file store opens).
+async fn sweep_unreferenced_files(files: Arc<jobs::files::FileStore>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(jobs::files::SWEEP_EVERY);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match files.sweep_unreferenced(jobs::files::UPLOAD_GRACE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed stored files no job refers to"),
+            Err(e) => tracing::warn!("could not sweep stored files: {e}"),
+        }
+    }
+}
+
 /// Prune the printer history at start and then daily.
 async fn prune_events_daily(store: Arc<Store>, shutdown: CancellationToken) {
     let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
@@ -300,7 +318,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let files = Arc::new(jobs::files::FileStore::new(
         &config.data_dir,
         store.clone(),
-        jobs::files::FileLimits::default(),
+        jobs::files::FileLimits {
+            max_file_bytes: config.web.max_upload_bytes(),
+            ..jobs::files::FileLimits::default()
+        },
     )?);
     let mut tasks = JoinSet::new();
     let dispatcher = jobs::runner::spawn(
@@ -356,6 +377,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let listener = admission::listen(gateway.config.web.listen)?;
     let web_addr = listener.local_addr()?;
     tasks.spawn(prune_events_daily(gateway.store.clone(), shutdown.clone()));
+    tasks.spawn(sweep_unreferenced_files(
+        gateway.files.clone(),
+        shutdown.clone(),
+    ));
     for p in &gateway.printers {
         tasks.spawn(record_printer_events(
             gateway.store.clone(),

@@ -55,12 +55,36 @@ fn all_files(dir: &Path) -> BTreeSet<PathBuf> {
 
 /// The store holds exactly these content files and nothing in `tmp/`.
 fn assert_store_holds(env: &Env, shas: &[&str]) {
+    assert_store_holds_in(env.files.dir(), shas);
+}
+
+/// The store in `dir` holds exactly these content files and nothing in `tmp/`.
+fn assert_store_holds_in(dir: &Path, shas: &[&str]) {
     let expected: BTreeSet<PathBuf> = shas.iter().map(PathBuf::from).collect();
-    assert_eq!(all_files(env.files.dir()), expected, "files/ content");
-    let tmp: Vec<_> = std::fs::read_dir(env.files.dir().join("tmp"))
+    assert_eq!(all_files(dir), expected, "files/ content");
+    let tmp: Vec<_> = std::fs::read_dir(dir.join("tmp"))
         .expect("tmp dir")
         .collect();
     assert!(tmp.is_empty(), "stray files in files/tmp: {tmp:?}");
+}
+
+/// A queued job that refers to the stored file `sha256`.
+fn create_job_for(store: &Store, sha256: &str, key: &str) {
+    store
+        .create_job(
+            &printgate::jobs::model::NewJob {
+                idempotency_key: key.into(),
+                target: printgate::jobs::model::Target::AnyCompatible,
+                model_code: "C12".into(),
+                file_sha256: sha256.into(),
+                plate: 1,
+                name: key.into(),
+                deadline: None,
+                created_by: "test".into(),
+            },
+            0,
+        )
+        .expect("job");
 }
 
 fn sha_hex(bytes: &[u8]) -> String {
@@ -255,6 +279,61 @@ async fn archive_expanding_past_the_total_limit_is_refused() {
 }
 
 #[tokio::test]
+async fn many_small_entries_are_bounded_together_while_reading() {
+    // Every entry is 1 MiB (below the per-entry ratio check) and the entry count is allowed:
+    // the total and the overall ratio, counted as the bytes come out, still stop it.
+    let env = env_with(FileLimits {
+        zip: ZipLimits {
+            max_entries: 10_000,
+            ..ZipLimits::default()
+        },
+        ..FileLimits::default()
+    });
+    let base = fixtures::build_3mf(&Fixture3mf::default());
+    let bomb = fixtures::with_zero_entries(base.clone(), 1100, 1 << 20);
+    let err = refused(&env, "bomb.gcode.3mf", &bomb).await;
+    assert!(matches!(err, FileError::ZipBomb { .. }), "{err:?}");
+    assert!(err.to_string().contains(":1 overall"), "{err}");
+    // Under the total, over the ratio.
+    let quiet = fixtures::with_zero_entries(base.clone(), 100, 1 << 20);
+    let err = refused(&env, "quiet.gcode.3mf", &quiet).await;
+    assert!(err.to_string().contains("more than 40:1 overall"), "{err}");
+    // Past the total limit whatever the ratio (here a total of 8 MiB).
+    let env = env_with(FileLimits {
+        zip: ZipLimits {
+            max_total_uncompressed: 8 << 20,
+            ..ZipLimits::default()
+        },
+        ..FileLimits::default()
+    });
+    let err = refused(
+        &env,
+        "some.gcode.3mf",
+        &fixtures::with_zero_entries(base, 10, 1 << 20),
+    )
+    .await;
+    assert!(
+        err.to_string().contains("more than 8 MiB in total"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_real_file_with_many_plates_passes_the_limits() {
+    let env = env();
+    let bytes = fixtures::build_3mf(&Fixture3mf {
+        plates: 100,
+        ..Fixture3mf::default()
+    });
+    let stored = env
+        .files
+        .ingest("plates.gcode.3mf", &bytes[..])
+        .await
+        .expect("100 plates are accepted");
+    assert_eq!(stored.info.plates().len(), 100);
+}
+
+#[tokio::test]
 async fn archive_with_too_many_entries_is_refused() {
     let env = env_with(FileLimits {
         zip: ZipLimits {
@@ -443,12 +522,11 @@ async fn interrupted_upload_leaves_nothing() {
     let env = env();
     let bytes = fixtures::build_3mf(&Fixture3mf::default());
     let half = bytes.len() / 2;
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![
+    let chunks: Vec<Result<Vec<u8>, FileError>> = vec![
         Ok(bytes[..half].to_vec()),
-        Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "client went away",
-        )),
+        Err(FileError::UploadInterrupted {
+            detail: "client went away".into(),
+        }),
     ];
     let err = env
         .files
@@ -601,12 +679,15 @@ async fn reopening_the_store_clears_leftovers() {
     let bytes = fixtures::build_3mf(&Fixture3mf::default());
     let sha = {
         let store = Arc::new(Store::open(&db).expect("store"));
-        let files = FileStore::new(root.path(), store, FileLimits::default()).expect("files");
-        files
+        let files =
+            FileStore::new(root.path(), store.clone(), FileLimits::default()).expect("files");
+        let sha = files
             .ingest("a.gcode.3mf", &bytes[..])
             .await
             .expect("stored")
-            .sha256
+            .sha256;
+        create_job_for(&store, &sha, "a");
+        sha
     };
     // A crash left a partial upload and a content file without a row.
     let files_dir = root.path().join("files");
@@ -622,6 +703,44 @@ async fn reopening_the_store_clears_leftovers() {
         "only the recorded file remains"
     );
     assert_eq!(files.info(&sha).expect("info").expect("row").refcount, 1);
+}
+
+#[tokio::test]
+async fn unreferenced_files_are_swept_after_their_grace_but_a_jobs_file_never() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(&root.path().join("printgate.db")).expect("store"));
+    let files = FileStore::new(root.path(), store.clone(), FileLimits::default()).expect("files");
+    let file = |secs: u64| {
+        fixtures::build_3mf(&Fixture3mf {
+            prediction_secs: secs,
+            ..Fixture3mf::default()
+        })
+    };
+    let orphan = files
+        .ingest("orphan.gcode.3mf", &file(1)[..])
+        .await
+        .expect("stored");
+    let used = files
+        .ingest("used.gcode.3mf", &file(2)[..])
+        .await
+        .expect("stored");
+    create_job_for(&store, &used.sha256, "used");
+    // Just uploaded: its request may still make its job.
+    let grace = std::time::Duration::from_secs(3600);
+    assert_eq!(files.sweep_unreferenced(grace).await.expect("sweep"), 0);
+    assert!(files.path_of(&orphan.sha256).is_some());
+    // Past the grace: the orphan goes, the job's file stays (even with no reference left).
+    assert_eq!(files.release(&used.sha256).await.expect("release"), 0);
+    assert!(files.path_of(&used.sha256).is_some(), "a job refers to it");
+    let none = std::time::Duration::ZERO;
+    assert_eq!(files.sweep_unreferenced(none).await.expect("sweep"), 1);
+    assert_store_holds_in(files.dir(), &[&used.sha256]);
+    assert_eq!(files.info(&orphan.sha256).expect("info"), None);
+    assert!(files.info(&used.sha256).expect("info").is_some());
+    // A content file without any row goes too.
+    std::fs::write(files.dir().join("1".repeat(64)), b"x").expect("write");
+    assert_eq!(files.sweep_unreferenced(none).await.expect("sweep"), 1);
+    assert_store_holds_in(files.dir(), &[&used.sha256]);
 }
 
 #[tokio::test]

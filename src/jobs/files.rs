@@ -3,18 +3,33 @@
 //! An upload streams into `files/tmp/` while being hashed (SHA-256) and counted (the size limit
 //! aborts it early), is inspected ([`super::threemf`], on a blocking thread), then renamed
 //! atomically to `files/<sha256>` (fsynced) and recorded in SQLite with a reference count. Any
-//! failure removes the temporary file and records nothing. User-supplied names are never used
-//! as paths: they are sanitised into a display name, and the name used on a printer comes from
-//! [`remote_name_for`].
+//! failure removes the temporary file and records nothing. A stored file no job refers to (a
+//! request refused after its file part, a client gone before its job was made) is removed by
+//! [`FileStore::sweep_unreferenced`]: at start and every [`SWEEP_EVERY`], once it has been left
+//! alone for [`UPLOAD_GRACE`]; a file a job refers to is never removed. User-supplied names are
+//! never used as paths: they are sanitised into a display name, and the name used on a printer
+//! comes from [`remote_name_for`].
 
 use super::threemf::{self, FileError, FileInfo, FileKind, ZipLimits};
 use crate::store::Store;
 use crate::store::files::{FileRelease, FileRow};
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+/// Default largest upload in bytes (`web.max_upload_mb`, 512 MiB).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = crate::config::DEFAULT_MAX_UPLOAD_MB * 1024 * 1024;
+
+/// A stored file no job refers to is kept this long after it was last uploaded, so the request
+/// that brought it can still make its job (its other form fields may arrive after the file).
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(3600);
+
+/// How often the gateway looks for stored files no job refers to.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 /// Size limits of stored files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +43,7 @@ pub struct FileLimits {
 impl Default for FileLimits {
     fn default() -> Self {
         FileLimits {
-            max_file_bytes: 512 * 1024 * 1024,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             zip: ZipLimits::default(),
         }
     }
@@ -61,11 +76,14 @@ pub struct FileStore {
     /// Serialises "rename + record" against "release + delete" so a file is never deleted
     /// under a concurrent upload of the same content.
     commit: tokio::sync::Mutex<()>,
+    /// When each hash was last uploaded or acquired in this process (for [`UPLOAD_GRACE`]).
+    touched: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 impl FileStore {
     /// Open the store in `<data_dir>/files/`, creating it; clears leftovers of interrupted
-    /// uploads in `files/tmp/` and content files no row refers to.
+    /// uploads in `files/tmp/`, content files no row refers to and files no job refers to
+    /// (nothing is being uploaded yet, so no grace applies).
     pub fn new(
         data_dir: &Path,
         store: Arc<Store>,
@@ -80,6 +98,7 @@ impl FileStore {
             store,
             limits,
             commit: tokio::sync::Mutex::new(()),
+            touched: std::sync::Mutex::new(HashMap::new()),
         };
         fs.clean_leftovers()?;
         Ok(fs)
@@ -119,7 +138,9 @@ impl FileStore {
         self.finish(original_name, kind, upload).await
     }
 
-    /// Store an upload given as a stream of chunks (e.g. an HTTP body or multipart field).
+    /// Store an upload given as a stream of chunks (e.g. an HTTP body or multipart field). A
+    /// chunk error says why the stream ended ([`FileError::UploadInterrupted`], or
+    /// [`FileError::TooLarge`] when the transport's own limit cut it).
     pub async fn ingest_stream<S, B, E>(
         &self,
         original_name: &str,
@@ -128,14 +149,12 @@ impl FileStore {
     where
         S: Stream<Item = Result<B, E>> + Unpin,
         B: AsRef<[u8]>,
-        E: std::fmt::Display,
+        E: Into<FileError>,
     {
         let kind = FileKind::from_name(original_name)?;
         let mut upload = Upload::start(&self.tmp, self.limits.max_file_bytes).await?;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| FileError::UploadInterrupted {
-                detail: e.to_string(),
-            })?;
+            let chunk = chunk.map_err(Into::into)?;
             upload.write(chunk.as_ref()).await?;
         }
         self.finish(original_name, kind, upload).await
@@ -192,7 +211,10 @@ impl FileStore {
             true
         };
         match self.store.file_insert_or_acquire(&row) {
-            Ok(stored) => to_stored(stored),
+            Ok(stored) => {
+                self.touch(&stored.sha256);
+                to_stored(stored)
+            }
             Err(e) => {
                 if created {
                     remove_quietly(&dest).await;
@@ -206,10 +228,47 @@ impl FileStore {
     pub async fn acquire(&self, sha256: &str) -> Result<u32, FileError> {
         let sha = valid_sha(sha256)?;
         let _guard = self.commit.lock().await;
-        self.store
+        let count = self
+            .store
             .file_acquire(sha)
             .map_err(db_error)?
-            .ok_or_else(|| not_found(sha))
+            .ok_or_else(|| not_found(sha))?;
+        self.touch(sha);
+        Ok(count)
+    }
+
+    fn touch(&self, sha256: &str) {
+        if let Ok(mut touched) = self.touched.lock() {
+            touched.insert(sha256.to_string(), Instant::now());
+        }
+    }
+
+    /// Remove every stored file no job refers to that was not uploaded or acquired in the last
+    /// `grace` (rows and bytes), and content files no row refers to. A file a job refers to is
+    /// never removed. Returns how many files were removed.
+    pub async fn sweep_unreferenced(&self, grace: Duration) -> Result<usize, FileError> {
+        let _guard = self.commit.lock().await;
+        let recent: std::collections::HashSet<String> = match self.touched.lock() {
+            Ok(mut touched) => {
+                touched.retain(|_, at| at.elapsed() < grace);
+                touched.keys().cloned().collect()
+            }
+            Err(_) => return Ok(0),
+        };
+        let mut removed = 0;
+        for sha in self.store.files_without_job().map_err(db_error)? {
+            if recent.contains(&sha) || !self.store.file_delete_if_unused(&sha).map_err(db_error)? {
+                continue;
+            }
+            tracing::info!(sha256 = %sha, "removing a stored file no job refers to");
+            remove_quietly(&self.dir.join(&sha)).await;
+            removed += 1;
+        }
+        removed += self.remove_rowless_content()?;
+        if removed > 0 {
+            let _ = sync_dir(&self.dir).await;
+        }
+        Ok(removed)
     }
 
     /// Drop a reference. At 0 the row and the bytes are deleted, unless a job row still refers
@@ -282,6 +341,18 @@ impl FileStore {
         for entry in entries.flatten() {
             let _ = std::fs::remove_file(entry.path());
         }
+        for sha in self.store.files_without_job().map_err(db_error)? {
+            if self.store.file_delete_if_unused(&sha).map_err(db_error)? {
+                tracing::info!(sha256 = %sha, "removing a stored file no job refers to");
+                let _ = std::fs::remove_file(self.dir.join(&sha));
+            }
+        }
+        self.remove_rowless_content()?;
+        Ok(())
+    }
+
+    /// Remove content files no row refers to; how many.
+    fn remove_rowless_content(&self) -> Result<usize, FileError> {
         let known: std::collections::HashSet<String> = self
             .store
             .file_hashes()
@@ -289,6 +360,7 @@ impl FileStore {
             .into_iter()
             .collect();
         let entries = std::fs::read_dir(&self.dir).map_err(|e| io_error("listing files", &e))?;
+        let mut removed = 0;
         for entry in entries.flatten() {
             let name = entry.file_name();
             if let Some(name) = name.to_str()
@@ -296,10 +368,12 @@ impl FileStore {
                 && !known.contains(name)
             {
                 tracing::info!(sha256 = name, "removing a stored file no row refers to");
-                let _ = std::fs::remove_file(entry.path());
+                if std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
             }
         }
-        Ok(())
+        Ok(removed)
     }
 }
 

@@ -26,7 +26,7 @@ pub enum FileRelease {
     Remaining(u32),
     /// The count reached 0 and the row was deleted: the caller removes the bytes.
     Deleted,
-    /// The count reached 0 but another table still refers to the row (a job): row and bytes stay.
+    /// The count reached 0 but a job still refers to the file: row and bytes stay.
     StillReferenced,
 }
 
@@ -92,8 +92,8 @@ impl Store {
         Ok(count.map(|c| u32::try_from(c).unwrap_or(u32::MAX)))
     }
 
-    /// Drop one reference (never below 0); at 0 the row is deleted unless another table still
-    /// refers to it. `None` if no such file.
+    /// Drop one reference (never below 0); at 0 the row is deleted unless a job still refers
+    /// to the file (the store is shared by content). `None` if no such file.
     pub fn file_release(&self, sha256: &str) -> Result<Option<FileRelease>, StoreError> {
         let conn = self.conn();
         let count: Option<i64> = conn
@@ -112,18 +112,39 @@ impl Store {
                 u32::try_from(count).unwrap_or(u32::MAX),
             )));
         }
-        match conn.execute(
-            "DELETE FROM files WHERE sha256 = ?1 AND refcount = 0",
+        let deleted = conn.execute(
+            "DELETE FROM files WHERE sha256 = ?1 AND refcount = 0
+               AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.file_sha256 = files.sha256)",
             params![sha256],
-        ) {
-            Ok(_) => Ok(Some(FileRelease::Deleted)),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
-            {
-                Ok(Some(FileRelease::StillReferenced))
-            }
-            Err(e) => Err(e.into()),
-        }
+        )?;
+        Ok(Some(if deleted > 0 {
+            FileRelease::Deleted
+        } else {
+            FileRelease::StillReferenced
+        }))
+    }
+
+    /// Hashes of stored files no job refers to (left by refused or abandoned uploads).
+    pub fn files_without_job(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT sha256 FROM files
+             WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.file_sha256 = files.sha256)",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Delete the row of a file whatever its count, if no job refers to it (checked in the same
+    /// statement). Whether it was deleted: the caller then removes the bytes.
+    pub fn file_delete_if_unused(&self, sha256: &str) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let deleted = conn.execute(
+            "DELETE FROM files WHERE sha256 = ?1
+               AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.file_sha256 = files.sha256)",
+            params![sha256],
+        )?;
+        Ok(deleted > 0)
     }
 
     /// Every stored hash (start-up reconciliation with the files on disk).

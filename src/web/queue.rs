@@ -21,11 +21,28 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// Room in an upload's body for the multipart framing and the small text fields around the
+/// file, so that a file over the limit is refused by the file store (413 naming the limit)
+/// rather than by the transport.
+const FORM_OVERHEAD_BYTES: u64 = 1024 * 1024;
+/// Longest text field of an upload form (printer name, plate, key, minutes).
+const MAX_TEXT_FIELD_BYTES: usize = 4096;
+/// After a part is refused unread (a second file, an oversized file or field), at most this
+/// much more of it is read and dropped, so the client reads the answer instead of a reset.
+const DRAIN_BYTES: usize = 8 * 1024 * 1024;
+
+/// The body limit of routes that take an upload of at most `max_file` bytes.
+pub(super) fn upload_body_limit(max_file: u64) -> DefaultBodyLimit {
+    let bytes = max_file.saturating_add(FORM_OVERHEAD_BYTES);
+    DefaultBodyLimit::max(usize::try_from(bytes).unwrap_or(usize::MAX))
+}
+
 pub fn routes(max_upload: u64) -> Router<Arc<Gateway>> {
-    let upload_limit = DefaultBodyLimit::max(usize::try_from(max_upload).unwrap_or(usize::MAX));
+    let upload_limit = upload_body_limit(max_upload);
     Router::new()
         .route("/jobs", post(upload_form).layer(upload_limit))
         .route(
@@ -141,6 +158,8 @@ pub(super) struct UploadForm {
     pub(super) start_within_minutes: Option<f64>,
 }
 
+/// Read every field of an upload. On any refusal the file it brought is released again (the
+/// store is shared by content, so a file a job uses stays), and the answer says what was wrong.
 pub(super) async fn read_upload(gw: &Gateway, mut mp: Multipart) -> Result<UploadForm, ApiError> {
     let mut form = UploadForm {
         stored: None,
@@ -149,14 +168,31 @@ pub(super) async fn read_upload(gw: &Gateway, mut mp: Multipart) -> Result<Uploa
         idempotency_key: None,
         start_within_minutes: None,
     };
+    match read_fields(gw, &mut mp, &mut form).await {
+        Ok(()) => Ok(form),
+        Err(e) => {
+            if let Some(s) = form.stored.take() {
+                let _ = gw.files.release(&s.sha256).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn read_fields(
+    gw: &Gateway,
+    mp: &mut Multipart,
+    form: &mut UploadForm,
+) -> Result<(), ApiError> {
+    let limit = gw.files.limits().max_file_bytes;
     loop {
-        let field = match mp.next_field().await {
+        let mut field = match mp.next_field().await {
             Ok(Some(f)) => f,
-            Ok(None) => break,
+            Ok(None) => return Ok(()),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(file_error(FileError::TooLarge { limit }));
+            }
             Err(e) => {
-                if let Some(s) = &form.stored {
-                    let _ = gw.files.release(&s.sha256).await;
-                }
                 return Err(ApiError::bad_request(format!(
                     "the upload was interrupted or malformed ({e}); nothing was stored — send it again"
                 )));
@@ -165,27 +201,36 @@ pub(super) async fn read_upload(gw: &Gateway, mut mp: Multipart) -> Result<Uploa
         let name = field.name().unwrap_or("").to_string();
         match name.as_str() {
             "file" => {
-                let original = field.file_name().unwrap_or("upload").to_string();
                 if form.stored.is_some() {
-                    return Err(ApiError::bad_request("send one file per upload"));
+                    drain(&mut field).await;
+                    return Err(ApiError::bad_request(
+                        "the upload has a second \"file\" field; send one file per upload — nothing was stored",
+                    ));
                 }
-                let stored = gw
-                    .files
-                    .ingest_stream(&original, field)
-                    .await
-                    .map_err(file_error)?;
-                form.stored = Some(stored);
+                let original = field.file_name().unwrap_or("upload").to_string();
+                let chunks = (&mut field).map(|chunk| chunk.map_err(|e| stream_error(e, limit)));
+                match gw.files.ingest_stream(&original, chunks).await {
+                    Ok(stored) => form.stored = Some(stored),
+                    Err(e) => {
+                        if matches!(e, FileError::TooLarge { .. }) {
+                            drain(&mut field).await;
+                        }
+                        return Err(file_error(e));
+                    }
+                }
             }
-            "printer" => form.printer = Some(text(field).await?),
+            "printer" => form.printer = Some(text(&name, &mut field).await?),
             "plate" => {
-                let t = text(field).await?;
+                let t = text(&name, &mut field).await?;
                 form.plate = t.trim().parse().map_err(|_| {
-                    ApiError::bad_request(format!("plate must be a number such as 1, not {t:?}"))
+                    ApiError::bad_request(format!(
+                        "plate must be a number such as 1, not {t:?}; nothing was stored"
+                    ))
                 })?;
             }
-            "idempotency_key" => form.idempotency_key = Some(text(field).await?),
+            "idempotency_key" => form.idempotency_key = Some(text(&name, &mut field).await?),
             "start_within_minutes" => {
-                let t = text(field).await?;
+                let t = text(&name, &mut field).await?;
                 let t = t.trim();
                 if !t.is_empty() {
                     let minutes: f64 = t
@@ -194,7 +239,7 @@ pub(super) async fn read_upload(gw: &Gateway, mut mp: Multipart) -> Result<Uploa
                         .filter(|m: &f64| m.is_finite() && *m > 0.0)
                         .ok_or_else(|| {
                         ApiError::bad_request(format!(
-                            "start_within_minutes must be a positive number of minutes, not {t:?}"
+                            "start_within_minutes must be a positive number of minutes, not {t:?}; nothing was stored"
                         ))
                     })?;
                     form.start_within_minutes = Some(minutes);
@@ -203,14 +248,60 @@ pub(super) async fn read_upload(gw: &Gateway, mut mp: Multipart) -> Result<Uploa
             _ => {}
         }
     }
-    Ok(form)
 }
 
-async fn text(field: axum::extract::multipart::Field<'_>) -> Result<String, ApiError> {
-    field
-        .text()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("a form field could not be read: {e}")))
+/// Why a file part's stream ended: the body limit (the file is too large) or the client.
+fn stream_error(e: axum::extract::multipart::MultipartError, limit: u64) -> FileError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        FileError::TooLarge { limit }
+    } else {
+        FileError::UploadInterrupted {
+            detail: e.body_text(),
+        }
+    }
+}
+
+/// Read and drop up to [`DRAIN_BYTES`] more of a refused part.
+async fn drain(field: &mut axum::extract::multipart::Field<'_>) {
+    let mut left = DRAIN_BYTES;
+    while let Ok(Some(chunk)) = field.chunk().await {
+        left = left.saturating_sub(chunk.len());
+        if left == 0 {
+            break;
+        }
+    }
+}
+
+/// A text field of at most [`MAX_TEXT_FIELD_BYTES`].
+async fn text(
+    name: &str,
+    field: &mut axum::extract::multipart::Field<'_>,
+) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    loop {
+        match field.chunk().await {
+            Ok(None) => break,
+            Ok(Some(chunk)) => {
+                if bytes.len() + chunk.len() > MAX_TEXT_FIELD_BYTES {
+                    drain(field).await;
+                    return Err(ApiError::bad_request(format!(
+                        "the form field {name:?} is longer than {MAX_TEXT_FIELD_BYTES} bytes; nothing was stored"
+                    )));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Err(e) => {
+                return Err(ApiError::bad_request(format!(
+                    "the form field {name:?} could not be read ({e}); nothing was stored — send it again"
+                )));
+            }
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        ApiError::bad_request(format!(
+            "the form field {name:?} is not UTF-8 text; nothing was stored"
+        ))
+    })
 }
 
 fn file_error(e: FileError) -> ApiError {
@@ -307,13 +398,7 @@ fn job_for_file(
         .filter(|p| !p.is_empty() && *p != "any");
     let (target, model_code) = match printer {
         Some(name) => {
-            let model = printer_model(gw, name).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "unknown_printer",
-                    format!("there is no printer called {name:?}"),
-                )
-            })?;
+            let model = printer_model(gw, name).ok_or_else(|| unknown_printer(name))?;
             threemf::check_model(info, plate, model).map_err(file_error)?;
             (
                 Target::Printer(name.to_string()),
@@ -380,13 +465,7 @@ fn gcode_job(
         .filter(|p| !p.is_empty() && *p != "any");
     let target = match printer {
         Some(name) => match printer_model(gw, name) {
-            None => {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "unknown_printer",
-                    format!("there is no printer called {name:?}"),
-                ));
-            }
+            None => return Err(unknown_printer(name)),
             Some(Model::Klipper) => Target::Printer(name.to_string()),
             Some(_) => {
                 return Err(ApiError::new(
@@ -492,7 +571,7 @@ pub(crate) struct UploadRequest {
         (status = 200, description = "Already queued with this idempotency key", body = JobView),
         (status = 400, description = "Malformed upload", body = super::openapi::ErrorBody),
         (status = 404, description = "Unknown printer", body = super::openapi::ErrorBody),
-        (status = 413, description = "File too large", body = super::openapi::ErrorBody),
+        (status = 413, description = "File larger than the upload limit (`web.max_upload_mb`, named in the message)", body = super::openapi::ErrorBody),
         (status = 415, description = "Not a sliced .gcode.3mf", body = super::openapi::ErrorBody),
         (status = 422, description = "File does not fit the printer or plate", body = super::openapi::ErrorBody),
         (status = 507, description = "Disk full", body = super::openapi::ErrorBody),
@@ -570,11 +649,7 @@ async fn tap(
     tap_id: Option<String>,
 ) -> Result<Vec<Notice>, ApiError> {
     if printer_model(gw, printer).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_printer",
-            format!("there is no printer called {printer:?}"),
-        ));
+        return Err(unknown_printer(printer));
     }
     let tap_id = tap_id
         .filter(|t| !t.trim().is_empty())
@@ -667,6 +742,29 @@ pub(crate) async fn api_plate_clear(
 
 // ---------------------------------------------------------------- job and queue actions
 
+/// The job with this id, or a 404 that names the id.
+fn existing_job(gw: &Gateway, id: JobId) -> Result<Job, ApiError> {
+    gw.store
+        .job(id)
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_job",
+                format!("there is no job {id}; it may have been removed — reload the page"),
+            )
+        })
+}
+
+/// A 404 that names the printer.
+fn unknown_printer(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_printer",
+        format!("there is no printer called {name:?}"),
+    )
+}
+
 async fn job_action(
     gw: &Gateway,
     id: JobId,
@@ -674,30 +772,26 @@ async fn job_action(
     user: &str,
 ) -> Result<Vec<Notice>, ApiError> {
     let event = match action {
-        "cancel" => Event::Cancel {
-            job: id,
-            user: user.to_string(),
-        },
-        "up" => Event::Move {
-            job: id,
-            direction: MoveDirection::Up,
-        },
-        "down" => Event::Move {
-            job: id,
-            direction: MoveDirection::Down,
-        },
+        "cancel" => {
+            existing_job(gw, id)?;
+            Event::Cancel {
+                job: id,
+                user: user.to_string(),
+            }
+        }
+        "up" | "down" => {
+            existing_job(gw, id)?;
+            Event::Move {
+                job: id,
+                direction: if action == "up" {
+                    MoveDirection::Up
+                } else {
+                    MoveDirection::Down
+                },
+            }
+        }
         "start-again" => {
-            let job = gw
-                .store
-                .job(id)
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        "unknown_job",
-                        format!("there is no job {id}"),
-                    )
-                })?;
+            let job = existing_job(gw, id)?;
             let new_subtask_id = gw
                 .store
                 .allocate_subtask_id(gw.dispatcher.now())
@@ -835,7 +929,7 @@ async fn job_action_form(
     ),
     responses(
         (status = 200, description = "Done", body = ApiOutcome),
-        (status = 404, description = "Unknown job or action", body = super::openapi::ErrorBody),
+        (status = 404, description = "No job with that id, or unknown action", body = super::openapi::ErrorBody),
         (status = 503, description = "Dispatcher not running", body = super::openapi::ErrorBody),
     )
 )]
@@ -863,6 +957,11 @@ async fn queue_action(
     printer: Option<String>,
 ) -> Result<Vec<Notice>, ApiError> {
     let printer = printer.filter(|p| !p.is_empty());
+    if let Some(name) = &printer
+        && printer_model(gw, name).is_none()
+    {
+        return Err(unknown_printer(name));
+    }
     let event = match action {
         "pause" => Event::PauseQueue { printer },
         "resume" => Event::ResumeQueue { printer },
@@ -923,7 +1022,7 @@ async fn queue_action_form(
     ),
     responses(
         (status = 200, description = "Done", body = ApiOutcome),
-        (status = 404, description = "Unknown action", body = super::openapi::ErrorBody),
+        (status = 404, description = "Unknown action, or no printer of that name (`?printer=`)", body = super::openapi::ErrorBody),
         (status = 503, description = "Dispatcher not running", body = super::openapi::ErrorBody),
     )
 )]

@@ -816,3 +816,116 @@ pub async fn wait_stops(sim: &SimPrinter, n: usize) {
         .await
         .unwrap_or_else(|_| panic!("{} did not receive {n} stop command(s)", sim.name()));
 }
+
+// ------------------------------------------------------------------------------------------
+// A browser without JavaScript: signed in with the login form, posting forms with the page's
+// CSRF token, never following redirects (the notice is in the `Location`).
+
+/// A signed-in browser session of the demo account.
+pub struct Browser {
+    pub base: String,
+    pub cookie: String,
+    pub csrf: String,
+    pub http: reqwest::Client,
+}
+
+impl Browser {
+    /// Sign `demo` in through `/login` at `addr` and read the CSRF token from the upload page.
+    pub async fn sign_in(addr: SocketAddr, store: &printgate::store::Store) -> Browser {
+        printgate::web::auth::ensure_demo_account(store).expect("demo account");
+        let base = format!("http://{addr}");
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("http client");
+        let resp = http
+            .post(format!("{base}/login"))
+            .form(&[
+                ("username", printgate::web::auth::DEMO_USER),
+                ("password", printgate::web::auth::DEMO_PASSWORD),
+                ("next", "/"),
+            ])
+            .send()
+            .await
+            .expect("login answers");
+        let session = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(printgate::web::auth::SESSION_COOKIE))
+            .and_then(|line| line.split(';').next())
+            .expect("login sets the session cookie")
+            .to_string();
+        let html = http
+            .get(format!("{base}/upload"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .expect("upload page answers")
+            .text()
+            .await
+            .expect("upload page text");
+        let marker = "name=\"csrf\" value=\"";
+        let at = html.find(marker).expect("the upload page has a csrf field") + marker.len();
+        let csrf = html
+            .get(at..)
+            .and_then(|rest| rest.get(..rest.find('"')?))
+            .expect("csrf value")
+            .to_string();
+        Browser {
+            base,
+            cookie: session,
+            csrf,
+            http,
+        }
+    }
+
+    /// A request to `path` with the session cookie.
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .header("accept", "text/html")
+    }
+
+    /// A multipart form that starts with the CSRF field (the guard reads it before any file).
+    pub fn multipart(&self) -> reqwest::multipart::Form {
+        reqwest::multipart::Form::new().text("csrf", self.csrf.clone())
+    }
+
+    /// A plain form post (CSRF field included); the answer is not followed.
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let mut fields: Vec<(&str, &str)> = vec![("csrf", self.csrf.as_str())];
+        fields.extend_from_slice(form);
+        self.post(path).form(&fields).send().await.expect("answer")
+    }
+}
+
+/// The notice a form answer redirects to (`/?notice=…`, decoded), or "" when there is none.
+pub fn redirect_notice(resp: &reqwest::Response) -> String {
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some((_, query)) = location.split_once('?') else {
+        return String::new();
+    };
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "notice")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+impl TestGateway {
+    /// A browser signed in to this gateway as the demo account.
+    pub async fn browser(&self) -> Browser {
+        Browser::sign_in(
+            self.running.as_ref().expect("running").web_addr,
+            &self.gw().store,
+        )
+        .await
+    }
+}
