@@ -178,3 +178,68 @@ async fn text_is_gzipped_but_the_event_stream_is_not() {
     drop(live);
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_may_be_framed_and_the_favicon_needs_no_login() {
+    let (running, _dir) = start().await;
+    let base = format!("http://{}", running.web_addr);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Pages, API answers, assets, the guard's own redirects and refusals, unknown paths.
+    let requests = [
+        ("/", true),
+        ("/history", true),
+        ("/upload", true),
+        ("/safety", true),
+        ("/settings/tokens", true),
+        ("/api/v1/printers", true),
+        ("/static/style.css", false),
+        ("/login", false),
+        ("/", false),
+        ("/api/v1/printers", false),
+        ("/no-such-page", true),
+    ];
+    for (path, signed_in) in requests {
+        let mut req = http.get(format!("{base}{path}"));
+        if signed_in {
+            req = req.header(auth::API_KEY_HEADER, auth::DEMO_API_TOKEN);
+        }
+        let resp = req.send().await.unwrap();
+        let what = format!("{path} (signed in: {signed_in}, {})", resp.status());
+        assert_eq!(
+            resp.headers()
+                .get(header::X_FRAME_OPTIONS)
+                .map(|v| v.to_str().unwrap()),
+            Some("DENY"),
+            "{what}"
+        );
+        let csp = resp
+            .headers()
+            .get(header::CONTENT_SECURITY_POLICY)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        assert!(csp.contains("frame-ancestors 'none'"), "{what}: {csp:?}");
+    }
+
+    // Browsers ask for /favicon.ico on their own, without credentials.
+    let resp = http
+        .get(format!("{base}/favicon.ico"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "image/png");
+    let icon = resp.bytes().await.unwrap();
+    assert_eq!(png_size(&icon), (192, 192));
+    // A stale or wrong API key from a browser extension does not turn it into a 401 either.
+    let resp = http
+        .get(format!("{base}/favicon.ico"))
+        .header(auth::API_KEY_HEADER, "not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    running.shutdown().await;
+}

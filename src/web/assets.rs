@@ -1,7 +1,7 @@
 //! The static files of the web UI, embedded in the binary: style sheet, script, the web app
 //! manifest and its icons (so the UI can be added to a phone's home screen). All are public
-//! (`/static/…`, see `auth::PUBLIC_PATHS`): browsers fetch the manifest and icons without
-//! credentials.
+//! (`/static/…` and `/favicon.ico`, see `auth::PUBLIC_PATHS`): browsers fetch the manifest and
+//! icons without credentials.
 
 use axum::Router;
 use axum::http::header;
@@ -77,9 +77,17 @@ fn respond(a: &'static Asset) -> Response {
         .into_response()
 }
 
-/// A route for every asset.
+/// What browsers fetch on their own as `/favicon.ico`: the app's icon (a PNG; every browser
+/// takes a PNG there).
+pub const FAVICON: &str = "/static/icon-192.png";
+
+/// A route for every asset, and `/favicon.ico`.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    ASSETS.iter().fold(Router::new(), |r, a| {
+    let routes = ASSETS.iter().fold(Router::new(), |r, a| {
         r.route(a.path, get(move || async move { respond(a) }))
-    })
+    });
+    match ASSETS.iter().find(|a| a.path == FAVICON) {
+        Some(icon) => routes.route("/favicon.ico", get(move || async move { respond(icon) })),
+        None => routes,
+    }
 }

@@ -55,8 +55,40 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     // handlers take `auth::CurrentUser`. ----
     let app = auth::protect(app.merge(auth::routes()), &gw);
     // gzip for text answers; the default predicate leaves out images, tiny bodies and the SSE
-    // stream (`text/event-stream` must reach the page unbuffered).
-    app.layer(CompressionLayer::new().gzip(true)).with_state(gw)
+    // stream (`text/event-stream` must reach the page unbuffered). Outermost: no answer, not
+    // even the guard's redirects and refusals, may be shown inside another site's frame.
+    app.layer(CompressionLayer::new().gzip(true))
+        .layer(axum::middleware::map_response(never_framed))
+        .with_state(gw)
+}
+
+/// The `frame-ancestors` directive every answer carries.
+const FRAME_ANCESTORS: &str = "frame-ancestors 'none'";
+
+/// Forbid framing of every answer (clickjacking: another site must not show the Stop or Plate
+/// clear buttons under its own): `X-Frame-Options: DENY` for old browsers and the CSP
+/// `frame-ancestors 'none'`, appended to a policy the handler set, if any.
+async fn never_framed(mut resp: Response) -> Response {
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    let csp = match headers
+        .get(header::CONTENT_SECURITY_POLICY)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(existing) if existing.contains("frame-ancestors") => None,
+        Some(existing) => {
+            let existing = existing.trim().trim_end_matches(';');
+            header::HeaderValue::from_str(&format!("{existing}; {FRAME_ANCESTORS}")).ok()
+        }
+        None => Some(header::HeaderValue::from_static(FRAME_ANCESTORS)),
+    };
+    if let Some(v) = csp {
+        headers.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    resp
 }
 
 #[derive(Template)]

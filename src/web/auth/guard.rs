@@ -52,6 +52,7 @@ pub const PUBLIC_PATHS: &[PublicPath] = &[
     PublicPath::Prefix("/static/"),
     PublicPath::Exact("/healthz"),
     PublicPath::Exact("/api/version"),
+    PublicPath::Exact("/favicon.ico"),
 ];
 
 /// Whether `path` is in [`PUBLIC_PATHS`].
@@ -64,7 +65,7 @@ pub fn is_public(path: &str) -> bool {
 
 /// Paths where even a wrong API key is ignored (assets and liveness probes).
 fn ignores_credentials(path: &str) -> bool {
-    path.starts_with("/static/") || path == "/healthz"
+    path.starts_with("/static/") || path == "/healthz" || path == "/favicon.ico"
 }
 
 /// How the request was authenticated.
