@@ -3,6 +3,9 @@
 //! codes, a read-only user cannot send commands, commands reach the executor with the sender's
 //! identity and answer on `…/result`, TLS listener, Home Assistant discovery present.
 
+mod common;
+
+use common::require_paho;
 use printgate::broker::commands::BrokerCommand;
 use printgate::broker::config::{Access, BrokerConfig, BrokerUser};
 use printgate::broker::service::{self, BrokerHandle, BrokerSetup};
@@ -353,15 +356,7 @@ async fn embedded_broker_end_to_end() {
 /// a request id, its result. `.ci/run` installs paho-mqtt; the test fails without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_clients_v311_and_v5() {
-    let paho = std::process::Command::new("python3")
-        .args(["-c", "import paho.mqtt"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        paho,
-        "python3 with paho-mqtt is not installed: run `bash .ci/run` or `pip install paho-mqtt`"
-    );
+    require_paho();
     let mut rig = rig().await;
     wait_connected(&rig.broker).await;
     let addr = rig.broker.mqtt_addr.unwrap();

@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::TestGateway;
+use common::{TestGateway, require_paho};
 use printgate::broker::config::{Access, BrokerConfig, BrokerMode, BrokerUser};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;
@@ -212,15 +212,7 @@ async fn mosquitto_v5_user_property_to_v311_subscriber() {
 /// and 2, to a paho MQTT 3.1.1 subscriber.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_v5_properties_to_v311_subscriber() {
-    let paho = std::process::Command::new("python3")
-        .args(["-c", "import paho.mqtt"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        paho,
-        "python3 with paho-mqtt is not installed: run `bash .ci/run` or `pip install paho-mqtt`"
-    );
+    require_paho();
     let (tg, mqtt) = gateway().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/v5_to_v311.py");
     let out = tokio::time::timeout(

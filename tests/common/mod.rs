@@ -929,3 +929,17 @@ impl TestGateway {
         .await
     }
 }
+
+/// Fails the test with the command that installs it when Python's paho-mqtt is missing (the
+/// second, independent MQTT client of the broker tests; `.ci/run` installs it).
+pub fn require_paho() {
+    let paho = std::process::Command::new("python3")
+        .args(["-c", "import paho.mqtt"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        paho,
+        "python3 with paho-mqtt is not installed: run `bash .ci/run` or `pip install paho-mqtt`"
+    );
+}
