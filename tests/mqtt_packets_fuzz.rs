@@ -8,7 +8,9 @@
 //! packet that parses is written again by both versions' writers without a panic.
 //!
 //! The run is bounded (`DEFAULT_CASES` inputs per property, about 10 s in a debug build); set
-//! `PRINTGATE_FUZZ_CASES=N` for a longer run. Each property prints how many inputs it executed.
+//! `PRINTGATE_FUZZ_CASES=N` for a longer run. Each property prints how many inputs it executed
+//! and the run's seed (`PRINTGATE_FUZZ_SEED=S` replays it). A last test sends fuzzed sessions of
+//! both versions through the real gateway to an MQTT 3.1.1 and an MQTT 5 subscriber.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,6 +37,22 @@ fn count(counter: &'static std::thread::LocalKey<AtomicU64>) {
 
 fn counted(counter: &'static std::thread::LocalKey<AtomicU64>) -> u64 {
     counter.with(|c| c.load(Ordering::Relaxed))
+}
+
+/// The seed of this run: `PRINTGATE_FUZZ_SEED` replays one, otherwise a fresh one per run (each
+/// property prints it, so a failure can be replayed).
+fn seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        std::env::var("PRINTGATE_FUZZ_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            })
+    })
 }
 
 fn cases() -> u32 {
@@ -434,6 +452,7 @@ where
     let config = Config {
         cases: cases(),
         failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed()),
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
@@ -448,10 +467,11 @@ where
         counted(&PARSED_CONNECT) - before.2,
     );
     println!(
-        "{name}: {} executions (cases {}), {}; parsed: {} by v4, {} by v5 (each at 3 size \
+        "{name}: {} executions (cases {}, PRINTGATE_FUZZ_SEED={}), {}; parsed: {} by v4, {} by v5 (each at 3 size \
          limits), {} front-door CONNECTs",
         executions.load(Ordering::Relaxed),
         cases(),
+        seed(),
         if result.is_ok() { "0 crashes" } else { "CRASH" },
         parsed.0,
         parsed.1,
@@ -534,4 +554,252 @@ fn regressions() {
         assert!(packet.is_ok(), "{what}: {packet:?}");
         all_readers(input, &rt);
     }
+}
+
+// ---------------------------------------------------------------- through a live broker
+
+mod common;
+
+const USER: &str = "fuzz";
+const PASSWORD: &str = "fuzz-password";
+
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    mqtt_str(bytes, out)
+}
+
+/// A CONNECT of protocol `level` (4 or 5) with user name and password, clean session.
+fn login(level: u8, client_id: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    field(&mut body, b"MQTT");
+    body.extend_from_slice(&[level, 0xC2, 0, 60]);
+    if level == 5 {
+        body.push(0);
+    }
+    field(&mut body, client_id.as_bytes());
+    field(&mut body, USER.as_bytes());
+    field(&mut body, PASSWORD.as_bytes());
+    frame(0x10, &body)
+}
+
+/// A subscriber of protocol `level` to `fuzz/#` (QoS 0); returns a receiver of the topics of the
+/// publishes it gets. Its reader is the same rumqttd reader of its version.
+async fn subscriber(
+    mqtt: std::net::SocketAddr,
+    level: u8,
+) -> tokio::sync::mpsc::UnboundedReceiver<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(mqtt).await.expect("connect");
+    let mut sub = vec![0, 1];
+    if level == 5 {
+        sub.push(0);
+    }
+    field(&mut sub, b"fuzz/#");
+    sub.push(0);
+    let mut out = login(level, &format!("fuzz-sub-v{level}"));
+    out.extend_from_slice(&frame(0x82, &sub));
+    s.write_all(&out).await.expect("subscribe");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            loop {
+                let read = if level == 5 {
+                    V5.read_mut(&mut buf, 1 << 24)
+                } else {
+                    V4.read_mut(&mut buf, 1 << 24)
+                };
+                match read {
+                    Ok(Packet::Publish(p, _)) => {
+                        if tx.send(p.topic.to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(rumqttd::protocol::Error::InsufficientBytes(_)) => break,
+                    Err(e) => panic!("MQTT {level} subscriber got a packet it cannot read: {e:?}"),
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Wait until a subscriber gets a publish on `topic`.
+async fn wait_for(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>, topic: &[u8], who: &str) {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(t) = rx.recv().await {
+            if t == topic {
+                return;
+            }
+        }
+        panic!("{who} lost its connection to the broker");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{who} got no publish on {topic:?} within 10 s"));
+}
+
+/// Mixed 3.1.1 and 5 clients through the real gateway: an MQTT 3.1.1 and an MQTT 5 subscriber
+/// stay connected while clients of both versions log in and send valid and mutated packets
+/// (mostly publishes to the subscribers' topics, with properties); afterwards both subscribers
+/// still get a new publish and rumqttd never panicked. Bounded by `cases() / 40` connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_clients_through_live_broker() {
+    use printgate::broker::config::{Access, BrokerConfig, BrokerMode, BrokerUser};
+    use proptest::strategy::ValueTree;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let panics = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let panics = panics.clone();
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info
+                .location()
+                .is_some_and(|l| l.file().contains("rumqttd"))
+                && let Ok(mut p) = panics.lock()
+            {
+                p.push(info.to_string());
+            }
+            default(info);
+        }));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = common::config_for(dir.path(), &[]);
+    let mut broker = BrokerConfig {
+        mode: BrokerMode::Embedded,
+        listen: "127.0.0.1:0".parse().expect("address"),
+        tls_listen: None,
+        users: vec![BrokerUser {
+            name: USER.into(),
+            password_hash: printgate::broker::auth::hash_password(PASSWORD).expect("hash"),
+            access: Access::Control,
+        }],
+        ..BrokerConfig::default()
+    };
+    broker.mdns.enabled = false;
+    broker.ssdp.enabled = false;
+    cfg.broker = broker;
+    let tg = common::TestGateway::start_with(Vec::new(), dir, cfg).await;
+    let mqtt = tg
+        .running
+        .as_ref()
+        .and_then(|r| r.broker.as_ref())
+        .and_then(|b| b.mqtt_addr)
+        .expect("embedded broker listens");
+
+    let mut sub4 = subscriber(mqtt, 4).await;
+    let mut sub5 = subscriber(mqtt, 5).await;
+
+    let publish = (
+        any::<bool>(),
+        0u8..3,
+        "[a-z/]{0,8}",
+        properties_for(allowed_properties(3)),
+        prop::collection::vec(any::<u8>(), 0..32),
+    )
+        .prop_map(|(v5, qos, topic, props, payload)| {
+            let mut b = Vec::new();
+            field(&mut b, format!("fuzz/{topic}").as_bytes());
+            if qos > 0 {
+                b.extend_from_slice(&[0, 7]);
+            }
+            if v5 {
+                b.extend_from_slice(&props);
+            }
+            b.extend_from_slice(&payload);
+            (v5, frame(0x30 | (qos << 1), &b))
+        });
+    let session = (
+        prop::collection::vec(
+            prop_oneof![
+                3 => publish,
+                1 => valid_packet().prop_map(|p| (true, p)),
+                1 => valid_packet().prop_map(|p| (false, p)),
+            ],
+            1..6,
+        ),
+        prop::collection::vec(mutation(), 0..3),
+    );
+    let mut runner = TestRunner::new(Config {
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed()),
+        ..Config::default()
+    });
+    let connections = (cases() / 40).max(20);
+    let mut sent = 0u64;
+    let mut logged_in = 0u32;
+    for i in 0..connections {
+        let (packets, mutations) = session
+            .new_tree(&mut runner)
+            .expect("a generated session")
+            .current();
+        let level = if packets.first().is_some_and(|(v5, _)| *v5) {
+            5
+        } else {
+            4
+        };
+        let body: Vec<u8> = packets.into_iter().flat_map(|(_, p)| p).collect();
+        let mut out = login(level, &format!("fuzz-{i}"));
+        out.extend_from_slice(&apply(body, &mutations));
+        sent += out.len() as u64;
+        let mut s = tokio::net::TcpStream::connect(mqtt).await.expect("connect");
+        let _ = s.write_all(&out).await;
+        let _ = s.shutdown().await;
+        // Until the broker closes the connection (it does when the client's side is closed).
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while let Ok(n) = s.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                answer.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await;
+        // CONNACK, session not present, success.
+        if answer.len() >= 4 && answer[0] == 0x20 && answer[2..4] == [0, 0] {
+            logged_in += 1;
+        }
+    }
+    // The fuzzed publishes the subscribers got before the check below.
+    let mut delivered = [0usize; 2];
+    for (n, rx) in delivered.iter_mut().zip([&mut sub4, &mut sub5]) {
+        while rx.try_recv().is_ok() {
+            *n += 1;
+        }
+    }
+
+    let mut s = tokio::net::TcpStream::connect(mqtt).await.expect("connect");
+    let mut body = Vec::new();
+    field(&mut body, b"fuzz/alive");
+    body.push(7);
+    body.extend_from_slice(&[0x26, 0, 1, b'k', 0, 1, b'v']);
+    body.extend_from_slice(b"yes");
+    let mut out = login(5, "fuzz-alive");
+    out.extend_from_slice(&frame(0x30, &body));
+    s.write_all(&out).await.expect("publish after the fuzz");
+    wait_for(&mut sub4, b"fuzz/alive", "the MQTT 3.1.1 subscriber").await;
+    wait_for(&mut sub5, b"fuzz/alive", "the MQTT 5 subscriber").await;
+    println!(
+        "live broker: {connections} fuzzed connections ({logged_in} logged in, \
+         PRINTGATE_FUZZ_SEED={}), {sent} bytes sent; the 3.1.1 / 5 subscribers got {} / {} of the fuzzed publishes before the check, \
+         and both got the check",
+        seed(),
+        delivered[0],
+        delivered[1]
+    );
+    // Each connection logs in with a valid CONNECT before its fuzzed packets, so nearly all
+    // must be answered; otherwise the packets never reached rumqttd.
+    assert!(
+        logged_in >= connections / 2,
+        "only {logged_in} of {connections} fuzzed connections logged in"
+    );
+    let panics = panics.lock().map(|p| p.clone()).unwrap_or_default();
+    assert!(panics.is_empty(), "rumqttd panicked: {panics:?}");
+    tg.shutdown().await;
 }
