@@ -17,7 +17,7 @@
 mod common;
 
 use common::{TestGateway, require_paho};
-use printgate::broker::config::{Access, BrokerConfig, BrokerMode, BrokerUser};
+use printgate::broker::config::Access;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -57,30 +57,7 @@ fn assert_no_rumqttd_panic() {
 
 async fn gateway() -> (TestGateway, SocketAddr) {
     watch_panics();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut cfg = common::config_for(dir.path(), &[]);
-    let mut broker = BrokerConfig {
-        mode: BrokerMode::Embedded,
-        listen: "127.0.0.1:0".parse().expect("address"),
-        tls_listen: None,
-        users: vec![BrokerUser {
-            name: USER.into(),
-            password_hash: printgate::broker::auth::hash_password(PASSWORD).expect("hash"),
-            access: Access::Control,
-        }],
-        ..BrokerConfig::default()
-    };
-    broker.mdns.enabled = false;
-    broker.ssdp.enabled = false;
-    cfg.broker = broker;
-    let tg = TestGateway::start_with(Vec::new(), dir, cfg).await;
-    let mqtt = tg
-        .running
-        .as_ref()
-        .and_then(|r| r.broker.as_ref())
-        .and_then(|b| b.mqtt_addr)
-        .expect("embedded broker listens");
-    (tg, mqtt)
+    TestGateway::start_broker(USER, PASSWORD, Access::Control).await
 }
 
 fn mosquitto_client(bin: &str) -> String {

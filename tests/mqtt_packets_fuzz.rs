@@ -649,7 +649,7 @@ async fn wait_for(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>, topic:
 /// still get a new publish and rumqttd never panicked. Bounded by `cases() / 40` connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_clients_through_live_broker() {
-    use printgate::broker::config::{Access, BrokerConfig, BrokerMode, BrokerUser};
+    use printgate::broker::config::Access;
     use proptest::strategy::ValueTree;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -668,29 +668,7 @@ async fn mixed_clients_through_live_broker() {
             default(info);
         }));
     }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut cfg = common::config_for(dir.path(), &[]);
-    let mut broker = BrokerConfig {
-        mode: BrokerMode::Embedded,
-        listen: "127.0.0.1:0".parse().expect("address"),
-        tls_listen: None,
-        users: vec![BrokerUser {
-            name: USER.into(),
-            password_hash: printgate::broker::auth::hash_password(PASSWORD).expect("hash"),
-            access: Access::Control,
-        }],
-        ..BrokerConfig::default()
-    };
-    broker.mdns.enabled = false;
-    broker.ssdp.enabled = false;
-    cfg.broker = broker;
-    let tg = common::TestGateway::start_with(Vec::new(), dir, cfg).await;
-    let mqtt = tg
-        .running
-        .as_ref()
-        .and_then(|r| r.broker.as_ref())
-        .and_then(|b| b.mqtt_addr)
-        .expect("embedded broker listens");
+    let (tg, mqtt) = common::TestGateway::start_broker(USER, PASSWORD, Access::Control).await;
 
     let mut sub4 = subscriber(mqtt, 4).await;
     let mut sub5 = subscriber(mqtt, 5).await;

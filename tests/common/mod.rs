@@ -116,6 +116,40 @@ impl TestGateway {
         }
     }
 
+    /// The gateway with no printers and its embedded broker on an ephemeral loopback port
+    /// (mDNS and SSDP off), with one broker user; returns the broker's address.
+    pub async fn start_broker(
+        user: &str,
+        password: &str,
+        access: printgate::broker::config::Access,
+    ) -> (TestGateway, SocketAddr) {
+        use printgate::broker::config::{BrokerConfig, BrokerMode, BrokerUser};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cfg = config_for(dir.path(), &[]);
+        let mut broker = BrokerConfig {
+            mode: BrokerMode::Embedded,
+            listen: "127.0.0.1:0".parse().expect("address"),
+            tls_listen: None,
+            users: vec![BrokerUser {
+                name: user.into(),
+                password_hash: printgate::broker::auth::hash_password(password).expect("hash"),
+                access,
+            }],
+            ..BrokerConfig::default()
+        };
+        broker.mdns.enabled = false;
+        broker.ssdp.enabled = false;
+        cfg.broker = broker;
+        let tg = TestGateway::start_with(Vec::new(), dir, cfg).await;
+        let mqtt = tg
+            .running
+            .as_ref()
+            .and_then(|r| r.broker.as_ref())
+            .and_then(|b| b.mqtt_addr)
+            .expect("embedded broker listens");
+        (tg, mqtt)
+    }
+
     pub fn gw(&self) -> &Arc<printgate::Gateway> {
         &self.running.as_ref().expect("running").gateway
     }
