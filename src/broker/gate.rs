@@ -3,7 +3,9 @@
 //! internal credentials with a `c-` prefixed client id (so no client can take over the gateway's
 //! session); every PUBLISH and the will are checked against the ACL ([`crate::broker::acl`]),
 //! and so is every SUBSCRIBE of a Klipper printer's login (which also always gets a clean
-//! session); commands are handed to the [`CommandRouter`] with the sender's identity. A
+//! session); a client with an empty client id gets one from printgate (MQTT 5: returned in the
+//! CONNACK as Assigned Client Identifier), unless it asked for a persistent session under MQTT
+//! 3.1.1 (refused: identifier rejected); commands are handed to the [`CommandRouter`] with the sender's identity. A
 //! forbidden publish or subscribe closes the connection (MQTT 5: DISCONNECT "not authorized"), and
 //! so does the revocation of the token or printer login a client logged in with
 //! ([`sweep_revoked`]). Limits: connections, packet size, CONNECT timeout, publish rate
@@ -244,6 +246,15 @@ pub(crate) async fn client<S>(
             return;
         }
     };
+    // An empty client id: a clean session gets an id from printgate (MQTT 5: returned in the
+    // CONNACK); MQTT 3.1.1 refuses it for a persistent session, which could never be resumed.
+    if info.client_id.is_empty() && info.level == 4 && !info.clean_start {
+        tracing::info!(%peer, user = info.username.as_deref().unwrap_or(""), "MQTT CONNECT refused: an empty client id needs clean session 1 under MQTT 3.1.1 (give the client an id to keep its session)");
+        let _ = wr
+            .write_all(&packets::connack_identifier_rejected(info.level))
+            .await;
+        return;
+    }
     let session = match gate
         .auth
         .admit(info.username.as_deref(), info.password.as_deref())
@@ -277,7 +288,11 @@ pub(crate) async fn client<S>(
         return;
     };
     drop(ticket);
-    let client_id = internal_client_id(&identity.user, &info.client_id);
+    let assigned = info.client_id.is_empty().then(assigned_client_id);
+    let client_id = internal_client_id(
+        &identity.user,
+        assigned.as_deref().unwrap_or(&info.client_id),
+    );
     let mut rewritten = packets::rewrite_connect(
         &connect.body,
         &info,
@@ -309,7 +324,39 @@ pub(crate) async fn client<S>(
     if up_wr.write_all(&rewritten.encode()).await.is_err() {
         return;
     }
-    tracing::debug!(%peer, user = %identity.user, client_id = %info.client_id, "MQTT client connected");
+    // The broker's answer: its CONNACK goes to the client (with the id printgate assigned, for
+    // MQTT 5); a broker that refuses without one is logged and answered "server unavailable".
+    let connect_timeout = Duration::from_millis(gate.limits.connect_timeout_ms);
+    let ack = match tokio::time::timeout(connect_timeout, packets::read_packet(&mut up_rd, limit))
+        .await
+    {
+        Ok(Ok(p)) if p.kind() == packets::CONNACK => p,
+        other => {
+            let why = match other {
+                Ok(Ok(p)) => format!("sent packet type {} instead", p.kind()),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {} ms", connect_timeout.as_millis()),
+            };
+            tracing::warn!(%peer, user = %identity.user, client_id = %info.client_id, keep_alive = info.keep_alive, "embedded broker refused the MQTT connection without a CONNACK ({why}); the client was told the server is unavailable");
+            let _ = wr
+                .write_all(&packets::connack_unavailable(info.level))
+                .await;
+            return;
+        }
+    };
+    let ack = match assigned.as_deref() {
+        Some(id) if info.level == 5 && ack.body.get(1) == Some(&0) => {
+            match packets::connack_with_assigned_id(&ack.body, id) {
+                Some(body) => packets::RawPacket { body, ..ack },
+                None => ack,
+            }
+        }
+        _ => ack,
+    };
+    if wr.write_all(&ack.encode()).await.is_err() {
+        return;
+    }
+    tracing::debug!(%peer, user = %identity.user, client_id = %info.client_id, assigned = assigned.as_deref().unwrap_or(""), "MQTT client connected");
 
     // Broker → client: bytes as they are.
     let mut down = tokio::spawn(async move {
@@ -429,10 +476,16 @@ pub fn internal_client_id(user: &str, requested: &str) -> String {
     format!("c-{owner}-{}", client_id_part(requested))
 }
 
+/// The client id printgate gives a client that connected with an empty one (MQTT 5: returned
+/// to it as Assigned Client Identifier, so it can resume its session with it).
+fn assigned_client_id() -> String {
+    format!("anon-{}", hex::encode(rand::random::<[u8; 8]>()))
+}
+
 fn client_id_part(requested: &str) -> String {
     const MAX: usize = 56;
     if requested.is_empty() {
-        return format!("anon-{}", hex::encode(rand::random::<[u8; 8]>()));
+        return assigned_client_id();
     }
     let clean: String = requested
         .chars()

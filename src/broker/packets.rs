@@ -6,6 +6,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub const CONNECT: u8 = 1;
+pub const CONNACK: u8 = 2;
 pub const PUBLISH: u8 = 3;
 pub const SUBSCRIBE: u8 = 8;
 
@@ -329,6 +330,36 @@ pub fn connack_refused(level: u8, not_authorized: bool) -> Vec<u8> {
     }
 }
 
+/// CONNACK "identifier rejected" (3.1.1 return code 2; MQTT 5 reason 0x85 "client identifier
+/// not valid").
+pub fn connack_identifier_rejected(level: u8) -> Vec<u8> {
+    if level == 5 {
+        vec![0x20, 3, 0, 0x85, 0]
+    } else {
+        vec![0x20, 2, 0, 2]
+    }
+}
+
+/// An MQTT 5 CONNACK (`body`: flags, reason code, properties) with the Assigned Client
+/// Identifier property added, for a client that connected with an empty client id. `None` when
+/// the body is not a well-formed MQTT 5 CONNACK.
+pub fn connack_with_assigned_id(body: &[u8], client_id: &str) -> Option<Vec<u8>> {
+    let head = body.get(..2)?;
+    let rest = body.get(2..)?;
+    let (len, used) = decode_varint(rest)?;
+    let props = rest.get(used..used + len)?;
+    if used + len != rest.len() {
+        return None;
+    }
+    let mut new_props = props.to_vec();
+    new_props.push(0x12);
+    push_str(&mut new_props, client_id.as_bytes());
+    let mut out = head.to_vec();
+    encode_varint(new_props.len(), &mut out);
+    out.extend_from_slice(&new_props);
+    Some(out)
+}
+
 /// CONNACK "server unavailable / server busy".
 pub fn connack_unavailable(level: u8) -> Vec<u8> {
     if level == 5 {
@@ -451,6 +482,24 @@ mod tests {
         assert_eq!(parse_publish(0x32, &v5, 5).unwrap().payload, b"x");
     }
 
+    #[test]
+    fn assigned_client_identifier_is_added_to_a_v5_connack() {
+        // Session present 0, success, one property (receive maximum 10).
+        let body = [0, 0, 3, 0x21, 0, 10];
+        let out = connack_with_assigned_id(&body, "anon-1").unwrap();
+        assert_eq!(
+            out,
+            [&[0, 0, 12, 0x21, 0, 10, 0x12, 0, 6][..], b"anon-1"].concat()
+        );
+        assert_eq!(
+            connack_with_assigned_id(&[0, 0, 0], "x").unwrap(),
+            vec![0, 0, 4, 0x12, 0, 1, b'x']
+        );
+        assert_eq!(connack_with_assigned_id(&[0, 0], "x"), None);
+        assert_eq!(connack_with_assigned_id(&[0, 0, 5, 1], "x"), None);
+        assert_eq!(connack_with_assigned_id(&[0, 0, 0, 9], "x"), None);
+    }
+
     #[tokio::test]
     async fn framing_with_size_cap() {
         let p = RawPacket {
@@ -478,6 +527,7 @@ mod tests {
         #[test]
         fn garbage_never_panics(first in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..200), level in 4u8..=5) {
             let _ = parse_connect(&body);
+            let _ = connack_with_assigned_id(&body, "anon");
             let _ = parse_publish(first, &body, level);
         }
 

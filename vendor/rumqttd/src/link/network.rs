@@ -63,9 +63,16 @@ impl<P: Protocol> Network<P> {
         }
     }
 
+    /// The client's keep-alive in seconds: a read waits at most one and a half times as long
+    /// (MQTT 3.1.1 3.1.2-24, MQTT 5 3.1.2-22). Zero switches the keep-alive off: reads wait
+    /// until a packet comes or the connection ends.
     pub fn set_keepalive(&mut self, keepalive: u16) {
-        let keepalive = Duration::from_secs(keepalive as u64);
-        self.keepalive = keepalive + keepalive.mul_f32(0.5);
+        self.keepalive = if keepalive == 0 {
+            Duration::MAX
+        } else {
+            let keepalive = Duration::from_secs(keepalive as u64);
+            keepalive + keepalive.mul_f32(0.5)
+        };
     }
 
     /// Reads more than 'required' bytes to frame a packet into self.read buffer

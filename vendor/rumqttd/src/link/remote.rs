@@ -21,8 +21,6 @@ use tracing::{trace, Span};
 pub enum Error {
     #[error("I/O")]
     Io(#[from] io::Error),
-    #[error("Zero keep alive")]
-    ZeroKeepAlive,
     #[error("Not connect packet")]
     NotConnectPacket(Packet),
     #[error("Network {0}")]
@@ -197,11 +195,8 @@ where
 
     handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
 
-    // When keep_alive feature is disabled client can live forever, which is not good in
-    // distributed broker context so currenlty we don't allow it.
-    if connect.keep_alive == 0 {
-        return Err(Error::ZeroKeepAlive);
-    }
+    // Keep-alive 0 switches the keep-alive off (MQTT 3.1.1 3.1.2.10, MQTT 5 3.1.2.10): the
+    // client is accepted and only a closed connection ends it (see `Network::set_keepalive`).
 
     let empty_client_id = connect.client_id.is_empty();
     let clean_session = connect.clean_session;
