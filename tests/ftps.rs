@@ -1,5 +1,5 @@
 //! FTPS upload client against the simulated printer's FTPS server: real sockets, real TLS on
-//! loopback, every fault knob of BAMBU-LAN.md §7 that the client must survive or report.
+//! loopback, every fault knob of docs/bambu-protocol.md §7 that the client must survive or report.
 
 use md5::{Digest as _, Md5};
 use printgate::printer::UploadError;
@@ -188,7 +188,10 @@ async fn fifty_megabytes_round_trip_with_progress_md5_and_resumed_data_session()
         "SIZE /pg-000418.gcode.3mf",
         "QUIT",
     ];
-    assert_eq!(commands, expected, "sequence of BAMBU-LAN.md §7.1");
+    assert_eq!(
+        commands, expected,
+        "sequence of docs/bambu-protocol.md §7.1"
+    );
     println!(
         "FTPS loopback upload: {size} bytes in {:.2} s = {:.1} MB/s",
         elapsed.as_secs_f64(),

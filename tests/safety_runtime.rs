@@ -624,7 +624,7 @@ async fn api_refuses_anonymous_callers_and_serves_an_authenticated_one() {
     tg.shutdown().await;
 }
 
-/// Every heater, over-temperature and fire code of BAMBU-LAN.md §6.2–§6.3 marked "safety trip",
+/// Every heater, over-temperature and fire code of docs/bambu-protocol.md §6.2–§6.3 marked "safety trip",
 /// written out here from the protocol reference (not taken from the code under test).
 fn tripping_faults() -> Vec<(Vec<HmsEntry>, Option<u32>, String)> {
     let hms = |attr: u32, code: u32| HmsEntry { attr, code };

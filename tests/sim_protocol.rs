@@ -1,4 +1,4 @@
-//! The simulator speaks the Bambu LAN protocol (BAMBU-LAN.md §12): checked with a plain rumqttc
+//! The simulator speaks the Bambu LAN protocol (docs/bambu-protocol.md §12): checked with a plain rumqttc
 //! client over real TLS on loopback, pinned to the simulator's certificate fingerprint.
 
 use printgate::config::Model;
@@ -946,7 +946,7 @@ async fn several_sections_in_one_message_are_each_answered_in_order() {
             .any(|v| is_ack(v, "info", "get_version", "30004")),
         "version answer before the full report: {seen:#?}"
     );
-    // `upgrade.get_history` is not answered (BAMBU-LAN.md documents no answer), and nothing
+    // `upgrade.get_history` is not answered (docs/bambu-protocol.md documents no answer), and nothing
     // answers under `upgrade`.
     assert!(
         !seen.iter().any(|v| v.get("upgrade").is_some()),
@@ -981,7 +981,7 @@ async fn start_without_subtask_name_reports_the_file_base_name() {
 }
 
 /// D5 (issue 14): a file in a sub-folder of the storage (as Studio's `cache/`) prints with each
-/// URL form BAMBU-LAN.md §4.2 lists, on the models that use it.
+/// URL form docs/bambu-protocol.md §4.2 lists, on the models that use it.
 #[tokio::test]
 async fn printing_from_a_sub_folder_works_with_every_url_form() {
     let cases = [
@@ -1027,7 +1027,7 @@ async fn printing_from_a_sub_folder_works_with_every_url_form() {
 }
 
 /// D8 (issue 14): P1/A1 answer `get_version` with `product_name` as real replies do, and every
-/// module carries the fields BAMBU-LAN.md §3.8 quotes.
+/// module carries the fields docs/bambu-protocol.md §3.8 quotes.
 #[tokio::test]
 async fn get_version_carries_product_name_on_every_model() {
     let cases = [

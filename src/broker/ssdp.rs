@@ -1,4 +1,4 @@
-//! Bambu printer discovery on the LAN (BAMBU-LAN.md §8): a pure parser for the printers' SSDP
+//! Bambu printer discovery on the LAN (docs/bambu-protocol.md §8): a pure parser for the printers' SSDP
 //! `NOTIFY` datagrams (and `200 OK` answers to an `M-SEARCH`), a bounded list of the printers seen
 //! recently, and the UDP listener task that feeds it. "Add printer" shows this list with model and
 //! serial filled in.
@@ -32,7 +32,7 @@ pub struct SsdpAnnouncement {
     pub serial: String,
     /// `Location`: the printer's IPv4 address.
     pub ip: Ipv4Addr,
-    /// `DevModel.bambu.com` as sent (model code, BAMBU-LAN.md §11).
+    /// `DevModel.bambu.com` as sent (model code, docs/bambu-protocol.md §11).
     pub model_code: Option<String>,
     /// The model, when the code is one printgate knows.
     pub model: Option<Model>,

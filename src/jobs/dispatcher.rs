@@ -805,7 +805,7 @@ impl Ctx {
         }
     }
 
-    /// Reports as evidence about the jobs on that printer (BAMBU-LAN.md §5.3).
+    /// Reports as evidence about the jobs on that printer (docs/bambu-protocol.md §5.3).
     fn evidence(&mut self, job: &Job, report: &ReportSummary, activity: Option<&str>) {
         let now = self.now;
         let ours = report.names_job(job);

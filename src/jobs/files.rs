@@ -378,7 +378,7 @@ impl FileStore {
 }
 
 /// The ASCII name (`[A-Za-z0-9._-]`, ≤ 64 characters) a job's file gets on the printer,
-/// e.g. `pg-000418.gcode.3mf` (BAMBU-LAN.md §7.2).
+/// e.g. `pg-000418.gcode.3mf` (docs/bambu-protocol.md §7.2).
 pub fn remote_name_for(job_id: u64, kind: FileKind) -> String {
     format!("pg-{job_id:06}{}", kind.suffix())
 }

@@ -1,4 +1,4 @@
-//! Seeded deterministic simulation of the dispatcher (DESIGN.md: "thousands of random schedules").
+//! Seeded deterministic simulation of the dispatcher (docs/architecture.md: "thousands of random schedules").
 //!
 //! Each schedule builds 1–3 simulated printers, an in-memory SQLite [`Store`] and the dispatcher
 //! state, then plays a random but seed-determined sequence of happenings: fresh, stale,

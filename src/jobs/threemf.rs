@@ -3,7 +3,7 @@
 //! A sliced Bambu `.gcode.3mf` is a zip holding `Metadata/plate_<N>.gcode` per sliced plate,
 //! `Metadata/slice_info.config` (printer model code, predicted seconds, grams, filaments per
 //! plate), `Metadata/plate_<N>.json` (`bed_type`) and a thumbnail `Metadata/plate_<N>.png`
-//! (BAMBU-LAN.md §4.2). [`inspect`] checks such an archive against [`ZipLimits`] (entry count,
+//! (docs/bambu-protocol.md §4.2). [`inspect`] checks such an archive against [`ZipLimits`] (entry count,
 //! total size, overall and per-entry expansion, counted while actually decompressing because
 //! declared sizes can lie; entry names that point outside the archive) and extracts
 //! [`ThreeMfInfo`]; [`check_model`] refuses a plate sliced for another
@@ -220,7 +220,7 @@ impl ThreeMfInfo {
 pub struct PlateInfo {
     /// 1-based plate index: the `N` of `Metadata/plate_<N>.gcode` (the `param` of `project_file`).
     pub index: u32,
-    /// `printer_model_id`, e.g. `C12` (BAMBU-LAN.md §11); `None` when slice_info lacks it.
+    /// `printer_model_id`, e.g. `C12` (docs/bambu-protocol.md §11); `None` when slice_info lacks it.
     pub model_code: Option<String>,
     /// Predicted print time in seconds.
     pub prediction_secs: Option<u64>,

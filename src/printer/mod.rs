@@ -51,7 +51,7 @@ pub enum PrinterCommand {
 }
 
 /// What happened to a command from the link's point of view. `Published` is *not* evidence that
-/// the printer acted on it (BAMBU-LAN.md §5): confirmation comes from later reports only.
+/// the printer acted on it (docs/bambu-protocol.md §5): confirmation comes from later reports only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandOutcome {
     /// Handed to a live connection with this `sequence_id`.

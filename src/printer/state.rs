@@ -166,7 +166,7 @@ impl LinkState {
     }
 }
 
-/// Whether the printer accepts our control commands (BAMBU-LAN.md §10.3).
+/// Whether the printer accepts our control commands (docs/bambu-protocol.md §10.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ControlState {

@@ -223,7 +223,7 @@ pub struct WatchdogConfig {
     pub nozzle: HeaterWatchConfig,
     #[serde(default = "HeaterWatchConfig::bed_default")]
     pub bed: HeaterWatchConfig,
-    /// Added to the model's slicer limit (BAMBU-LAN.md §11) before "over limit" trips.
+    /// Added to the model's slicer limit (docs/bambu-protocol.md §11) before "over limit" trips.
     #[serde(default = "default_nozzle_margin")]
     pub nozzle_limit_margin_c: f64,
     #[serde(default = "default_bed_margin")]
@@ -275,7 +275,7 @@ impl Default for WatchdogConfig {
     }
 }
 
-/// Slicer (Bambu Studio) limits per model, nozzle / bed °C (BAMBU-LAN.md §11).
+/// Slicer (Bambu Studio) limits per model, nozzle / bed °C (docs/bambu-protocol.md §11).
 pub fn studio_limits(model: Model) -> (f64, f64) {
     match model {
         Model::X1C | Model::X1E => (300.0, 110.0),

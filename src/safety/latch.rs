@@ -1,4 +1,4 @@
-//! The trip latch (DESIGN.md I5): [`TripController`] owns the relay outputs and is the only code
+//! The trip latch (docs/architecture.md I5): [`TripController`] owns the relay outputs and is the only code
 //! that switches them.
 //!
 //! * [`TripController::trip`] is synchronous and switches every affected relay off **first** —

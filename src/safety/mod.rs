@@ -1,5 +1,5 @@
 //! Safety: the GPIO smoke input (and an optional second input) and the relays that cut printer
-//! power, the thermal watchdog, and the latched trip (DESIGN.md I5).
+//! power, the thermal watchdog, and the latched trip (docs/architecture.md I5).
 //!
 //! * [`gpio`] — the [`gpio::Gpio`] trait; [`sim_gpio`] and [`rppal_gpio`] backends chosen by
 //!   [`gpio::open_gpio`]; [`debounce`] is the pure debouncer both use.

@@ -1,5 +1,5 @@
-//! The printer's own fault reports that trip safety exactly like the thermal watchdog (DESIGN.md
-//! I5; BAMBU-LAN.md §6.2–§6.3): heater and thermistor faults, over-temperature, a chamber too hot
+//! The printer's own fault reports that trip safety exactly like the thermal watchdog (docs/architecture.md
+//! I5; docs/bambu-protocol.md §6.2–§6.3): heater and thermistor faults, over-temperature, a chamber too hot
 //! and fire. Pure: [`new_faults`] compares two reports; the runtime trips on what it returns.
 //!
 //! The firmware has already switched its heaters off when it reports these; cutting mains power
@@ -76,7 +76,7 @@ mod tests {
         }
     }
 
-    /// Every code of BAMBU-LAN.md §6.3 marked "safety trip", and §6.2's fire code.
+    /// Every code of docs/bambu-protocol.md §6.3 marked "safety trip", and §6.2's fire code.
     pub fn tripping_codes() -> (Vec<HmsEntry>, Vec<u32>) {
         let mut entries = Vec::new();
         entries.extend((1..=7).map(|k| hms(0x0300_0100, 0x0001_0000 | k)));

@@ -3,7 +3,7 @@
 //! follow-up of each trip. [`spawn_safety`] builds it; [`SafetyHandle`] is what the web pages,
 //! the API, the broker and the CLI use.
 //!
-//! Trip path (DESIGN.md I5): the input callback (GPIO input thread) or the watchdog calls
+//! Trip path (docs/architecture.md I5): the input callback (GPIO input thread) or the watchdog calls
 //! [`TripController::trip`], which writes the relays off before anything else. The record then
 //! goes to the follow-up task, which, in this order:
 //! 1. persists the latched trip (SQLite, on a blocking thread; retried a few times),

@@ -6,7 +6,7 @@
 //!
 //! Per heater (nozzle, bed), on every report ([`ThermalWatchdog::observe`], ~100 ns):
 //!
-//! * **Over limit → trip.** Temperature above the model's slicer limit (BAMBU-LAN.md §11: X1
+//! * **Over limit → trip.** Temperature above the model's slicer limit (docs/bambu-protocol.md §11: X1
 //!   300/110, P1 and A1 300/100, A1 mini 300/80, P2S 300/110, H2D 350/120) plus a margin (20 °C
 //!   nozzle, 15 °C bed) for `over_limit_samples` (2) consecutive reports. The slicer never asks
 //!   for more than the limit, so a reading above it plus the margin is not a normal print.

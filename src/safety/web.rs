@@ -14,8 +14,8 @@
 
 use super::gpio::Level;
 use super::runtime::{SafetyError, SafetyHandle, SafetyView};
-use crate::Gateway;
 use crate::alerts::Delivery;
+use crate::app::Gateway;
 use crate::safety::latch::{PowerChange, PowerError, ResetError, TripRecord};
 use crate::web::ApiError;
 use crate::web::actor::Actor;

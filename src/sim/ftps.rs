@@ -1,4 +1,4 @@
-//! The simulated printer's FTPS server: vsFTPd 3.0.5 as seen on X1C/P2S (BAMBU-LAN.md §7, §12).
+//! The simulated printer's FTPS server: vsFTPd 3.0.5 as seen on X1C/P2S (docs/bambu-protocol.md §7, §12).
 //! Implicit TLS from the first byte (TLS 1.2 only unless the `tls13` knob is on), user `bblp`
 //! with the access code, passive data connections whose TLS handshake starts after `150` and
 //! must resume the control session, files kept in [`SimStorage`]. The storage starts with the

@@ -1,4 +1,4 @@
-//! Fault and behaviour knobs of one simulated printer (BAMBU-LAN.md §12 "misbehaviours"). A
+//! Fault and behaviour knobs of one simulated printer (docs/bambu-protocol.md §12 "misbehaviours"). A
 //! [`SimKnobs`] handle is cheap to clone and shared by every part of the simulator; tests change
 //! values while the printer runs and the change applies to the next packet, command or tick.
 //!

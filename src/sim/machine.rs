@@ -1,4 +1,4 @@
-//! The simulated printer's print state machine (BAMBU-LAN.md §4.2–§4.3, §5.2, §12): job states,
+//! The simulated printer's print state machine (docs/bambu-protocol.md §4.2–§4.3, §5.2, §12): job states,
 //! preparation stages, layers and progress, first-order thermal model, `print_error` and HMS.
 //!
 //! Pure logic on simulated seconds: [`Machine::advance`] moves time forward, [`Machine::handle_print`]
@@ -735,7 +735,7 @@ pub fn plate_index(param: &str) -> Option<u32> {
 
 /// Resolve every URL form of §4.2 to the file's storage path: `/<name>` at the root, or
 /// `<folder>/<name>` in a sub-folder (`file:///sdcard/cache/<name>`, `ftp:///cache/<name>`),
-/// as FTPS stored it. Every model accepts every form (BAMBU-LAN.md §4.2, §11).
+/// as FTPS stored it. Every model accepts every form (docs/bambu-protocol.md §4.2, §11).
 pub fn resolve_url(url: &str) -> Option<String> {
     let rest = url
         .strip_prefix("ftp://")
@@ -755,7 +755,7 @@ pub fn resolve_url(url: &str) -> Option<String> {
 
 /// The job name a printer shows for a start without `subtask_name`: the file's base name
 /// without its `.gcode.3mf` / `.3mf` / `.gcode` extension (`cache/lid_v2.gcode.3mf` → `lid_v2`).
-/// BAMBU-LAN.md does not say; local clients report that `subtask_name` then carries the file
+/// docs/bambu-protocol.md does not say; local clients report that `subtask_name` then carries the file
 /// name (rhoopr/bambutop issue #3, ha-bambulab issue #133).
 pub fn default_subtask_name(path: &str) -> String {
     let base = path.rsplit('/').next().unwrap_or(path);

@@ -1,4 +1,4 @@
-//! The simulated printer's MQTT 3.1.1 server over TLS 1.2 (BAMBU-LAN.md §2, §12): a small server
+//! The simulated printer's MQTT 3.1.1 server over TLS 1.2 (docs/bambu-protocol.md §2, §12): a small server
 //! of our own on rumqttc's packet codec so that every packet can be faulted (withheld PUBACK,
 //! kicked clients, dropped subscriptions, half-open silence).
 //!

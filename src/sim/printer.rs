@@ -410,7 +410,7 @@ impl Hub {
                 core.machine.handle_print(body, &ctx).ack
             }
             // `upgrade.get_history`, `security.*`, `xcam.*`, `camera.*` and unknown sections or
-            // commands: BAMBU-LAN.md documents no answer for them (§4.4 lists `upgrade.*` and
+            // commands: docs/bambu-protocol.md documents no answer for them (§4.4 lists `upgrade.*` and
             // `security.*` as not needed), so the simulator ignores them silently, as the
             // firmware does for commands it does not know. Answering them faithfully is part
             // of issue 14's "not modelled" list.

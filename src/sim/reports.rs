@@ -1,4 +1,4 @@
-//! Report documents of the simulated printer, shaped per model (BAMBU-LAN.md §3.5–§3.8, §11):
+//! Report documents of the simulated printer, shaped per model (docs/bambu-protocol.md §3.5–§3.8, §11):
 //! the full `push_status` object, P1-style deltas (only changed keys), the `get_version` answer
 //! and the wire encoding (compact on P1/A1, 4-space pretty on X1/H2/P2S). Pure functions.
 
@@ -269,7 +269,7 @@ pub fn delta(prev: &Map<String, Value>, next: &Map<String, Value>) -> Option<Map
 }
 
 /// The `info.get_version` answer with model-style module names, shaped as current firmware
-/// answers (BAMBU-LAN.md §3.8; module records as captured from P1S 01.08, A1 01.07 and X1C
+/// answers (docs/bambu-protocol.md §3.8; module records as captured from P1S 01.08, A1 01.07 and X1C
 /// 01.11, quoted in ha-bambulab's `pybambu/utils.py`): every module has `name`, `sw_ver`,
 /// `hw_ver`, `loader_ver`, `sn`, `product_name`, `visible` and `flag`; the `ota` module's
 /// `product_name` names the printer (`"Bambu Lab P1S"`), the other modules' is empty. The old

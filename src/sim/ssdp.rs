@@ -1,4 +1,4 @@
-//! SSDP-style discovery announcements of a simulated printer (BAMBU-LAN.md §8): an HTTP-like
+//! SSDP-style discovery announcements of a simulated printer (docs/bambu-protocol.md §8): an HTTP-like
 //! `NOTIFY` every few seconds as UDP **unicast** to a configured address (loopback in tests; the
 //! simulator never broadcasts), and a `200 OK` answer to a directed `M-SEARCH`.
 //! `DevConnect.bambu.com` follows the Developer Mode knob (`lan` / `cloud`).

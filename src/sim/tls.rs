@@ -1,5 +1,5 @@
 //! TLS identity of one simulated printer: an own test CA (standing in for "BBL CA") and a leaf
-//! with `CN=<serial>` and no IP SAN, like a real printer's certificate (BAMBU-LAN.md §2.1).
+//! with `CN=<serial>` and no IP SAN, like a real printer's certificate (docs/bambu-protocol.md §2.1).
 //! Keys are ECDSA P-256 (rcgen cannot generate RSA with the ring backend); the protocol shape
 //! (TLS 1.2 only, CN = serial, no SAN for the IP) is what matters to the client under test.
 

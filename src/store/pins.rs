@@ -1,4 +1,4 @@
-//! Certificate pins (trust on first use, BAMBU-LAN.md §2.1): the SHA-256 fingerprint of each
+//! Certificate pins (trust on first use, docs/bambu-protocol.md §2.1): the SHA-256 fingerprint of each
 //! printer's TLS leaf, keyed by serial. Once pinned, a different fingerprint is never stored
 //! automatically; a person re-pairs explicitly ([`Store::clear_fingerprint`]).
 

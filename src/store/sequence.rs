@@ -1,5 +1,5 @@
 //! MQTT command `sequence_id`s: never reused, also not across restarts (a reused id is refused
-//! by the printer as 0x05024008, BAMBU-LAN.md §4). Ids are handed out in blocks whose end is
+//! by the printer as 0x05024008, docs/bambu-protocol.md §4). Ids are handed out in blocks whose end is
 //! committed to the `meta` table before the block is returned.
 
 use super::{Store, StoreError};

@@ -1,4 +1,4 @@
-//! Reconnect backoff (BAMBU-LAN.md §2.6, invariant I8): exponential from a minimum to a cap with
+//! Reconnect backoff (docs/bambu-protocol.md §2.6, invariant I8): exponential from a minimum to a cap with
 //! ±20 % jitter, plus detection of the "accepted, then dropped within seconds" pattern that a
 //! second local MQTT client on a P1/A1 causes. Pure apart from the random jitter.
 

@@ -1,5 +1,5 @@
 //! JSON payloads of the commands printgate publishes to `device/<serial>/request`
-//! (BAMBU-LAN.md §4), and the `sequence_id` counter that makes every id unique, also across
+//! (docs/bambu-protocol.md §4), and the `sequence_id` counter that makes every id unique, also across
 //! gateway restarts (the lead seeds it from the database). Pure: builders return the payload and
 //! the id they used; publishing happens in the session.
 

@@ -1,4 +1,4 @@
-//! Whether a printer accepts our control commands (BAMBU-LAN.md §10.3): combines the `fun` bit,
+//! Whether a printer accepts our control commands (docs/bambu-protocol.md §10.3): combines the `fun` bit,
 //! HMS 0500_0500_0001_0007, refusal acks and observed command effects into one
 //! [`ControlState`]. Pure; the session feeds it what it publishes and what it receives.
 

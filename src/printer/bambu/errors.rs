@@ -1,4 +1,4 @@
-//! Bambu error and HMS codes (BAMBU-LAN.md §6): display formats, readable English text for the
+//! Bambu error and HMS codes (docs/bambu-protocol.md §6): display formats, readable English text for the
 //! codes printgate reacts to, severities, and the predicates the dispatcher and the safety
 //! watchdog use ("does this block a start?", "is this a Developer Mode refusal?", "is this a
 //! thermal fault?"). Pure functions, no I/O.
@@ -76,7 +76,7 @@ pub fn hms_display(entry: &HmsEntry) -> String {
     entry.display_code()
 }
 
-/// Readable English text for the `print_error` codes of BAMBU-LAN.md §6.2.
+/// Readable English text for the `print_error` codes of docs/bambu-protocol.md §6.2.
 pub fn print_error_text(code: u32) -> Option<&'static str> {
     Some(match code {
         0x0500_4004 => "device busy, cannot start a new task",
@@ -110,7 +110,7 @@ pub fn print_error_text(code: u32) -> Option<&'static str> {
     })
 }
 
-/// Readable English text for the HMS codes of BAMBU-LAN.md §6.3.
+/// Readable English text for the HMS codes of docs/bambu-protocol.md §6.3.
 pub fn hms_text(entry: &HmsEntry) -> Option<&'static str> {
     let code_hi = entry.code >> 16;
     let code_lo = entry.code & 0xFFFF;

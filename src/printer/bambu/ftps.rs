@@ -1,4 +1,4 @@
-//! FTPS upload client for Bambu printers (BAMBU-LAN.md §7): implicit TLS on the control
+//! FTPS upload client for Bambu printers (docs/bambu-protocol.md §7): implicit TLS on the control
 //! connection, `PROT P` data channel whose TLS handshake starts only after the `150` reply and
 //! resumes the control connection's TLS session, passive mode that always dials the control
 //! host, a data close that never depends on the printer's close_notify (it lingers at most

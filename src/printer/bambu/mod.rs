@@ -1,5 +1,5 @@
 //! Bambu Lab LAN link: MQTT 3.1.1 over TLS 1.2, report merge, commands, FTPS upload
-//! (BAMBU-LAN.md). [`BambuPrinter`] is the [`PrinterLink`] the rest of the gateway uses; the
+//! (docs/bambu-protocol.md). [`BambuPrinter`] is the [`PrinterLink`] the rest of the gateway uses; the
 //! submodules are its parts: pure report/command/error logic and the I/O of the session.
 
 pub mod backoff;

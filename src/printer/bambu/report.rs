@@ -1,4 +1,4 @@
-//! The report side of the Bambu protocol (BAMBU-LAN.md §3): lenient decoding of payloads from
+//! The report side of the Bambu protocol (docs/bambu-protocol.md §3): lenient decoding of payloads from
 //! `device/<serial>/report`, classification into status pushes, command acks and version
 //! answers, the per-printer merged report document (Bambu Studio's `json_diff` rule: `msg` 0
 //! replaces, deltas deep-merge, arrays are replaced wholesale), and the typed

@@ -1,4 +1,4 @@
-//! The MQTT session to one Bambu printer (BAMBU-LAN.md §2, invariant I3): one task per printer
+//! The MQTT session to one Bambu printer (docs/bambu-protocol.md §2, invariant I3): one task per printer
 //! that connects, subscribes to `device/<serial>/report`, merges reports into a
 //! [`PrinterSnapshot`] on a `watch` channel, publishes commands, runs the silence watchdog and
 //! reconnects with backoff.
@@ -43,7 +43,7 @@ const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// connection is wedged: tear it down.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 /// A `pushall` not answered by a full report within this long may be repeated for untrusted
-/// deltas (BAMBU-LAN.md §3.4: wait up to ~5 s for `msg` 0).
+/// deltas (docs/bambu-protocol.md §3.4: wait up to ~5 s for `msg` 0).
 const PUSHALL_ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// How many of our recent `sequence_id`s are remembered to recognise our acks.
 const RECENT_SENT: usize = 64;
@@ -439,7 +439,7 @@ impl LinkTask {
     /// How long a silence may last before the watchdog nudges the printer. P1/A1 printers send
     /// deltas only and say nothing while idle and unchanged, so an idle one is given
     /// [`IDLE_DELTA_SILENCE_FACTOR`] times longer: the nudge's `pushall` then comes about every
-    /// 5 minutes, the rate BAMBU-LAN.md §3.4 advises for a P1P, instead of every minute.
+    /// 5 minutes, the rate docs/bambu-protocol.md §3.4 advises for a P1P, instead of every minute.
     fn silence_limit(&self) -> Duration {
         let base = Duration::from_secs(self.link.silence_secs.max(1));
         if self.expects_idle_silence() {

@@ -1,4 +1,4 @@
-//! TLS to a Bambu printer (BAMBU-LAN.md §2.1): rustls with the ring provider, TLS 1.2 only, and
+//! TLS to a Bambu printer (docs/bambu-protocol.md §2.1): rustls with the ring provider, TLS 1.2 only, and
 //! a certificate verifier that pins the printer instead of trusting a CA.
 //!
 //! In [`TlsMode::Pin`] the first successful login records the leaf's SHA-256 (trust on first

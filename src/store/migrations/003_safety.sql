@@ -1,4 +1,4 @@
--- Safety trips (DESIGN.md I5): every trip, latched until a person resets it.
+-- Safety trips (docs/architecture.md I5): every trip, latched until a person resets it.
 CREATE TABLE safety_trips (
     id INTEGER PRIMARY KEY,
     at_ms INTEGER NOT NULL,

@@ -1,4 +1,4 @@
--- Job queue, plate-clear taps, plate state, queue pause flags and job event rows (DESIGN.md I1–I7).
+-- Job queue, plate-clear taps, plate state, queue pause flags and job event rows (docs/architecture.md I1–I7).
 -- jobs.file_sha256 refers to the files table loosely (no foreign key).
 
 CREATE TABLE jobs (
