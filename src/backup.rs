@@ -15,8 +15,8 @@
 //! touches anything, keeps a copy of the database it replaces under `backups/`, and accepts only
 //! archive entries it knows (no paths from the archive are trusted).
 
-use crate::DATABASE_FILE;
 use crate::config::Config;
+use crate::store::DATABASE_FILE;
 use crate::store::backup::{self as db_backup, CopySummary};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-/// Printer models printgate knows (BAMBU-LAN.md §11).
+/// Printer models printgate knows (docs/bambu-protocol.md §11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Model {
     X1C,
@@ -202,6 +202,15 @@ pub enum PrinterKind {
     Moonraker,
 }
 
+/// A stable unique id of a printer (Home Assistant): the Bambu serial, or
+/// `klipper-<instance_name>` for a Klipper printer.
+pub fn printer_unique_id(p: &PrinterConfig) -> String {
+    match p.kind {
+        PrinterKind::Bambu => p.serial.clone(),
+        PrinterKind::Moonraker => format!("klipper-{}", p.instance_name),
+    }
+}
+
 fn default_moonraker_http_port() -> u16 {
     7125
 }
@@ -256,7 +265,7 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
 
-/// Timings of the printer links (BAMBU-LAN.md §2.6). Defaults follow the document; tests shorten them.
+/// Timings of the printer links (docs/bambu-protocol.md §2.6). Defaults follow the document; tests shorten them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LinkConfig {
@@ -310,7 +319,7 @@ fn default_pushall_interval() -> u64 {
     3000
 }
 
-/// Dispatcher windows (DESIGN.md I1–I4).
+/// Dispatcher windows (docs/architecture.md I1–I4).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchConfig {

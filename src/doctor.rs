@@ -12,12 +12,12 @@
 //! The checks are plain functions over a [`DoctorOptions`] so that tests can simulate a skewed
 //! clock or an unsynchronised one, and a full disk.
 
-use crate::DATABASE_FILE;
 use crate::config::{Config, PrinterConfig, TlsMode};
 use crate::printer::bambu::report::{Ingested, ReportMerger};
 use crate::printer::bambu::tls::{CertRejection, MemoryPinStore, PinStore, PrinterTls};
 use crate::printer::bambu::{commands, errors};
 use crate::safety::config::GpioBackendChoice;
+use crate::store::DATABASE_FILE;
 use crate::store::StoreError;
 use crate::store::backup::{DatabaseInfo, inspect_database};
 use rumqttc::{

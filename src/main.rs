@@ -228,7 +228,7 @@ fn main() -> ExitCode {
         Command::Bench {
             what: BenchWhat::Safety,
         } => {
-            return exit_code(printgate::safety::bench::bench_safety_cli());
+            return exit_code(printgate::app::bench::bench_safety_cli());
         }
         Command::HashPassword => return exit_code(hash_password_cli()),
         Command::Doctor { config } => return exit_code(printgate::doctor::doctor_cli(config)),
@@ -301,7 +301,7 @@ fn main() -> ExitCode {
                 mqtt_listen,
                 data_dir,
                 time_scale,
-            } => printgate::sim::demo::run(listen, mqtt_listen, data_dir, time_scale, token)
+            } => printgate::app::demo::run(listen, mqtt_listen, data_dir, time_scale, token)
                 .await
                 .map(|()| ExitCode::SUCCESS),
         }

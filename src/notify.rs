@@ -95,7 +95,7 @@ pub fn running_gateway(data_dir: &Path) -> Option<String> {
 /// the runtime is stuck the pings stop and systemd restarts the service. On shutdown it sends
 /// `STOPPING=1` and releases the lock.
 pub fn gateway_ready(
-    gateway: &crate::Gateway,
+    gateway: &crate::app::Gateway,
     tasks: &mut JoinSet<()>,
     shutdown: CancellationToken,
 ) -> Result<(), ReadyError> {

@@ -29,7 +29,7 @@ struct Rig {
 
 async fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let (sims, mut config) = printgate::sim::demo::start_simulators(
+    let (sims, mut config) = printgate::app::demo::start_simulators(
         dir.path().to_path_buf(),
         "127.0.0.1:0".parse().unwrap(),
         60.0,

@@ -5,7 +5,7 @@
 
 use super::commands::BrokerCommand;
 use super::topics::{CommandKind, CommandResult};
-use crate::Gateway;
+use crate::app::Gateway;
 use crate::jobs::dispatcher::Event;
 use crate::printer::{LinkError, PrinterCommand};
 use std::sync::{Arc, Weak};

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 /// One printer as the broker sees it.
 pub struct BrokerPrinter {
     pub name: String,
-    /// Stable identity across renames and restarts ([`crate::printer_unique_id`]).
+    /// Stable identity across renames and restarts ([`crate::config::printer_unique_id`]).
     pub unique_id: String,
     pub model: Model,
     pub snapshots: watch::Receiver<PrinterSnapshot>,

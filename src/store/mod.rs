@@ -32,6 +32,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "printgate.sqlite";
+
 /// SQLite `application_id` of printgate databases ("PrGt"), set by migration 001.
 pub const APPLICATION_ID: i64 = 0x5072_4774;
 

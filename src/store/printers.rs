@@ -38,7 +38,7 @@ impl Store {
         for p in printers {
             let model = p.model.config_name();
             // Klipper printers have no serial; their unique id takes the column.
-            let serial = crate::printer_unique_id(p);
+            let serial = crate::config::printer_unique_id(p);
             let by_name: Option<(i64, String, String, String, Option<String>)> = tx
                 .query_row(
                     "SELECT id, serial, model, host, cert_fingerprint FROM printers WHERE name = ?1",

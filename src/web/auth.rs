@@ -27,7 +27,7 @@ pub use guard::{
 };
 pub use limiter::{LimitKey, LimitPolicy, LoginLimiter};
 
-use crate::Gateway;
+use crate::app::Gateway;
 use crate::store::Store;
 use axum::Router;
 use axum::routing::{get, post};

@@ -14,7 +14,7 @@
 use super::auth::CurrentUser;
 use super::queue::{JobView, queue_views};
 use super::views::PrinterView;
-use crate::Gateway;
+use crate::app::Gateway;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::Stream;

@@ -18,7 +18,7 @@ pub mod settings_notifications;
 pub mod settings_users;
 pub mod views;
 
-use crate::Gateway;
+use crate::app::Gateway;
 use askama::Template;
 use auth::CurrentUser;
 use axum::extract::{Query, State};

@@ -6,7 +6,7 @@
 
 use super::actor::Actor;
 use super::queue::{UploadForm, queue_upload};
-use crate::Gateway;
+use crate::app::Gateway;
 use crate::jobs::files::StoredFile;
 use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::StatusCode;

@@ -6,7 +6,7 @@
 use super::actor::Actor;
 use super::auth::CurrentUser;
 use super::{ApiError, render};
-use crate::Gateway;
+use crate::app::Gateway;
 use crate::config::PrinterKind;
 use crate::store::EventKind;
 use askama::Template;

@@ -7,7 +7,7 @@ use super::auth::CurrentUser;
 use super::form_answer::{FormOutcome, NoticeQuery, answer};
 use super::views::{CardText, PrinterView};
 use super::{ApiError, render};
-use crate::Gateway;
+use crate::app::Gateway;
 use crate::printer::{GcodeState, LinkError, PrinterCommand, PrinterSnapshot};
 use crate::store::EventKind;
 use askama::Template;

@@ -8,7 +8,7 @@ use super::actor::Actor;
 use super::auth::CurrentUser;
 use super::form_answer::{self, FormOutcome};
 use super::{ApiError, render};
-use crate::Gateway;
+use crate::app::Gateway;
 use crate::config::Model;
 use crate::jobs::dispatcher::{Event, MoveDirection};
 use crate::jobs::files::StoredFile;

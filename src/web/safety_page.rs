@@ -7,7 +7,7 @@
 use super::actor::Actor;
 use super::auth::CurrentUser;
 use super::render;
-use crate::Gateway;
+use crate::app::Gateway;
 use crate::safety::runtime::SafetyView;
 use askama::Template;
 use axum::extract::State;

@@ -5,7 +5,7 @@
 
 use super::auth::CurrentUser;
 use super::render;
-use crate::Gateway;
+use crate::app::Gateway;
 use askama::Template;
 use axum::extract::State;
 use axum::response::Response;

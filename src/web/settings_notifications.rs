@@ -6,10 +6,10 @@
 
 use super::auth::CurrentUser;
 use super::{ApiError, render};
-use crate::Gateway;
 use crate::alerts::{
     AlertTarget, Delivery, Notifier, StoredTarget, TargetRef, TargetSummary, url_problem,
 };
+use crate::app::Gateway;
 use crate::store::StoreError;
 use askama::Template;
 use axum::extract::{Form, Path, Query, State};

@@ -10,7 +10,7 @@ use super::auth::secrets::{
 };
 use super::auth::{AuthState, ClientIp, CurrentUser, LimitKey};
 use super::{ApiError, render};
-use crate::Gateway;
+use crate::app::Gateway;
 use crate::store::StoreError;
 use crate::store::users::{NewUser, UserDeletion, UserRow};
 use askama::Template;

@@ -145,8 +145,8 @@ fn set_password(
         }
     };
     let result = (|| -> Result<bool, String> {
-        let store =
-            Store::open(&config.data_dir.join(crate::DATABASE_FILE)).map_err(|e| e.to_string())?;
+        let store = Store::open(&config.data_dir.join(crate::store::DATABASE_FILE))
+            .map_err(|e| e.to_string())?;
         let hash = hash_password(password).map_err(|e| e.to_string())?;
         let (_, created) = store
             .upsert_user_password(user, &hash, crate::store::now_ms())

@@ -136,7 +136,7 @@ pub async fn start_simulators(
 
 /// Queue one job per printer so the demo shows the gate: each waits until its printer's current
 /// print is done and someone taps Plate clear.
-pub async fn queue_demo_jobs(gw: &crate::Gateway) -> anyhow::Result<()> {
+pub async fn queue_demo_jobs(gw: &crate::app::Gateway) -> anyhow::Result<()> {
     for (name, model, _, _) in DEMO_PRINTERS {
         let job_name = format!("next_on_{}", model.config_name().to_ascii_lowercase());
         let bytes = build_3mf(&Fixture3mf {
@@ -151,7 +151,7 @@ pub async fn queue_demo_jobs(gw: &crate::Gateway) -> anyhow::Result<()> {
 
 /// Store `bytes` and queue them as a job for printer `name` (once per data directory).
 async fn queue_demo_file(
-    gw: &crate::Gateway,
+    gw: &crate::app::Gateway,
     name: &str,
     model: Model,
     file_name: &str,
@@ -220,7 +220,7 @@ pub async fn run(
     // The demo account exists before the gateway starts, so no setup code is needed.
     std::fs::create_dir_all(&data_dir)?;
     crate::web::auth::ensure_demo_account(&crate::store::Store::open(
-        &data_dir.join(crate::DATABASE_FILE),
+        &data_dir.join(crate::store::DATABASE_FILE),
     )?)?;
     let klipper_http = config
         .printers
@@ -228,7 +228,7 @@ pub async fn run(
         .find(|p| p.name == DEMO_KLIPPER.0)
         .map(|p| p.http_port)
         .unwrap_or_default();
-    let running = crate::start(config, shutdown.clone()).await?;
+    let running = crate::app::start(config, shutdown.clone()).await?;
     queue_demo_jobs(&running.gateway).await?;
     let moonraker = start_demo_moonraker(&running, klipper_http, time_scale).await?;
     println!(
@@ -272,7 +272,7 @@ pub async fn run(
 /// Moonraker with it against the gateway's broker, print something "from its screen" and queue
 /// a G-code job behind the plate gate.
 async fn start_demo_moonraker(
-    running: &crate::RunningGateway,
+    running: &crate::app::RunningGateway,
     http_port: u16,
     time_scale: f64,
 ) -> anyhow::Result<crate::sim::moonraker::SimMoonraker> {
