@@ -110,7 +110,7 @@ enum Command {
         seed: Option<u64>,
     },
     /// Drive the simulated GPIO of a running gateway (demo, or gpio_backend = "simulated").
-    Gpio(printgate::safety::cli::GpioArgs),
+    Gpio(printgate::web::gpio_cli::GpioArgs),
     /// Run a benchmark and print its figures.
     Bench {
         #[command(subcommand)]
@@ -223,7 +223,7 @@ fn main() -> ExitCode {
             return exit_code(printgate::config::check_config_cli(config));
         }
         Command::Gpio(args) => {
-            return exit_code(printgate::safety::cli::gpio_cli(args.clone()));
+            return exit_code(printgate::web::gpio_cli::gpio_cli(args.clone()));
         }
         Command::Bench {
             what: BenchWhat::Safety,

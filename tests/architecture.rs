@@ -86,7 +86,6 @@ const ALLOWED: &[(&str, &str)] = &[
     ("broker/topics.rs", "web"),
     ("broker/websocket.rs", "web"),
     ("printer/moonraker/status.rs", "jobs"),
-    ("safety/web.rs", "web"),
     ("store/jobs.rs", "jobs"),
 ];
 

@@ -16,7 +16,6 @@
 //! store.safety_boot_state())` → [`install_inputs`] → a task that handles [`SafetyEvent`]s.
 
 pub mod bench;
-pub mod cli;
 pub mod config;
 pub mod debounce;
 pub mod gpio;
@@ -27,7 +26,6 @@ pub mod rppal_gpio;
 pub mod runtime;
 pub mod sim_gpio;
 pub mod watchdog;
-pub mod web;
 
 pub use config::SafetyConfig;
 pub use gpio::{Gpio, GpioError, open_gpio};

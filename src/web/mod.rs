@@ -5,12 +5,14 @@ pub mod actor;
 pub mod assets;
 pub mod auth;
 pub mod form_answer;
+pub mod gpio_cli;
 pub mod live;
 pub mod octoprint;
 pub mod openapi;
 pub mod printer_login;
 pub mod printer_page;
 pub mod queue;
+pub mod safety_api;
 pub mod safety_page;
 pub mod serve;
 pub mod settings;
@@ -48,7 +50,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(settings_notifications::routes(&gw))
         .merge(settings_users::routes())
         .merge(safety_page::routes())
-        .merge(crate::safety::web::routes())
+        .merge(crate::web::safety_api::routes())
         .merge(assets::routes());
     // ---- auth (src/web/auth.rs): add routes above this line. Every route added before
     // `auth::protect` needs a signed-in user or an API token, except auth::PUBLIC_PATHS;

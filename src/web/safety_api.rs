@@ -1,4 +1,5 @@
-//! The safety room's JSON API (pages are built elsewhere on top of the same handle):
+//! The safety room's JSON API, a web adapter over `safety::runtime::SafetyHandle` (the Safety page is
+//! `safety_page.rs`):
 //!
 //! | method | path | body | what |
 //! |---|---|---|---|
@@ -12,13 +13,13 @@
 //! Every route needs an [`Actor`] (a signed-in person or an API token), put there by the
 //! authentication layer.
 
-use super::gpio::Level;
-use super::runtime::{SafetyError, SafetyHandle, SafetyView};
+use super::ApiError;
+use super::actor::Actor;
 use crate::alerts::Delivery;
 use crate::app::Gateway;
+use crate::safety::gpio::Level;
 use crate::safety::latch::{PowerChange, PowerError, ResetError, TripRecord};
-use crate::web::ApiError;
-use crate::web::actor::Actor;
+use crate::safety::runtime::{SafetyError, SafetyHandle, SafetyView};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -138,7 +139,7 @@ pub(crate) async fn api_emergency_stop(
     }
     let rx = h.subscribe();
     let trip = h.emergency_stop_printer(&user, body.printer.as_deref());
-    let persisted = super::runtime::wait_persisted(h, rx, Duration::from_secs(5)).await;
+    let persisted = crate::safety::runtime::wait_persisted(h, rx, Duration::from_secs(5)).await;
     Ok(Json(EmergencyStopAnswer {
         trip,
         persisted,
@@ -318,8 +319,8 @@ pub(crate) async fn api_sim_input(
                 ))
             })?;
             let on = match active {
-                super::config::ActiveLevel::Low => Level::Low,
-                super::config::ActiveLevel::High => Level::High,
+                crate::safety::config::ActiveLevel::Low => Level::Low,
+                crate::safety::config::ActiveLevel::High => Level::High,
             };
             (pin, if *asserted { on } else { on.inverted() })
         }

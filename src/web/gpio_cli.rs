@@ -1,9 +1,9 @@
 //! `printgate gpio set <pin> <high|low>`: drive an input of the simulated GPIO inside a running
 //! gateway (`demo`, or `serve` with `safety.gpio_backend = "simulated"`). The simulated pins live
 //! in that process, so this is a thin HTTP client of `POST /api/v1/safety/sim-input`
-//! ([`crate::safety::web`]) authenticated with an API token.
+//! ([`super::safety_api`]) authenticated with an API token.
 
-use super::web::{LevelName, SimInputBody};
+use super::safety_api::{LevelName, SimInputBody};
 use clap::{Args, Subcommand};
 
 /// Arguments of `printgate gpio`.
