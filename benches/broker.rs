@@ -386,6 +386,7 @@ async fn start_printgate(data: &Path) -> Res<(printgate::RunningGateway, Target)
             ..Default::default()
         },
         alerts: Default::default(),
+        metrics: Default::default(),
         broker,
     };
     let running = printgate::start(config, tokio_util::sync::CancellationToken::new())

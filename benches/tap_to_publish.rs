@@ -69,6 +69,7 @@ fn config(dir: &std::path::Path, sims: &[SimPrinter]) -> Config {
             .collect(),
         safety: Default::default(),
         alerts: Default::default(),
+        metrics: Default::default(),
         // Measured without the MQTT broker (nothing of it is on the tap → start path).
         broker: printgate::broker::config::BrokerConfig {
             mode: printgate::broker::config::BrokerMode::Off,

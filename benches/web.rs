@@ -59,6 +59,7 @@ fn base_config(dir: &Path, printers: Vec<PrinterConfig>) -> (Config, u16) {
         printers,
         safety: Default::default(),
         alerts: Default::default(),
+        metrics: Default::default(),
         broker: Default::default(),
     };
     config.broker.mode = printgate::broker::config::BrokerMode::Off;

@@ -157,10 +157,36 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Outcome, BackupError> {
     file.sync_all().map_err(|e| io("cannot write", dest, e))?;
     drop(file);
     std::fs::rename(&part, dest).map_err(|e| io("cannot write", dest, e))?;
+    record_backup(data_dir, dest);
     Ok(Outcome {
         manifest,
         previous_database: None,
     })
+}
+
+/// File in the data directory that notes the last archive written (its time is the backup's).
+pub const LAST_BACKUP_FILE: &str = "last-backup.json";
+
+/// Note a finished backup for the metrics endpoint (a failure to note it only logs).
+fn record_backup(data_dir: &Path, dest: &Path) {
+    let note = serde_json::json!({
+        "at": chrono::Utc::now().to_rfc3339(),
+        "archive": dest.display().to_string(),
+    });
+    let path = data_dir.join(LAST_BACKUP_FILE);
+    if let Err(e) = std::fs::write(&path, note.to_string()) {
+        tracing::warn!("could not note the backup in {}: {e}", path.display());
+    }
+    give_back_to_service_user(data_dir);
+}
+
+/// When `printgate backup` last finished an archive for this data directory.
+pub fn last_backup_at(data_dir: &Path) -> Option<std::time::SystemTime> {
+    let text = std::fs::read_to_string(data_dir.join(LAST_BACKUP_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let at = chrono::DateTime::parse_from_rfc3339(v.get("at")?.as_str()?).ok()?;
+    let ms = u64::try_from(at.timestamp_millis()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
 }
 
 /// When printgate runs as root (`sudo printgate backup|restore|doctor`) on a data directory

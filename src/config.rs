@@ -384,6 +384,9 @@ pub struct Config {
     /// MQTT broker, Home Assistant discovery, mDNS, printer discovery (`[broker]`).
     #[serde(default)]
     pub broker: crate::broker::config::BrokerConfig,
+    /// Prometheus `GET /metrics` (`[metrics]`).
+    #[serde(default)]
+    pub metrics: crate::metrics::config::MetricsConfig,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -525,6 +528,9 @@ impl Config {
         self.check_safety(&self.printers, &mut errs);
         self.check_moonraker_broker(&self.printers, &mut errs);
         for message in self.broker.problems() {
+            errs.push(ConfigError::new("", "", message));
+        }
+        for message in self.metrics.problems() {
             errs.push(ConfigError::new("", "", message));
         }
         sort_by_printer(&mut errs);

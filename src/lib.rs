@@ -12,6 +12,7 @@ pub mod broker;
 pub mod config;
 pub mod doctor;
 pub mod jobs;
+pub mod metrics;
 pub mod notify;
 pub mod printer;
 pub mod safety;

@@ -146,7 +146,7 @@ fn unknown_keys_are_named_with_the_valid_ones() {
     assert_eq!(
         case.errors(&text),
         vec![
-            "colour: unknown key; valid keys at the top level: data_dir, web, link, dispatch, printers, safety, alerts, broker",
+            "colour: unknown key; valid keys at the top level: data_dir, web, link, dispatch, printers, safety, alerts, broker, metrics",
             "web.port: unknown key; valid keys in [web]: listen, secure_cookies, max_upload_mb",
             "printers[1].hostname: unknown key; valid keys in [[printers]]: name, kind, model, serial, host, access_code, tls, mqtt_port, ftps_port, instance_name, http_port, api_key (did you mean host?)",
             "printers[1].host: missing; every [[printers]] needs name, model, serial, host and access_code (add host = …)",

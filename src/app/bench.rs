@@ -109,6 +109,7 @@ async fn bench_gateway_edges(n: usize) -> anyhow::Result<LatencySummary> {
             ..SafetyConfig::default()
         },
         alerts: Default::default(),
+        metrics: Default::default(),
         broker: crate::broker::config::BrokerConfig {
             mode: crate::broker::config::BrokerMode::Off,
             ..Default::default()

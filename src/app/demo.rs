@@ -125,6 +125,7 @@ pub async fn start_simulators(
             ..Default::default()
         },
         alerts: Default::default(),
+        metrics: Default::default(),
         // Embedded broker on loopback with user demo/demo; no TLS, mDNS or SSDP socket.
         broker: crate::broker::config::BrokerConfig::demo(std::net::SocketAddr::from((
             [127, 0, 0, 1],

@@ -35,4 +35,6 @@ pub struct Gateway {
     pub safety: Option<safety::runtime::SafetyHandle>,
     /// Where Klipper printers' links reach the broker, once the MQTT side has started.
     pub broker_endpoint: tokio::sync::watch::Sender<Option<printer::moonraker::BrokerEndpoint>>,
+    /// Web request and MQTT counters for `GET /metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }

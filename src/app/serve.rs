@@ -118,6 +118,7 @@ async fn start_broker(
     let Some(handle) = broker::service::start(setup, printers, shutdown.clone()).await? else {
         return Ok(None);
     };
+    gateway.metrics.set_broker(handle.stats.clone());
     if let Some(d) = &handle.discovery {
         let _ = gateway.discovery.set(d.clone());
     }
@@ -321,6 +322,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         },
         safety: Some(safety),
         broker_endpoint,
+        metrics: Arc::default(),
     });
     let listener = admission::listen(gateway.config.web.listen)?;
     let web_addr = listener.local_addr()?;

@@ -45,6 +45,8 @@ pub struct Gate {
     slots: Arc<Semaphore>,
     /// Places of connections that have not logged in yet, on every listener.
     pub admission: Arc<Admission>,
+    /// Clients, PUBLISH packets and refused logins, for the metrics endpoint.
+    pub stats: Arc<crate::broker::stats::BrokerStats>,
 }
 
 impl Gate {
@@ -73,12 +75,19 @@ impl Gate {
             printer_instances: Vec::new(),
             slots,
             admission,
+            stats: Arc::default(),
         }
     }
 
     /// Reserve the topics of these Moonraker instances for their printers' logins.
     pub fn with_printer_instances(mut self, instances: Vec<String>) -> Self {
         self.printer_instances = instances;
+        self
+    }
+
+    /// Count into these stats (shared with the metrics endpoint).
+    pub fn with_stats(mut self, stats: Arc<crate::broker::stats::BrokerStats>) -> Self {
+        self.stats = stats;
         self
     }
 
@@ -263,6 +272,7 @@ pub(crate) async fn client<S>(
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%peer, user = info.username.as_deref().unwrap_or(""), "MQTT login refused: {e}");
+            gate.stats.login_refused();
             let _ = wr
                 .write_all(&packets::connack_refused(info.level, false))
                 .await;
@@ -357,6 +367,7 @@ pub(crate) async fn client<S>(
         return;
     }
     tracing::debug!(%peer, user = %identity.user, client_id = %info.client_id, assigned = assigned.as_deref().unwrap_or(""), "MQTT client connected");
+    let _counted = crate::broker::stats::ClientGuard::new(gate.stats.clone());
 
     // Broker → client: bytes as they are.
     let mut down = tokio::spawn(async move {
@@ -390,6 +401,7 @@ pub(crate) async fn client<S>(
             }
         };
         if packet.kind() == PUBLISH {
+            gate.stats.publish_received();
             let wait = bucket.take();
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;

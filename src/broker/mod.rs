@@ -15,5 +15,6 @@ pub mod packets;
 pub mod publisher;
 pub mod service;
 pub mod ssdp;
+pub mod stats;
 pub mod topics;
 pub mod websocket;

@@ -10,6 +10,7 @@
 //! `printgate/availability` to `offline`.
 
 use crate::broker::commands::CommandRouter;
+use crate::broker::stats::BrokerStats;
 use crate::broker::topics::{self, OFFLINE, ONLINE};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
@@ -37,9 +38,15 @@ struct Inner {
 pub struct Outbox {
     inner: Mutex<Inner>,
     notify: Notify,
+    stats: Arc<BrokerStats>,
 }
 
 impl Outbox {
+    /// The MQTT side's counters (what this client published, whether it is connected).
+    pub fn stats(&self) -> Arc<BrokerStats> {
+        self.stats.clone()
+    }
+
     /// Set a retained topic (an empty payload deletes it on the broker). Unchanged values are
     /// not republished.
     pub fn set_retained(&self, topic: String, payload: Vec<u8>) {
@@ -65,6 +72,7 @@ impl Outbox {
     }
 
     fn connected(&self, up: bool) {
+        self.stats.set_connected(up);
         if let Ok(mut i) = self.inner.lock() {
             i.connected = up;
             i.transient.clear();
@@ -98,6 +106,7 @@ impl Outbox {
                 i.transient.push_front((topic, payload));
                 return;
             }
+            self.stats.published();
         }
         while let Some(topic) = i.dirty.pop_first() {
             let payload = i.retained.get(&topic).cloned().unwrap_or_default();
@@ -108,6 +117,7 @@ impl Outbox {
                 i.dirty.insert(topic);
                 return;
             }
+            self.stats.published();
         }
     }
 

@@ -72,6 +72,8 @@ pub struct BrokerHandle {
     /// Where the gateway's Moonraker links connect (the internal listener or the external
     /// broker), with the gateway's own credentials.
     pub endpoint: crate::printer::moonraker::BrokerEndpoint,
+    /// Clients, messages and refused logins, for the metrics endpoint.
+    pub stats: Arc<crate::broker::stats::BrokerStats>,
     outbox: Arc<Outbox>,
     facts: HashMap<String, watch::Sender<GatewayFacts>>,
     topic_ids: HashMap<String, String>,
@@ -311,7 +313,8 @@ pub async fn start(
                     cfg.discovery_prefix.clone(),
                     router.clone(),
                 )
-                .with_printer_instances(setup.printer_instances.clone()),
+                .with_printer_instances(setup.printer_instances.clone())
+                .with_stats(outbox.stats()),
             );
             tasks.spawn(gate.admission.clone().log_summaries(shutdown.clone()));
             let plain = crate::admission::listen(cfg.listen)
@@ -479,6 +482,7 @@ pub async fn start(
         discovery,
         publisher: state_rx,
         endpoint,
+        stats: outbox.stats(),
         outbox,
         facts,
         topic_ids,

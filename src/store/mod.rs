@@ -18,6 +18,7 @@ pub mod printer_credentials;
 mod printers;
 mod safety;
 mod sequence;
+pub mod stats;
 pub mod users;
 
 pub use safety::SafetyAuditEntry;

@@ -23,7 +23,7 @@ pub use cli::{
 };
 pub use guard::{
     API_KEY_HEADER, AuthVia, CSRF_FIELD, CSRF_HEADER, ClientIp, CurrentUser, NotSignedIn,
-    PUBLIC_PATHS, PublicPath, SESSION_COOKIE, is_public, json_error,
+    PUBLIC_PATHS, PublicPath, SESSION_COOKIE, api_key, is_public, json_error,
 };
 pub use limiter::{LimitKey, LimitPolicy, LoginLimiter};
 

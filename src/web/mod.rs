@@ -56,6 +56,14 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     // `auth::protect` needs a signed-in user or an API token, except auth::PUBLIC_PATHS;
     // handlers take `auth::CurrentUser`. ----
     let app = auth::protect(app.merge(auth::routes()), &gw);
+    // `/metrics` checks its own scrape token (outside the sign-in guard); every answer, also
+    // the guard's refusals, is counted by route template.
+    let app =
+        app.merge(crate::metrics::http::routes())
+            .layer(axum::middleware::from_fn_with_state(
+                gw.clone(),
+                crate::metrics::http::track,
+            ));
     // gzip for text answers; the default predicate leaves out images, tiny bodies and the SSE
     // stream (`text/event-stream` must reach the page unbuffered). Outermost: no answer, not
     // even the guard's redirects and refusals, may be shown inside another site's frame.

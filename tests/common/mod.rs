@@ -81,6 +81,7 @@ pub fn config_for(dir: &std::path::Path, sims: &[SimPrinter]) -> Config {
             .collect(),
         safety: Default::default(),
         alerts: Default::default(),
+        metrics: Default::default(),
         broker: printgate::broker::config::BrokerConfig {
             mode: printgate::broker::config::BrokerMode::Off,
             ..Default::default()
