@@ -1,7 +1,7 @@
 //! The web side of the metrics room: `GET /metrics` (its own check of the scrape token or an
 //! API token; off → 404) and the middleware that counts every web answer by route template.
 
-use crate::Gateway;
+use crate::app::Gateway;
 use crate::web::auth::{api_key, secrets};
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};

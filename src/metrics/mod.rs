@@ -13,7 +13,7 @@ pub mod config;
 pub mod http;
 pub mod process;
 
-use crate::Gateway;
+use crate::app::Gateway;
 use crate::broker::stats::{BrokerStats, BrokerStatsSnapshot};
 use crate::jobs::model::JobState;
 use crate::jobs::plate::PlateState;
@@ -509,7 +509,7 @@ fn register_broker(reg: &mut Registry, gw: &Gateway) {
 }
 
 fn register_database(reg: &mut Registry, gw: &Gateway) {
-    let db = gw.config.data_dir.join(crate::DATABASE_FILE);
+    let db = gw.config.data_dir.join(crate::store::DATABASE_FILE);
     let size: u64 = ["", "-wal"]
         .iter()
         .filter_map(|s| std::fs::metadata(format!("{}{s}", db.display())).ok())
