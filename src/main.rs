@@ -34,6 +34,8 @@ enum Command {
     ///
     /// Prints one line per printer: name model serial host mqtt_port ftps_port access_code
     /// fingerprint. Runs until SIGINT (Ctrl-C) or SIGTERM, then stops every printer and exits 0.
+    /// Every printer announces itself with an SSDP NOTIFY every 5 s (unicast, to
+    /// 127.0.0.1:2021 unless --ssdp-target says otherwise).
     Sim {
         /// How many printers to simulate.
         #[arg(long, value_name = "N", default_value_t = 1)]
@@ -49,6 +51,21 @@ enum Command {
         /// How much faster than real time the simulated prints run.
         #[arg(long, value_name = "X", default_value_t = 1.0)]
         time_scale: f64,
+        /// Give printer N its own address 127.0.0.(N+1) with a printer's ports (MQTT 8883,
+        /// FTPS 990), for third-party clients that hard-code them. Port 990 needs root,
+        /// CAP_NET_BIND_SERVICE or a network namespace (unshare --net --map-root-user).
+        #[arg(long)]
+        standard_ports: bool,
+        /// MQTT clients each printer accepts at once (default: the model's; 1 on P1/A1, whose
+        /// newest client kicks the older one).
+        #[arg(long, value_name = "N")]
+        max_clients: Option<usize>,
+        /// Where the SSDP NOTIFYs go (unicast UDP; a printer broadcasts to port 2021).
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:2021")]
+        ssdp_target: SocketAddr,
+        /// Send no SSDP announcements.
+        #[arg(long)]
+        no_ssdp: bool,
     },
     /// Set (or reset) the password of a web account, creating it (as administrator) if missing.
     ///
@@ -283,6 +300,10 @@ fn main() -> ExitCode {
                 printers,
                 models,
                 time_scale,
+                standard_ports,
+                max_clients,
+                ssdp_target,
+                no_ssdp,
             } => {
                 let mut parsed = Vec::new();
                 for m in &models {
@@ -293,7 +314,14 @@ fn main() -> ExitCode {
                         ),
                     }
                 }
-                printgate::sim::cli::run_sim_cli(printers, parsed, time_scale, token).await?;
+                let opts = printgate::sim::cli::SimCliOptions {
+                    standard_ports,
+                    max_clients,
+                    ssdp_target: (!no_ssdp).then_some(ssdp_target),
+                    ..Default::default()
+                };
+                printgate::sim::cli::run_sim_cli(printers, parsed, time_scale, opts, token)
+                    .await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Demo {

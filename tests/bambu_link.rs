@@ -429,6 +429,8 @@ async fn reconnects_after_a_disconnect_a_half_open_link_and_report_silence() {
 #[tokio::test]
 async fn an_idle_p1_is_quiet_by_design_and_stays_online() {
     let sim = sim(Model::P1S, 1.0).await;
+    // A P1S whose Wi-Fi reading holds still: nothing changes, so nothing is sent.
+    sim.knobs().set(|k| k.wifi_wanders = false);
     let mut cfg = link_config();
     cfg.silence_secs = 1;
     cfg.silence_reconnect_secs = 3;

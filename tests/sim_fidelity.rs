@@ -23,6 +23,7 @@ fn start_sim(printers: usize) -> (Sim, Vec<String>) {
             &printers.to_string(),
             "--models",
             "P1S,X1C",
+            "--no-ssdp",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -309,6 +309,8 @@ async fn pushall_and_get_version_on_x1c() {
 #[tokio::test]
 async fn p1s_sends_deltas_with_only_changed_keys() {
     let p = SimPrinter::start(config(Model::P1S, 1.0)).await.unwrap();
+    // Nothing but the light changes (the Wi-Fi reading holds still).
+    p.knobs().set(|k| k.wifi_wanders = false);
     let mut c = TestClient::connect(&p, &p.access_code(), "p1")
         .await
         .unwrap();

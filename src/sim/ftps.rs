@@ -240,7 +240,25 @@ pub async fn start(
     access_code: String,
     knobs: FtpsKnobs,
 ) -> anyhow::Result<FtpsServerHandle> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    start_on(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        identity,
+        storage,
+        access_code,
+        knobs,
+    )
+    .await
+}
+
+/// Start an FTPS server on `addr` (port 0 = ephemeral; 990 is a printer's).
+pub async fn start_on(
+    addr: SocketAddr,
+    identity: SimIdentity,
+    storage: SimStorage,
+    access_code: String,
+    knobs: FtpsKnobs,
+) -> anyhow::Result<FtpsServerHandle> {
+    let listener = TcpListener::bind(addr).await?;
     let port = listener.local_addr()?.port();
     let shared = Arc::new(Shared {
         tls12: identity.server_config(false)?,

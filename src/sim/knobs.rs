@@ -118,6 +118,10 @@ pub struct KnobValues {
     pub ssdp_enabled: bool,
     /// Storage inserted (`sdcard` field; P1/A1 refuse starts without it).
     pub sdcard: bool,
+    /// The Wi-Fi reading wanders by a few dBm every few reports, as on a real printer (so an
+    /// idle P1/A1 still sends a delta every few seconds). Off: an idle P1/A1 with nothing
+    /// changing stays silent.
+    pub wifi_wanders: bool,
 }
 
 impl KnobValues {
@@ -151,6 +155,7 @@ impl KnobValues {
             qos0_delay: None,
             ssdp_enabled: true,
             sdcard: true,
+            wifi_wanders: true,
         }
     }
 }

@@ -144,6 +144,10 @@ pub struct Machine {
     pub door_open: bool,
     pub spd_lvl: u32,
     pub gcode_start_time: u64,
+    /// AMS tray feeding the nozzle (global tray id), `None` = none (255 in reports).
+    pub tray_now: Option<u32>,
+    /// Objects skipped in the current job (`skip_objects`, reported as `s_obj`).
+    pub skipped_objects: Vec<i64>,
     pub job_counter: u64,
     pub jobs_started: u64,
     /// A start accepted under the `late_start` knob: begins at this simulated time.
@@ -192,6 +196,8 @@ impl Machine {
             door_open: false,
             spd_lvl: 2,
             gcode_start_time: 0,
+            tray_now: None,
+            skipped_objects: Vec::new(),
             job_counter: 0,
             jobs_started: 0,
             pending_start: None,
@@ -481,6 +487,7 @@ impl Machine {
         self.stg.clear();
         self.stg_cur = idle_stg_cur(self.model);
         self.print_type = "local";
+        self.skipped_objects.clear();
         self.job_counter += 1;
         self.jobs_started += 1;
     }
@@ -555,6 +562,24 @@ impl Machine {
                 }
                 success(body)
             }
+            "gcode_line" => {
+                let param = body.get("param").and_then(Value::as_str).unwrap_or("");
+                self.run_gcode(param);
+                success(body)
+            }
+            "skip_objects" => {
+                // Objects to leave out of the running job; reported back in `s_obj`.
+                if self.state.is_active()
+                    && let Some(list) = body.get("obj_list").and_then(Value::as_array)
+                {
+                    for id in list.iter().filter_map(Value::as_i64) {
+                        if !self.skipped_objects.contains(&id) {
+                            self.skipped_objects.push(id);
+                        }
+                    }
+                }
+                success(body)
+            }
             "print_speed" => {
                 if let Some(lvl) = body
                     .get("param")
@@ -567,6 +592,27 @@ impl Machine {
                 success(body)
             }
             _ => success(body),
+        }
+    }
+
+    /// The G-code a `gcode_line` carries, as far as the simulated machine has it: heater targets
+    /// (`M104`/`M109` nozzle, `M140`/`M190` bed; `S0` switches off), homing (`G28`). Lines are
+    /// separated by `\n`; comments after `;` are ignored; other commands have no modelled
+    /// effect.
+    pub fn run_gcode(&mut self, gcode: &str) {
+        for line in gcode.lines() {
+            let code = line.split(';').next().unwrap_or("").trim();
+            let mut words = code.split_whitespace();
+            let Some(cmd) = words.next() else { continue };
+            let s_value = words
+                .find_map(|w| w.strip_prefix('S').or_else(|| w.strip_prefix('s')))
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| v.is_finite());
+            match (cmd.to_ascii_uppercase().as_str(), s_value) {
+                ("M104" | "M109", Some(t)) => self.nozzle_target = t.clamp(0.0, 350.0),
+                ("M140" | "M190", Some(t)) => self.bed_target = t.clamp(0.0, 120.0),
+                _ => {}
+            }
         }
     }
 
@@ -1043,6 +1089,15 @@ mod tests {
         let resume = json!({"sequence_id":"9","command":"resume","param":""});
         m.handle_print(resume.as_object().unwrap(), &ctx);
         assert_eq!((m.state, m.print_error), (GcodeState::Running, 0));
+    }
+
+    #[test]
+    fn gcode_line_sets_heater_targets() {
+        let mut m = Machine::new(Model::P1S, 1.0);
+        m.run_gcode("M104 S230 \nM140 S60 ; bed\nG28\nM109 Sx\n");
+        assert_eq!((m.nozzle_target, m.bed_target), (230.0, 60.0));
+        m.run_gcode("M104 S0\nM190 S0\n");
+        assert_eq!((m.nozzle_target, m.bed_target), (0.0, 0.0));
     }
 
     #[test]

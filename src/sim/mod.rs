@@ -15,6 +15,7 @@ pub mod moonraker;
 mod mqtt;
 pub mod printer;
 pub mod reports;
+pub mod shapes;
 pub mod ssdp;
 pub mod storage;
 pub mod tls;

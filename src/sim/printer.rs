@@ -57,6 +57,15 @@ pub struct SimConfig {
     /// Real-time period of SSDP NOTIFYs (5 s on real printers).
     pub ssdp_interval: Duration,
     pub developer_mode: bool,
+    /// Loopback address the printer's services listen on (its "IP", also in `net.info` and
+    /// SSDP `Location`); `127.0.0.1` unless a standard-ports fleet gives each printer its own.
+    pub address: Ipv4Addr,
+    /// MQTT port; 0 = ephemeral (8883 on a real printer).
+    pub mqtt_port: u16,
+    /// FTPS port; 0 = ephemeral (990 on a real printer).
+    pub ftps_port: u16,
+    /// Override the model's MQTT client limit (1 on P1/A1, 4 on X1).
+    pub max_clients: Option<usize>,
 }
 
 impl SimConfig {
@@ -73,7 +82,33 @@ impl SimConfig {
             ssdp_target: None,
             ssdp_interval: Duration::from_secs(5),
             developer_mode: true,
+            address: Ipv4Addr::LOCALHOST,
+            mqtt_port: 0,
+            ftps_port: 0,
+            max_clients: None,
         }
+    }
+
+    /// Listen on `address` with the standard ports of a printer (MQTT 8883, FTPS 990).
+    pub fn with_standard_ports(mut self, address: Ipv4Addr) -> Self {
+        self.address = address;
+        self.mqtt_port = STANDARD_MQTT_PORT;
+        self.ftps_port = STANDARD_FTPS_PORT;
+        self
+    }
+}
+
+/// MQTT over TLS port of a real printer.
+pub const STANDARD_MQTT_PORT: u16 = 8883;
+/// Implicit FTPS port of a real printer.
+pub const STANDARD_FTPS_PORT: u16 = 990;
+
+/// What to tell a user whose bind failed: ports below 1024 need privileges.
+fn bind_hint(port: u16) -> &'static str {
+    if port != 0 && port < 1024 {
+        " (ports below 1024 need root or CAP_NET_BIND_SERVICE: run as root, inside a network namespace such as `unshare --net --map-root-user`, or lower net.ipv4.ip_unprivileged_port_start)"
+    } else {
+        ""
     }
 }
 
@@ -174,6 +209,7 @@ impl Hub {
             ip: self.ip,
             nozzle_override: knobs.nozzle_temp_override,
             bed_override: knobs.bed_temp_override,
+            wifi_wanders: knobs.wifi_wanders,
             machine,
         }
     }
@@ -635,10 +671,43 @@ fn parse_lenient_as<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Option<T>
         .rposition(|b| !(*b == 0 || b.is_ascii_whitespace()))
         .map_or(0, |i| i + 1);
     let trimmed = payload.get(..end)?;
-    serde_json::from_slice(trimmed).ok().or_else(|| {
-        let latin1: String = trimmed.iter().map(|b| char::from(*b)).collect();
-        serde_json::from_str(&latin1).ok()
-    })
+    serde_json::from_slice(trimmed)
+        .ok()
+        .or_else(|| {
+            let latin1: String = trimmed.iter().map(|b| char::from(*b)).collect();
+            serde_json::from_str(&latin1).ok()
+        })
+        .or_else(|| {
+            // Raw control characters inside strings (a client that writes `"param": "G28\n"`
+            // from a non-raw string sends a real newline): the firmware's parser takes them,
+            // strict JSON does not, so escape them and try again.
+            let text = String::from_utf8_lossy(trimmed);
+            serde_json::from_str(&escape_controls_in_strings(&text)).ok()
+        })
+}
+
+/// `text` with every control character inside a JSON string written as `\u00XX`.
+fn escape_controls_in_strings(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            } else if (c as u32) < 0x20 {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+                continue;
+            }
+        } else if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The top-level sections of a request (`print`, `info`, `pushing`, …) in message order.
@@ -690,23 +759,40 @@ impl SimPrinter {
         let identity =
             SimIdentity::generate(&serial).context("generating the simulator's certificate")?;
         let server_cfg = identity.server_config(false)?;
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        let listener = tokio::net::TcpListener::bind((cfg.address, cfg.mqtt_port))
             .await
-            .context("binding the simulator's MQTT port on 127.0.0.1")?;
+            .with_context(|| {
+                format!(
+                    "binding the simulator's MQTT port {}:{}{}",
+                    cfg.address,
+                    cfg.mqtt_port,
+                    bind_hint(cfg.mqtt_port)
+                )
+            })?;
         let mqtt_addr = listener.local_addr()?;
         let access_code_for_ftps = access_code.clone();
-        let knobs = SimKnobs::new(KnobValues::new(access_code, cfg.developer_mode));
+        let mut knob_values = KnobValues::new(access_code, cfg.developer_mode);
+        knob_values.max_clients = cfg.max_clients;
+        let knobs = SimKnobs::new(knob_values);
         let storage = SimStorage::default();
-        let ftps = crate::sim::ftps::start(
+        let ftps = crate::sim::ftps::start_on(
+            SocketAddr::from((cfg.address, cfg.ftps_port)),
             identity.clone(),
             storage.clone(),
             access_code_for_ftps,
             FtpsKnobs::default(),
         )
         .await
-        .context("starting the simulator's FTPS server")?;
+        .with_context(|| {
+            format!(
+                "starting the simulator's FTPS server on {}:{}{}",
+                cfg.address,
+                cfg.ftps_port,
+                bind_hint(cfg.ftps_port)
+            )
+        })?;
         let machine = Machine::new(cfg.model, cfg.time_scale);
-        let ip = Ipv4Addr::LOCALHOST;
+        let ip = cfg.address;
         let initial_status = reports::status_object(&ReportCtx {
             model: cfg.model,
             developer_mode: cfg.developer_mode,
@@ -714,6 +800,7 @@ impl SimPrinter {
             ip,
             nozzle_override: None,
             bed_override: None,
+            wifi_wanders: true,
             machine: &machine,
         });
         let truth = SimTruth {
@@ -804,7 +891,7 @@ impl SimPrinter {
         })
     }
 
-    /// Always `127.0.0.1`.
+    /// The address every service of this printer listens on (`127.0.0.1` by default).
     pub fn host(&self) -> String {
         self.mqtt_addr.ip().to_string()
     }
@@ -1014,5 +1101,22 @@ impl SimFleet {
         for p in self.printers {
             p.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A raw newline inside a string (bambu-connect's `send_gcode`) still parses, as on the
+    /// firmware; structure outside strings is untouched.
+    #[test]
+    fn raw_control_characters_inside_strings_are_tolerated() {
+        let raw = b"{\"print\": {\"command\": \"gcode_line\", \"param\": \"M104 S230 \n\"},\n \"user_id\":\"1\"}";
+        let v = parse_lenient(raw).expect("parses");
+        assert_eq!(v["print"]["param"], "M104 S230 \n");
+        assert_eq!(v["user_id"], "1");
+        assert!(parse_lenient(b"{\"a\": \"x\\\"\n\"}").is_some());
+        assert!(parse_lenient(b"{\"a\": ").is_none());
     }
 }

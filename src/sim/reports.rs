@@ -39,9 +39,93 @@ pub fn sends_fun(model: Model) -> bool {
     matches!(model, Model::X1C | Model::X1E | Model::P2S | Model::H2D)
 }
 
-/// Models reporting packed `device.*` temperatures and the `stat` word.
+/// Models reporting packed `device.*` temperatures and the `stat` word (X1 from firmware
+/// 01.09 on, as in the X1C capture the simulator's shape follows).
 pub fn sends_packed_temps(model: Model) -> bool {
-    matches!(model, Model::P2S | Model::H2D)
+    matches!(model, Model::X1C | Model::X1E | Model::P2S | Model::H2D)
+}
+
+/// Nozzle the model ships with (`nozzle_type`).
+fn nozzle_type(model: Model) -> &'static str {
+    match model {
+        Model::P1P | Model::A1 | Model::A1Mini => "stainless_steel",
+        _ => "hardened_steel",
+    }
+}
+
+/// Filament of the simulated trays: (`tray_info_idx`, `tray_type`, colour RRGGBBAA).
+const TRAY_FILAMENTS: [(&str, &str, &str); 4] = [
+    ("GFA00", "PLA", "FFFFFFFF"),
+    ("GFA00", "PLA", "000000FF"),
+    ("GFA00", "PLA", "F72323FF"),
+    ("GFA00", "PLA", "0A2989FF"),
+];
+
+/// One filament slot (AMS tray, external spool `vt_tray` / `vir_slot`) in the P1 shape; the
+/// newer models' extra keys are added by [`shapes::conform`].
+fn tray(id: &str, filament: (&str, &str, &str), loaded: bool) -> Value {
+    let (idx, kind, color) = filament;
+    if !loaded {
+        return json!({"id": id});
+    }
+    json!({
+        "id": id,
+        "remain": -1,
+        "k": 0.02,
+        "n": 1,
+        "cali_idx": -1,
+        "tag_uid": "0000000000000000",
+        "tray_id_name": "",
+        "tray_info_idx": idx,
+        "tray_type": kind,
+        "tray_sub_brands": "",
+        "tray_color": color,
+        "tray_weight": "0",
+        "tray_diameter": "1.75",
+        "tray_temp": "0",
+        "tray_time": "0",
+        "bed_temp_type": "0",
+        "bed_temp": "0",
+        "nozzle_temp_max": "250",
+        "nozzle_temp_min": "190",
+        "xcam_info": "000000000000000000000000",
+        "tray_uuid": "00000000000000000000000000000000",
+        "ctype": 0,
+        "cols": [color],
+    })
+}
+
+/// The `ams` object: one 4-tray unit (AMS on X1/P1/P2S/H2D, AMS lite on A1/A1 mini), every
+/// tray loaded with PLA; `tray_now` is the tray feeding the nozzle (255 = none).
+fn ams_object(m: &Machine) -> Value {
+    let trays: Vec<Value> = TRAY_FILAMENTS
+        .iter()
+        .enumerate()
+        .map(|(i, f)| tray(&i.to_string(), *f, true))
+        .collect();
+    let now = m.tray_now.map_or("255".to_string(), |t| t.to_string());
+    json!({
+        "ams": [{"id": "0", "humidity": "4", "temp": "24.6", "tray": trays}],
+        "ams_exist_bits": "1",
+        "tray_exist_bits": "f",
+        "tray_is_bbl_bits": "f",
+        "tray_tar": now,
+        "tray_now": now,
+        "tray_pre": now,
+        "tray_read_done_bits": "f",
+        "tray_reading_bits": "0",
+        "version": 4,
+        "insert_flag": true,
+        "power_on_flag": false,
+    })
+}
+
+/// Wi-Fi signal as an idle printer reports it: it wanders by a few dBm between reports, which
+/// is why an idle P1/A1 keeps sending deltas.
+pub fn wifi_signal(report_epoch: u64) -> String {
+    const PATTERN: [i32; 6] = [-48, -49, -47, -50, -48, -46];
+    let i = (report_epoch / 3) as usize % PATTERN.len();
+    format!("{}dBm", PATTERN.get(i).copied().unwrap_or(-48))
 }
 
 /// Pretty-printed reports (X1/H2 style) versus compact JSON (P1/A1).
@@ -57,6 +141,8 @@ pub struct ReportCtx<'a> {
     pub ip: Ipv4Addr,
     pub nozzle_override: Option<f64>,
     pub bed_override: Option<f64>,
+    /// The `wifi_wanders` knob.
+    pub wifi_wanders: bool,
     pub machine: &'a Machine,
 }
 
@@ -167,10 +253,25 @@ pub fn status_object(ctx: &ReportCtx) -> Map<String, Value> {
             _ => 100,
         }),
     );
-    o.insert("wifi_signal".into(), json!("-48dBm"));
+    let epoch = if ctx.wifi_wanders { m.report_epoch } else { 0 };
+    o.insert("wifi_signal".into(), json!(wifi_signal(epoch)));
     o.insert("sdcard".into(), json!(ctx.sdcard));
     o.insert("home_flag".into(), json!(home_flag(ctx)));
     o.insert("nozzle_diameter".into(), json!("0.4"));
+    o.insert("nozzle_type".into(), json!(nozzle_type(model)));
+    let active = m.state.is_active() && m.state != crate::printer::GcodeState::Pause;
+    let fan = if active { "15" } else { "0" };
+    o.insert("cooling_fan_speed".into(), json!(fan));
+    o.insert("heatbreak_fan_speed".into(), json!(fan));
+    o.insert("big_fan1_speed".into(), json!("0"));
+    o.insert("big_fan2_speed".into(), json!("0"));
+    o.insert("fan_gear".into(), json!(if active { 255 } else { 0 }));
+    o.insert("lifecycle".into(), json!("product"));
+    o.insert("mess_production_state".into(), json!("active"));
+    o.insert("s_obj".into(), json!(m.skipped_objects));
+    o.insert("percent".into(), json!(m.percent));
+    o.insert("remain_time".into(), json!(m.remaining_minutes));
+    o.insert("prepare_per".into(), json!(m.prepare_percent));
     o.insert(
         "lights_report".into(),
         json!([{"node": "chamber_light", "mode": if m.lights_on { "on" } else { "off" }}]),
@@ -196,14 +297,14 @@ pub fn status_object(ctx: &ReportCtx) -> Map<String, Value> {
         "upgrade_state".into(),
         json!({"status": "IDLE", "new_version_state": 2, "err_code": 0}),
     );
-    o.insert(
-        "ams".into(),
-        json!({"ams_exist_bits": "0", "tray_now": "255", "version": 3}),
-    );
-    o.insert(
-        "vt_tray".into(),
-        json!({"id": "254", "tray_type": "PLA", "tray_color": "FFFFFFFF"}),
-    );
+    o.insert("ams".into(), ams_object(m));
+    let spool = ("GFL99", "PLA", "FFFFFFFF");
+    o.insert("vt_tray".into(), tray("254", spool, true));
+    let mut slots = vec![tray("254", spool, true)];
+    if model == Model::H2D {
+        slots.push(tray("255", spool, true));
+    }
+    o.insert("vir_slot".into(), Value::Array(slots));
     o.insert(
         "online".into(),
         json!({"ahb": false, "rfid": false, "version": 9}),
@@ -237,6 +338,7 @@ pub fn status_object(ctx: &ReportCtx) -> Map<String, Value> {
             json!({"layer_num": m.layer, "total_layer_num": m.total_layers}),
         );
     }
+    crate::sim::shapes::conform(&mut o, crate::sim::shapes::keyset(model), "print");
     o
 }
 
@@ -332,6 +434,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 10, 10, 81),
             nozzle_override: None,
             bed_override: None,
+            wifi_wanders: true,
             machine: m,
         }
     }

@@ -88,7 +88,14 @@ pub(crate) async fn run_announcer(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    let socket = match UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await {
+    // From the printer's own (loopback) address, as a listener that keys printers by source
+    // sees them; a target off loopback is reached through the routing table.
+    let source = if target.ip().is_loopback() {
+        hub.ip
+    } else {
+        Ipv4Addr::UNSPECIFIED
+    };
+    let socket = match UdpSocket::bind((source, 0)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "simulator could not open its SSDP socket; no announcements");
