@@ -18,6 +18,7 @@ pub mod printer;
 pub mod safety;
 pub mod sim;
 pub mod store;
+pub mod views;
 pub mod web;
 
 pub use app::{Gateway, PrinterEntry, RunningGateway, broker_printers, start};

@@ -21,26 +21,26 @@ struct Wall {
 const WALLS: &[Wall] = &[
     Wall {
         from: "jobs",
-        to: &["web", "broker", "app"],
+        to: &["web", "broker", "views", "app"],
         why: "the dispatcher knows no transport: jobs decides starts (I1-I4) without a web \
               page or an MQTT session; transports call jobs, never the other way",
     },
     Wall {
         from: "printer",
-        to: &["jobs", "web", "broker", "safety", "app"],
+        to: &["jobs", "web", "broker", "safety", "views", "app"],
         why: "a printer link reports state and carries commands; it never decides to start \
               (that is jobs) and knows nobody who reads its state",
     },
     Wall {
         from: "store",
-        to: &["jobs", "web", "broker", "app"],
+        to: &["jobs", "web", "broker", "views", "app"],
         why: "storage holds rows, not rules: what an action means for the rows lives in jobs/, \
               and no store code knows a page or a topic",
     },
     Wall {
         from: "sim",
         to: &[
-            "jobs", "store", "web", "broker", "safety", "alerts", "notify", "app",
+            "jobs", "store", "web", "broker", "safety", "alerts", "notify", "views", "app",
         ],
         why: "the simulator speaks only printer protocols (MQTT, FTPS, SSDP, Moonraker); \
               the demo that wires it to a gateway belongs to app/",
@@ -55,7 +55,13 @@ const WALLS: &[Wall] = &[
         from: "broker",
         to: &["web", "app"],
         why: "the MQTT tree and the web page render one printer read model that lives below \
-              both (printer/view.rs); the broker never borrows a web type",
+              both (src/views.rs); the broker never borrows a web type",
+    },
+    Wall {
+        from: "views",
+        to: &["web", "broker", "store", "safety", "app"],
+        why: "the printer read model is pure: computed from a snapshot and a plate, it knows \
+              neither the page nor the topic that shows it, nor any storage",
     },
     Wall {
         from: "web",
@@ -82,8 +88,6 @@ const APP_SHARED: &[&str] = &["gateway", "Gateway", "PrinterEntry"];
 /// Known violations, `(file under src/, room it names)`. Must only shrink; empty at the end.
 const ALLOWED: &[(&str, &str)] = &[
     ("broker/executor.rs", "web"),
-    ("broker/service.rs", "web"),
-    ("broker/topics.rs", "web"),
     ("broker/websocket.rs", "web"),
     ("printer/moonraker/status.rs", "jobs"),
     ("store/jobs.rs", "jobs"),

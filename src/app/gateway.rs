@@ -5,7 +5,7 @@
 use crate::config::{Config, Model};
 use crate::printer::PrinterLink;
 use crate::store::Store;
-use crate::{broker, jobs, printer, safety, web};
+use crate::{broker, jobs, printer, safety, views};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +29,7 @@ pub struct Gateway {
     /// Printers announcing themselves on the LAN (SSDP), once the broker side has started.
     pub discovery: std::sync::OnceLock<broker::ssdp::Discovery>,
     /// Readable text for an HMS code (from the printer vendor's catalogue).
-    pub hms_text: web::views::HmsTextFn,
+    pub hms_text: views::HmsTextFn,
     /// Smoke input, relays, thermal watchdog, trip latch and alerts (`None` only in setups that
     /// build a `Gateway` without [`start`]).
     pub safety: Option<safety::runtime::SafetyHandle>,

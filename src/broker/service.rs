@@ -13,7 +13,7 @@ use crate::broker::ssdp::{self, Discovery, DiscoveryList};
 use crate::broker::topics::{self, EventPayload, GatewayFacts, GatewayStatus, OFFLINE, ONLINE};
 use crate::config::Model;
 use crate::printer::PrinterSnapshot;
-use crate::web::views::{HmsTextFn, printer_view};
+use crate::views::{HmsTextFn, printer_view};
 use anyhow::Context;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -519,7 +519,7 @@ async fn bridge_printer(
             &snap,
             Instant::now(),
             hms_text,
-            crate::web::views::PlateView::default(),
+            crate::views::PlateView::default(),
             false,
         );
         let is_online = view.online;

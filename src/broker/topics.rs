@@ -11,7 +11,7 @@
 //!
 //! `<printer>` is the printer's configured name with spaces written as `_` (see [`topic_ids`]).
 
-use crate::web::views::PrinterView;
+use crate::views::PrinterView;
 use serde::{Deserialize, Serialize};
 
 pub const ROOT: &str = "printgate";

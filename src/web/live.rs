@@ -13,8 +13,8 @@
 
 use super::auth::CurrentUser;
 use super::queue::{JobView, queue_views};
-use super::views::PrinterView;
 use crate::app::Gateway;
+use crate::views::PrinterView;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::Stream;

@@ -4,6 +4,7 @@
 pub mod actor;
 pub mod assets;
 pub mod auth;
+pub mod card;
 pub mod form_answer;
 pub mod gpio_cli;
 pub mod live;
@@ -18,9 +19,9 @@ pub mod serve;
 pub mod settings;
 pub mod settings_notifications;
 pub mod settings_users;
-pub mod views;
 
 use crate::app::Gateway;
+use crate::views::{self, PrinterView};
 use askama::Template;
 use auth::CurrentUser;
 use axum::extract::{Query, State};
@@ -28,10 +29,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use card::CardText;
 use std::sync::Arc;
 use std::time::Instant;
 use tower_http::compression::CompressionLayer;
-use views::{CardText, PrinterView};
 
 /// Build the router for one gateway.
 pub fn router(gw: Arc<Gateway>) -> Router {

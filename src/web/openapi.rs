@@ -7,7 +7,7 @@
 //! anonymous LAN clients, and anyone who can use the API can read it.
 
 use super::queue::{ApiOutcome, ApiTap, JobView, UploadRequest};
-use super::views::{HmsView, PlateView, PrinterView};
+use crate::views::{HmsView, PlateView, PrinterView};
 use axum::http::header;
 use axum::response::IntoResponse;
 use std::sync::OnceLock;

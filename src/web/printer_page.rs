@@ -4,12 +4,13 @@
 
 use super::actor::Actor;
 use super::auth::CurrentUser;
+use super::card::CardText;
 use super::form_answer::{FormOutcome, NoticeQuery, answer};
-use super::views::{CardText, PrinterView};
 use super::{ApiError, render};
 use crate::app::Gateway;
 use crate::printer::{GcodeState, LinkError, PrinterCommand, PrinterSnapshot};
 use crate::store::EventKind;
+use crate::views::PrinterView;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};

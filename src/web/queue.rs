@@ -109,7 +109,7 @@ impl JobView {
                     .as_ref()
                     .and_then(|s| s.published_at.or(s.publish_attempted_at))
                     .map(|from| j.updated_at.saturating_sub(from) / 60_000)
-                    .map(|m| super::views::fmt_minutes(u32::try_from(m).ok())),
+                    .map(|m| super::card::fmt_minutes(u32::try_from(m).ok())),
                 _ => None,
             },
         }

@@ -1,5 +1,7 @@
-//! What a page shows for a printer, computed from its snapshot (pure, no I/O). The same view
-//! feeds the HTML status page and `GET /api/v1/printers`, and never contains secrets.
+//! The printer read model: what a reader is shown for a printer, computed from its snapshot and
+//! its plate (pure, no I/O). The same view feeds the HTML status page, `GET /api/v1/printers`
+//! and the MQTT state tree (`broker/topics.rs`), and never contains secrets. It lives below
+//! both web/ and broker/ so that neither borrows the other's types.
 
 use crate::config::Model;
 use crate::jobs::model::{JobState, Millis};
@@ -176,31 +178,6 @@ pub fn printer_view(
         plate,
         thumbnail_url: None,
         queue_paused,
-    }
-}
-
-/// The number formats a printer card's template uses (`card_body.html`): every page that includes
-/// the card implements this.
-pub trait CardText {
-    fn fmt_temp(&self, t: &Option<f64>) -> String {
-        fmt_temp(*t)
-    }
-    fn fmt_minutes(&self, m: &Option<u32>) -> String {
-        fmt_minutes(*m)
-    }
-}
-
-/// `12.5` → `"12.5"`, `None` → `"–"`.
-pub fn fmt_temp(t: Option<f64>) -> String {
-    t.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into())
-}
-
-/// Minutes → `1 h 05 min`.
-pub fn fmt_minutes(m: Option<u32>) -> String {
-    match m {
-        None => "–".into(),
-        Some(m) if m >= 60 => format!("{} h {:02} min", m / 60, m % 60),
-        Some(m) => format!("{m} min"),
     }
 }
 
