@@ -93,6 +93,7 @@ fn realistic_burst() -> Vec<(String, Vec<u8>)> {
         name: "printgate".into(),
         version: "0.1.0".into(),
         configuration_url: Some("http://printgate.local:8080/".into()),
+        tree: printgate::broker::topics::Tree::default(),
     };
     let models = [Model::P1S, Model::X1C, Model::A1Mini];
     let mut configs: Vec<(String, Vec<u8>)> = ha::gateway_configs("homeassistant", &gateway)

@@ -35,6 +35,8 @@ pub struct Gateway {
     pub safety: Option<safety::runtime::SafetyHandle>,
     /// Where Klipper printers' links reach the broker, once the MQTT side has started.
     pub broker_endpoint: tokio::sync::watch::Sender<Option<printer::moonraker::BrokerEndpoint>>,
+    /// In a fleet: the other gateways' retained state on the shared broker (`/fleet`).
+    pub fleet: std::sync::OnceLock<Arc<crate::broker::fleet::FleetView>>,
     /// Web request and MQTT counters for `GET /metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
 }

@@ -119,6 +119,9 @@ async fn start_broker(
         return Ok(None);
     };
     gateway.metrics.set_broker(handle.stats.clone());
+    if let Some(f) = &handle.fleet {
+        let _ = gateway.fleet.set(f.clone());
+    }
     if let Some(d) = &handle.discovery {
         let _ = gateway.discovery.set(d.clone());
     }
@@ -323,6 +326,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         safety: Some(safety),
         broker_endpoint,
         metrics: Arc::default(),
+        fleet: std::sync::OnceLock::new(),
     });
     let listener = admission::listen(gateway.config.web.listen)?;
     let web_addr = listener.local_addr()?;

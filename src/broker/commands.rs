@@ -32,9 +32,17 @@ pub struct CommandRouter {
     /// Topic id → configured printer name.
     printers: Arc<HashMap<String, String>>,
     results: mpsc::Sender<(String, CommandResult)>,
+    /// The gateway's topic tree (results go back into it).
+    tree: topics::Tree,
 }
 
 impl CommandRouter {
+    /// Answer into this tree (a fleet gateway's `printgate/<gateway>/…`).
+    pub fn with_tree(mut self, tree: topics::Tree) -> Self {
+        self.tree = tree;
+        self
+    }
+
     pub fn new(
         executor: Option<mpsc::Sender<BrokerCommand>>,
         printers: HashMap<String, String>,
@@ -44,12 +52,13 @@ impl CommandRouter {
             executor,
             printers: Arc::new(printers),
             results,
+            tree: topics::Tree::default(),
         }
     }
 
     /// Handle one command publish; the result is published asynchronously.
     pub fn submit(&self, topic_id: &str, kind: CommandKind, payload: &[u8], user: &str) {
-        let result_topic = topics::cmd_result(topic_id, kind);
+        let result_topic = self.tree.cmd_result(topic_id, kind);
         let answer = |r: CommandResult| {
             let _ = self.results.try_send((result_topic.clone(), r));
         };

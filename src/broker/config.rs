@@ -219,6 +219,22 @@ pub struct BrokerConfig {
     pub mdns: MdnsConfig,
     #[serde(default)]
     pub ssdp: SsdpConfig,
+    /// This gateway's id in a fleet of gateways sharing one external broker: its topics move
+    /// to `<topic_prefix>/<gateway_id>/…` and its Home Assistant ids carry the id. `None`
+    /// (default): a single gateway, topics under `<topic_prefix>/…`.
+    #[serde(default)]
+    pub gateway_id: Option<String>,
+    /// First topic level of the tree (`printgate`).
+    #[serde(default = "d_topic_prefix")]
+    pub topic_prefix: String,
+    /// This gateway's web address as other gateways' fleet pages link to it (default
+    /// `http://<mdns hostname>.local:<web port>/`).
+    #[serde(default)]
+    pub gateway_url: Option<String>,
+}
+
+fn d_topic_prefix() -> String {
+    crate::broker::topics::ROOT.into()
 }
 
 /// An optional listener written as `"ADDR:PORT"` or `"off"`.
@@ -273,6 +289,9 @@ impl Default for BrokerConfig {
             external: None,
             mdns: MdnsConfig::default(),
             ssdp: SsdpConfig::default(),
+            gateway_id: None,
+            topic_prefix: d_topic_prefix(),
+            gateway_url: None,
         }
     }
 }
@@ -301,9 +320,37 @@ impl BrokerConfig {
         })
     }
 
+    /// The topic tree of this gateway (see [`crate::broker::topics::Tree`]).
+    pub fn tree(&self) -> crate::broker::topics::Tree {
+        crate::broker::topics::Tree::new(&self.topic_prefix, self.gateway_id.as_deref())
+    }
+
     /// Problems, each naming the key and the fix.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        let topic_ok = |t: &str| {
+            !t.is_empty() && !t.contains(['+', '#']) && !t.starts_with('/') && !t.ends_with('/')
+        };
+        if !topic_ok(&self.topic_prefix) {
+            p.push(format!(
+                "broker.topic_prefix = {:?}: must be a topic without wildcards or leading/trailing /, e.g. \"printgate\"",
+                self.topic_prefix
+            ));
+        }
+        if let Some(id) = &self.gateway_id
+            && (id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        {
+            p.push(format!(
+                "broker.gateway_id = {id:?}: use letters, digits, - and _ only, e.g. \"farm-a\""
+            ));
+        }
+        let fleet = self.gateway_id.is_some() || self.topic_prefix != d_topic_prefix();
+        if fleet && self.mode == BrokerMode::Embedded {
+            p.push("broker.gateway_id / broker.topic_prefix: a fleet shares one external broker; set broker.mode = \"external\" with [broker.external], or remove them for the embedded broker".into());
+        }
         if self.discovery_prefix.is_empty() || self.discovery_prefix.contains(['+', '#']) {
             p.push("broker.discovery_prefix: must be a topic without wildcards, e.g. \"homeassistant\"".into());
         }

@@ -42,6 +42,9 @@ pub struct HaGateway {
     pub version: String,
     /// Web interface, shown as the device's "Visit" link.
     pub configuration_url: Option<String>,
+    /// The gateway's topic tree; in a fleet its gateway id is part of every printer's node id
+    /// and unique ids, so printers of several gateways never collide in Home Assistant.
+    pub tree: topics::Tree,
 }
 
 /// One discovery message.
@@ -64,12 +67,15 @@ pub fn id_safe(s: &str) -> String {
         .collect()
 }
 
-fn node_id(p: &HaPrinter) -> String {
-    node_for_unique_id(&p.unique_id)
+fn node_id(p: &HaPrinter, g: &HaGateway) -> String {
+    node_for_unique_id(g, &p.unique_id)
 }
 
-fn node_for_unique_id(unique_id: &str) -> String {
-    format!("printgate_{}", id_safe(unique_id))
+fn node_for_unique_id(g: &HaGateway, unique_id: &str) -> String {
+    match g.tree.gateway_id() {
+        Some(gateway) => format!("printgate_{}_{}", id_safe(gateway), id_safe(unique_id)),
+        None => format!("printgate_{}", id_safe(unique_id)),
+    }
 }
 
 fn gateway_node(g: &HaGateway) -> String {
@@ -86,7 +92,7 @@ fn origin(g: &HaGateway) -> Value {
 
 fn printer_device(p: &HaPrinter, g: &HaGateway) -> Value {
     let mut d = json!({
-        "identifiers": [node_id(p)],
+        "identifiers": [node_id(p, g)],
         "name": p.name,
         "model": p.model,
         "via_device": gateway_node(g),
@@ -147,8 +153,8 @@ fn config_topic(prefix: &str, component: &str, node: &str, object: &str) -> Stri
 }
 
 /// Every config topic the printer with this unique id may have (for removal).
-pub fn printer_config_topics(prefix: &str, unique_id: &str) -> Vec<String> {
-    let node = node_for_unique_id(unique_id);
+pub fn printer_config_topics(prefix: &str, g: &HaGateway, unique_id: &str) -> Vec<String> {
+    let node = node_for_unique_id(g, unique_id);
     let mut v = Vec::new();
     for s in SENSORS {
         v.push(config_topic(prefix, "sensor", &node, s));
@@ -167,10 +173,11 @@ pub fn printer_config_topics(prefix: &str, unique_id: &str) -> Vec<String> {
 
 /// Discovery messages for one printer.
 pub fn printer_configs(prefix: &str, p: &HaPrinter, g: &HaGateway) -> Vec<HaMessage> {
-    let node = node_id(p);
-    let state = topics::state(&p.topic_id);
-    let gateway_avail = json!({"topic": topics::gateway_availability(), "payload_available": ONLINE, "payload_not_available": OFFLINE});
-    let printer_avail = json!({"topic": topics::availability(&p.topic_id), "payload_available": ONLINE, "payload_not_available": OFFLINE});
+    let node = node_id(p, g);
+    let tree = &g.tree;
+    let state = tree.state(&p.topic_id);
+    let gateway_avail = json!({"topic": tree.gateway_availability(), "payload_available": ONLINE, "payload_not_available": OFFLINE});
+    let printer_avail = json!({"topic": tree.availability(&p.topic_id), "payload_available": ONLINE, "payload_not_available": OFFLINE});
     let device = printer_device(p, g);
     let origin = origin(g);
     let base = |component: &str, key: &str, name: &str, needs_printer: bool| -> (String, Value) {
@@ -245,7 +252,7 @@ pub fn printer_configs(prefix: &str, p: &HaPrinter, g: &HaGateway) -> Vec<HaMess
 
     push(
         base("binary_sensor", "online", "Online", false),
-        json!({"state_topic": topics::availability(&p.topic_id), "payload_on": ONLINE, "payload_off": OFFLINE, "device_class": "connectivity", "entity_category": "diagnostic"}),
+        json!({"state_topic": tree.availability(&p.topic_id), "payload_on": ONLINE, "payload_off": OFFLINE, "device_class": "connectivity", "entity_category": "diagnostic"}),
     );
     let flag = |field: &str| format!("{{{{ 'ON' if value_json.{field} else 'OFF' }}}}");
     push(
@@ -271,13 +278,13 @@ pub fn printer_configs(prefix: &str, p: &HaPrinter, g: &HaGateway) -> Vec<HaMess
         let needs_printer = kind != CommandKind::PlateClear;
         push(
             base("button", kind.as_str(), name, needs_printer),
-            json!({"command_topic": topics::cmd(&p.topic_id, kind), "payload_press": "PRESS", "icon": icon}),
+            json!({"command_topic": tree.cmd(&p.topic_id, kind), "payload_press": "PRESS", "icon": icon}),
         );
     }
     if p.has_relay {
         push(
             base("switch", "power", "Power", false),
-            json!({"command_topic": topics::cmd(&p.topic_id, CommandKind::Power), "state_topic": state, "value_template": flag("power_on"), "payload_on": "ON", "payload_off": "OFF", "state_on": "ON", "state_off": "OFF", "device_class": "outlet"}),
+            json!({"command_topic": tree.cmd(&p.topic_id, CommandKind::Power), "state_topic": state, "value_template": flag("power_on"), "payload_on": "ON", "payload_off": "OFF", "state_on": "ON", "state_off": "OFF", "device_class": "outlet"}),
         );
     }
     out
@@ -287,14 +294,14 @@ pub fn printer_configs(prefix: &str, p: &HaPrinter, g: &HaGateway) -> Vec<HaMess
 pub fn gateway_configs(prefix: &str, g: &HaGateway) -> Vec<HaMessage> {
     let node = gateway_node(g);
     let device = gateway_device(g);
-    let status = topics::gateway_status();
+    let status = g.tree.gateway_status();
     let common = |key: &str, name: &str| {
         json!({
             "name": name,
             "unique_id": format!("{node}_{key}"),
             "device": device,
             "origin": origin(g),
-            "availability": [{"topic": topics::gateway_availability(), "payload_available": ONLINE, "payload_not_available": OFFLINE}],
+            "availability": [{"topic": g.tree.gateway_availability(), "payload_available": ONLINE, "payload_not_available": OFFLINE}],
         })
     };
     let mut online = common("printers_online", "Printers online");
@@ -575,6 +582,7 @@ mod tests {
             name: "printgate".into(),
             version: "0.1.0".into(),
             configuration_url: Some("http://printgate.local:8080/".into()),
+            tree: topics::Tree::default(),
         }
     }
 
@@ -621,7 +629,7 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), msgs.len());
-        let removal = printer_config_topics("ha", &p.unique_id);
+        let removal = printer_config_topics("ha", &g, &p.unique_id);
         for m in &msgs {
             assert!(removal.contains(&m.topic), "{}", m.topic);
             assert!(m.topic.starts_with("ha/"));
@@ -651,6 +659,32 @@ mod tests {
         let dev = &find("/sensor/printgate_01P00A451200318/progress/config").payload["device"];
         assert_eq!(dev["via_device"], "printgate_gateway_printgate");
         assert_eq!(dev["serial_number"], "01P00A451200318");
+    }
+
+    #[test]
+    fn fleet_gateways_never_share_an_id_or_a_topic() {
+        let p = printer(true, true);
+        let mut seen = std::collections::HashSet::new();
+        for id in ["farm-a", "farm-b"] {
+            let g = HaGateway {
+                id: id.into(),
+                tree: topics::Tree::new("printgate", Some(id)),
+                ..gateway()
+            };
+            let msgs = printer_configs("homeassistant", &p, &g);
+            let removal = printer_config_topics("homeassistant", &g, &p.unique_id);
+            for m in &msgs {
+                assert!(schema_problems(m).is_empty(), "{}", m.topic);
+                assert!(removal.contains(&m.topic));
+                assert!(seen.insert(m.topic.clone()), "{}", m.topic);
+                assert!(seen.insert(m.payload["unique_id"].as_str().unwrap().to_string()));
+                for key in ["state_topic", "command_topic"] {
+                    if let Some(t) = m.payload.get(key).and_then(|v| v.as_str()) {
+                        assert!(t.starts_with(&format!("printgate/{id}/")), "{t}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

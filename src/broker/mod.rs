@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod embedded;
 pub mod executor;
+pub mod fleet;
 pub mod gate;
 pub mod ha;
 pub mod mdns;

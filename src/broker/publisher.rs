@@ -142,6 +142,10 @@ pub struct Target {
     pub receive_commands: bool,
     /// Home Assistant discovery prefix (its `…/status` birth message triggers a republish).
     pub discovery_prefix: String,
+    /// The gateway's topic tree (its will, its command topics).
+    pub tree: topics::Tree,
+    /// In a fleet: the other gateways' retained state, for the fleet page.
+    pub fleet: Option<Arc<crate::broker::fleet::FleetView>>,
 }
 
 fn options(t: &Target) -> MqttOptions {
@@ -150,7 +154,7 @@ fn options(t: &Target) -> MqttOptions {
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(256 * 1024, 256 * 1024);
     o.set_last_will(LastWill::new(
-        topics::gateway_availability(),
+        t.tree.gateway_availability(),
         OFFLINE,
         QoS::AtLeastOnce,
         true,
@@ -181,7 +185,7 @@ pub async fn run(
     state: watch::Sender<PublisherState>,
     shutdown: CancellationToken,
 ) {
-    outbox.set_retained(topics::gateway_availability(), ONLINE.into());
+    outbox.set_retained(target.tree.gateway_availability(), ONLINE.into());
     let mut backoff = Duration::from_millis(500);
     let mut epoch = 0u64;
     loop {
@@ -199,7 +203,13 @@ pub async fn run(
                         outbox.connected(true);
                         let _ = client.try_subscribe(format!("{}/status", target.discovery_prefix), QoS::AtLeastOnce);
                         if target.receive_commands {
-                            let _ = client.try_subscribe(topics::cmd_filter(), QoS::AtLeastOnce);
+                            let _ = client.try_subscribe(target.tree.cmd_filter(), QoS::AtLeastOnce);
+                        }
+                        if let Some(fleet) = &target.fleet {
+                            fleet.clear();
+                            for f in target.tree.fleet_filters() {
+                                let _ = client.try_subscribe(f, QoS::AtMostOnce);
+                            }
                         }
                         outbox.flush(&client);
                         state.send_replace(PublisherState::Connected { epoch });
@@ -210,12 +220,14 @@ pub async fn run(
                             if p.payload.as_ref() == b"online" {
                                 outbox.mark_dirty_with_prefix(&format!("{}/", target.discovery_prefix));
                             }
-                        } else if let Some((printer, kind)) = topics::parse_cmd_topic(&p.topic) {
+                        } else if let Some((printer, kind)) = target.tree.parse_cmd_topic(&p.topic) {
                             if !target.receive_commands || p.retain || p.dup {
                                 tracing::info!(topic = %p.topic, retain = p.retain, dup = p.dup, "MQTT command ignored (retained or redelivered: never executed late)");
                             } else {
                                 commands.submit(printer, kind, &p.payload, "external");
                             }
+                        } else if let Some(fleet) = &target.fleet {
+                            fleet.observe(&p.topic, &p.payload);
                         }
                         if outbox.pending() { outbox.flush(&client); }
                     }
@@ -232,7 +244,7 @@ pub async fn run(
         if ended_by_shutdown {
             if up {
                 let _ = client.try_publish(
-                    topics::gateway_availability(),
+                    target.tree.gateway_availability(),
                     QoS::AtLeastOnce,
                     true,
                     OFFLINE,

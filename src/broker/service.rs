@@ -77,6 +77,9 @@ pub struct BrokerHandle {
     outbox: Arc<Outbox>,
     facts: HashMap<String, watch::Sender<GatewayFacts>>,
     topic_ids: HashMap<String, String>,
+    tree: topics::Tree,
+    /// In a fleet (`[broker] gateway_id`): the other gateways' retained state.
+    pub fleet: Option<Arc<crate::broker::fleet::FleetView>>,
     mdns: Option<mdns_sd::ServiceDaemon>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -125,7 +128,7 @@ impl BrokerHandle {
                 at_ms: chrono::Utc::now().timestamp_millis(),
             };
             if let Ok(json) = serde_json::to_vec(&ev) {
-                self.outbox.send(topics::events(id), json);
+                self.outbox.send(self.tree.events(id), json);
             }
         }
     }
@@ -245,6 +248,8 @@ fn external_target(cfg: &BrokerConfig) -> anyhow::Result<Target> {
         client_id: ext.client_id.clone(),
         receive_commands: true,
         discovery_prefix: cfg.discovery_prefix.clone(),
+        tree: cfg.tree(),
+        fleet: None,
     })
 }
 
@@ -275,7 +280,9 @@ pub async fn start(
 
     let outbox = Arc::new(Outbox::default());
     let (results_tx, mut results_rx) = mpsc::channel::<(String, topics::CommandResult)>(64);
-    let router = CommandRouter::new(setup.executor.clone(), by_id, results_tx);
+    let tree = cfg.tree();
+    let router =
+        CommandRouter::new(setup.executor.clone(), by_id, results_tx).with_tree(tree.clone());
     {
         let outbox = outbox.clone();
         let token = shutdown.clone();
@@ -358,11 +365,22 @@ pub async fn start(
                 client_id: "printgate-gateway".into(),
                 receive_commands: false,
                 discovery_prefix: cfg.discovery_prefix.clone(),
+                tree: tree.clone(),
+                fleet: None,
             }
         }
         BrokerMode::External => external_target(&cfg)?,
         BrokerMode::Off => return Ok(None),
     };
+    let mut target = target;
+    let fleet = match (tree.fleet_prefix(), tree.gateway_id()) {
+        (Some(prefix), Some(own)) => {
+            Some(Arc::new(crate::broker::fleet::FleetView::new(prefix, own)))
+        }
+        _ => None,
+    };
+    target.fleet = fleet.clone();
+    let web_url = cfg.gateway_url.clone().or(setup.web_url.clone());
 
     let endpoint = crate::printer::moonraker::BrokerEndpoint {
         host: target.host.clone(),
@@ -374,10 +392,14 @@ pub async fn start(
 
     // Home Assistant discovery, with removal of printers deleted since the last run.
     let gateway = HaGateway {
-        id: ha::id_safe(&cfg.mdns.instance),
-        name: cfg.mdns.instance.clone(),
+        id: ha::id_safe(cfg.gateway_id.as_deref().unwrap_or(&cfg.mdns.instance)),
+        name: cfg
+            .gateway_id
+            .clone()
+            .unwrap_or_else(|| cfg.mdns.instance.clone()),
         version: env!("CARGO_PKG_VERSION").into(),
-        configuration_url: setup.web_url.clone(),
+        configuration_url: web_url.clone(),
+        tree: tree.clone(),
     };
     let ha_printers: Vec<HaPrinter> = printers
         .iter()
@@ -399,7 +421,7 @@ pub async fn start(
         let current: Vec<String> = ha_printers.iter().map(|p| p.unique_id.clone()).collect();
         for old in load_published(&state_file) {
             if !current.contains(&old) {
-                for t in ha::printer_config_topics(&cfg.discovery_prefix, &old) {
+                for t in ha::printer_config_topics(&cfg.discovery_prefix, &gateway, &old) {
                     outbox.set_retained(t, Vec::new());
                 }
                 tracing::info!(printer = %old, "removing a deleted printer from Home Assistant");
@@ -419,7 +441,11 @@ pub async fn start(
     }
 
     // State bridge: one task per printer, plus the gateway status.
-    let online: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
+    let online = Arc::new(GatewayScope {
+        online: Mutex::default(),
+        tree: tree.clone(),
+        web_url: web_url.clone(),
+    });
     let mut facts = HashMap::new();
     for (p, id) in printers.into_iter().zip(ids) {
         let (ftx, frx) = watch::channel(GatewayFacts::default());
@@ -486,9 +512,19 @@ pub async fn start(
         outbox,
         facts,
         topic_ids,
+        tree,
+        fleet,
         shutdown,
         tasks,
     }))
+}
+
+/// What every printer's bridge task shares: the printers' online flags for the gateway status,
+/// the topic tree and the gateway's web address.
+struct GatewayScope {
+    online: Mutex<HashMap<String, bool>>,
+    tree: topics::Tree,
+    web_url: Option<String>,
 }
 
 async fn bridge_printer(
@@ -496,7 +532,7 @@ async fn bridge_printer(
     id: String,
     mut facts: watch::Receiver<GatewayFacts>,
     outbox: Arc<Outbox>,
-    online: Arc<Mutex<HashMap<String, bool>>>,
+    online: Arc<GatewayScope>,
     hms_text: HmsTextFn,
     shutdown: CancellationToken,
 ) {
@@ -527,10 +563,10 @@ async fn bridge_printer(
         // Report age changes every second; keep it out of the retained message.
         payload.printer.report_age_secs = None;
         if let Ok(json) = serde_json::to_vec(&payload) {
-            outbox.set_retained(topics::state(&id), json);
+            outbox.set_retained(online.tree.state(&id), json);
         }
         outbox.set_retained(
-            topics::availability(&id),
+            online.tree.availability(&id),
             if is_online { ONLINE } else { OFFLINE }.into(),
         );
         for ev in crate::printer::events::diff(&prev, &snap) {
@@ -540,23 +576,25 @@ async fn bridge_printer(
                 at_ms: chrono::Utc::now().timestamp_millis(),
             };
             if let Ok(json) = serde_json::to_vec(&e) {
-                outbox.send(topics::events(&id), json);
+                outbox.send(online.tree.events(&id), json);
             }
         }
         prev = snap;
-        let status = online.lock().ok().map(|mut m| {
+        let status = online.online.lock().ok().map(|mut m| {
             m.insert(p.name.clone(), is_online);
             GatewayStatus {
                 version: env!("CARGO_PKG_VERSION").into(),
                 printers: m.len(),
                 printers_online: m.values().filter(|o| **o).count(),
                 safety_tripped: None,
+                gateway_id: online.tree.gateway_id().map(str::to_string),
+                web_url: online.web_url.clone(),
             }
         });
         if let Some(s) = status
             && let Ok(json) = serde_json::to_vec(&s)
         {
-            outbox.set_retained(topics::gateway_status(), json);
+            outbox.set_retained(online.tree.gateway_status(), json);
         }
     }
 }

@@ -61,6 +61,104 @@ pub fn cmd_filter() -> String {
     format!("{ROOT}/+/cmd/+")
 }
 
+/// Where one gateway's tree lives: `printgate` alone, or `<prefix>/<gateway>` in a fleet of
+/// gateways that share one broker (`[broker] gateway_id`). Every topic of the gateway is built
+/// from it, so two gateways never publish into each other's topics or act on each other's
+/// commands.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tree {
+    root: String,
+    /// The fleet's common prefix and this gateway's id, when in a fleet.
+    fleet: Option<(String, String)>,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree {
+            root: ROOT.to_string(),
+            fleet: None,
+        }
+    }
+}
+
+impl Tree {
+    /// The tree of gateway `id` under `prefix` (`printgate/<id>/…`), or `prefix` alone.
+    pub fn new(prefix: &str, gateway_id: Option<&str>) -> Tree {
+        match gateway_id {
+            Some(id) => Tree {
+                root: format!("{prefix}/{id}"),
+                fleet: Some((prefix.to_string(), id.to_string())),
+            },
+            None => Tree {
+                root: prefix.to_string(),
+                fleet: None,
+            },
+        }
+    }
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+    /// This gateway's id in its fleet.
+    pub fn gateway_id(&self) -> Option<&str> {
+        self.fleet.as_ref().map(|(_, id)| id.as_str())
+    }
+    /// The fleet's common prefix, when in a fleet.
+    pub fn fleet_prefix(&self) -> Option<&str> {
+        self.fleet.as_ref().map(|(p, _)| p.as_str())
+    }
+    pub fn gateway_availability(&self) -> String {
+        format!("{}/availability", self.root)
+    }
+    pub fn gateway_status(&self) -> String {
+        format!("{}/status", self.root)
+    }
+    pub fn state(&self, printer: &str) -> String {
+        format!("{}/{printer}/state", self.root)
+    }
+    pub fn availability(&self, printer: &str) -> String {
+        format!("{}/{printer}/availability", self.root)
+    }
+    pub fn events(&self, printer: &str) -> String {
+        format!("{}/{printer}/events", self.root)
+    }
+    pub fn cmd(&self, printer: &str, kind: CommandKind) -> String {
+        format!("{}/{printer}/cmd/{}", self.root, kind.as_str())
+    }
+    pub fn cmd_result(&self, printer: &str, kind: CommandKind) -> String {
+        format!("{}/{printer}/cmd/{}/result", self.root, kind.as_str())
+    }
+    /// Filter matching this gateway's command topics (not the results).
+    pub fn cmd_filter(&self) -> String {
+        format!("{}/+/cmd/+", self.root)
+    }
+    /// `<root>/<printer>/cmd/<kind>` of this tree → (printer topic id, kind).
+    pub fn parse_cmd_topic<'a>(&self, topic: &'a str) -> Option<(&'a str, CommandKind)> {
+        let rest = topic.strip_prefix(self.root.as_str())?.strip_prefix('/')?;
+        let mut parts = rest.split('/');
+        let (printer, cmd, kind) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || cmd != "cmd" || printer.is_empty() {
+            return None;
+        }
+        if printer.contains(['+', '#']) {
+            return None;
+        }
+        Some((printer, CommandKind::parse(kind)?))
+    }
+    /// Filters that show the other gateways of the fleet: their status, availability and
+    /// printers' retained state and availability. Empty outside a fleet.
+    pub fn fleet_filters(&self) -> Vec<String> {
+        let Some(prefix) = self.fleet_prefix() else {
+            return Vec::new();
+        };
+        vec![
+            format!("{prefix}/+/status"),
+            format!("{prefix}/+/availability"),
+            format!("{prefix}/+/+/state"),
+            format!("{prefix}/+/+/availability"),
+        ]
+    }
+}
+
 /// The commands clients may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -262,6 +360,12 @@ pub struct GatewayStatus {
     pub printers: usize,
     pub printers_online: usize,
     pub safety_tripped: Option<bool>,
+    /// The gateway's id in a fleet (`[broker] gateway_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_id: Option<String>,
+    /// Its web interface, where its printers are controlled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_url: Option<String>,
 }
 
 #[cfg(test)]
@@ -274,6 +378,32 @@ mod tests {
             topic_ids(&["Garage P1S", "Garage_P1S", "x1c", "garage_p1s"]),
             ["Garage_P1S", "Garage_P1S-2", "x1c", "garage_p1s-3"]
         );
+    }
+
+    #[test]
+    fn a_fleet_tree_parses_only_its_own_commands() {
+        let a = Tree::new("printgate", Some("farm-a"));
+        let b = Tree::new("printgate", Some("farm-b"));
+        for k in CommandKind::ALL {
+            let t = a.cmd("printer_1", k);
+            assert_eq!(t, format!("printgate/farm-a/printer_1/cmd/{}", k.as_str()));
+            assert_eq!(a.parse_cmd_topic(&t), Some(("printer_1", k)));
+            assert_eq!(b.parse_cmd_topic(&t), None, "{t}");
+            assert_eq!(a.parse_cmd_topic(&a.cmd_result("printer_1", k)), None);
+        }
+        assert_eq!(
+            a.parse_cmd_topic("printgate/farm-ab/printer_1/cmd/stop"),
+            None
+        );
+        assert_eq!(a.cmd_filter(), "printgate/farm-a/+/cmd/+");
+        let single = Tree::default();
+        assert_eq!(single.state("x"), state("x"));
+        assert_eq!(
+            single.parse_cmd_topic("printgate/x/cmd/stop"),
+            parse_cmd_topic("printgate/x/cmd/stop")
+        );
+        assert!(single.fleet_filters().is_empty());
+        assert_eq!(a.fleet_filters()[2], "printgate/+/+/state");
     }
 
     #[test]

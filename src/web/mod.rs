@@ -5,6 +5,7 @@ pub mod actor;
 pub mod assets;
 pub mod auth;
 pub mod card;
+pub mod fleet;
 pub mod form_answer;
 pub mod gpio_cli;
 pub mod live;
@@ -46,6 +47,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(queue::routes(gw.files.limits().max_file_bytes))
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
         .merge(printer_page::routes())
+        .merge(fleet::routes())
         .merge(printer_login::routes())
         .merge(settings::routes())
         .merge(settings_notifications::routes(&gw))

@@ -26,18 +26,28 @@ pub fn mosquitto_binary() -> Option<String> {
 }
 
 pub async fn start_mosquitto(dir: &Path) -> Option<(Mosquitto, u16)> {
-    let Some(bin) = mosquitto_binary() else {
-        panic!("mosquitto is not installed: run `bash .ci/run` or `apt-get install mosquitto`");
-    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let conf = dir.join("mosquitto.conf");
+    Some((start_mosquitto_on(dir, port, None).await, port))
+}
+
+/// A broker on `port`; with `persistence` (a directory), retained messages are saved there on
+/// a graceful stop and loaded at start.
+pub async fn start_mosquitto_on(dir: &Path, port: u16, persistence: Option<&Path>) -> Mosquitto {
+    let Some(bin) = mosquitto_binary() else {
+        panic!("mosquitto is not installed: run `bash .ci/run` or `apt-get install mosquitto`");
+    };
+    let conf = dir.join(format!("mosquitto-{port}.conf"));
+    let persist = match persistence {
+        Some(p) => format!("persistence true\npersistence_location {}/\n", p.display()),
+        None => "persistence false\n".to_string(),
+    };
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persist}"),
     )
     .unwrap();
     let child = Command::new(bin)
@@ -58,5 +68,16 @@ pub async fn start_mosquitto(dir: &Path) -> Option<(Mosquitto, u16)> {
     })
     .await
     .expect("mosquitto listens within 10 s");
-    Some((m, port))
+    m
+}
+
+impl Mosquitto {
+    /// SIGTERM and wait: the broker saves its persistence file before it exits.
+    pub fn stop_gracefully(mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: signals only the broker this test started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let _ = self.0.wait();
+    }
 }
