@@ -6,12 +6,16 @@
 //!   (several starts; the first on a fresh data directory, the rest reusing it);
 //! - idle memory: the serve process's VmRSS / VmHWM (and its anon/file split, thread count)
 //!   from `/proc/<pid>/status`, sampled while all 10 printers are connected;
-//! - idle CPU: utime + stime from `/proc/<pid>/stat` over the same period.
+//! - idle CPU: utime + stime from `/proc/<pid>/stat` over the same period;
+//! - report freshness: every printer's report age at the gateway's API (`GET /metrics`,
+//!   `printgate_printer_report_age_seconds`) at each sample (target < 2 s at 200 printers);
+//! - cost per printer: RSS and CPU divided by the printer count (run it with 10, 50, 100, 200
+//!   printers to see how cost grows).
 //!
 //! Run with `cargo bench --bench gateway`. Environment knobs:
 //! `PRINTGATE_BENCH_SECS` (idle period, default 300), `PRINTGATE_BENCH_INTERVAL_SECS` (RSS sample
 //! interval, default 10), `PRINTGATE_BENCH_COLD_RUNS` (cold starts measured, default 5),
-//! `PRINTGATE_BENCH_PRINTERS` (default 10). Everything listens on 127.0.0.1; every child is
+//! `PRINTGATE_BENCH_PRINTERS` (default 10, at most 250). Everything listens on 127.0.0.1; every child is
 //! stopped when this program ends, also on a panic.
 
 mod common;
@@ -37,10 +41,13 @@ const ONLINE_LIMIT: Duration = Duration::from_secs(90);
 // The simulator and the config built from its output
 // ---------------------------------------------------------------------------------------------
 
+/// The `[metrics]` token the bench scrapes with.
+const METRICS_TOKEN: &str = "bench-metrics-token-0123456789";
+
 fn write_config(path: &Path, data_dir: &Path, port: u16, printers: &[SimPrinter]) -> Res<()> {
     let mut t = String::new();
     t.push_str(&format!(
-        "data_dir = {}\n\n[web]\nlisten = \"127.0.0.1:{port}\"\n\n[broker]\nmode = \"off\"\n",
+        "data_dir = {}\n\n[web]\nlisten = \"127.0.0.1:{port}\"\n\n[broker]\nmode = \"off\"\n\n[metrics]\nenabled = true\ntoken = \"{METRICS_TOKEN}\"\n",
         toml_str(&data_dir.display().to_string())
     ));
     for p in printers {
@@ -206,6 +213,20 @@ fn wait_online(
 // /proc
 // ---------------------------------------------------------------------------------------------
 
+/// Every printer's report age (seconds) from `GET /metrics`.
+fn report_ages(client: &reqwest::blocking::Client, port: u16) -> Res<Vec<f64>> {
+    let text = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()?
+        .text()?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("printgate_printer_report_age_seconds{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .collect())
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -228,7 +249,7 @@ fn main() -> Res<()> {
     let secs = env_u64("PRINTGATE_BENCH_SECS", 300);
     let interval = env_u64("PRINTGATE_BENCH_INTERVAL_SECS", 10).max(1);
     let cold_runs = env_u64("PRINTGATE_BENCH_COLD_RUNS", 5).clamp(1, 50);
-    let n = env_u64("PRINTGATE_BENCH_PRINTERS", 10).clamp(1, 64) as usize;
+    let n = env_u64("PRINTGATE_BENCH_PRINTERS", 10).clamp(1, 250) as usize;
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().join("data");
     let bin = dir.path().join("printgate");
@@ -299,6 +320,8 @@ fn main() -> Res<()> {
         first.threads
     );
     let mut samples = vec![first];
+    let mut ages: Vec<f64> = Vec::new();
+    let mut age_samples = 0usize;
     let steps = secs / interval;
     for i in 1..=steps {
         // Sleep to the next mark on the schedule (so the total stays `secs`).
@@ -310,15 +333,23 @@ fn main() -> Res<()> {
             return Err(format!("printgate serve exited during the idle period: {st}").into());
         }
         let s = mem(pid)?;
+        let now_ages = report_ages(&client, port).unwrap_or_default();
+        let worst = now_ages.iter().copied().fold(0.0f64, f64::max);
         println!(
-            "t={} s: RSS {} (anon {}, file {}), peak {}, {} threads",
+            "t={} s: RSS {} (anon {}, file {}), peak {}, {} threads; report age max {:.2} s over {} printers",
             t0.elapsed().as_secs(),
             mb(s.rss_kb),
             mb(s.anon_kb),
             mb(s.file_kb),
             mb(s.hwm_kb),
-            s.threads
+            s.threads,
+            worst,
+            now_ages.len()
         );
+        if now_ages.len() == n {
+            age_samples += 1;
+        }
+        ages.extend(now_ages);
         samples.push(s);
     }
     let idle = t0.elapsed();
@@ -392,6 +423,19 @@ fn main() -> Res<()> {
     );
     println!(
         "printers online at the end: {online_now}/{n}; extra connects during the run: {reconnects}"
+    );
+    let worst = ages.iter().copied().fold(0.0f64, f64::max);
+    let over = ages.iter().filter(|a| **a >= 2.0).count();
+    println!(
+        "report age at the API (GET /metrics, {age_samples} full samples, {} readings): max {:.2} s, {} readings ≥ 2 s (target: all < 2 s)",
+        ages.len(),
+        worst,
+        over
+    );
+    println!(
+        "per printer: RSS {:.2} MB median, CPU {:.3} % of one core ({n} printers; targets at 200: RSS < 64 MB, CPU < 25 %)",
+        median(rss.clone()) as f64 / 1024.0 / n as f64,
+        100.0 * cpu_s / idle.as_secs_f64().max(1e-9) / n as f64
     );
     Ok(())
 }
