@@ -930,6 +930,7 @@ async fn several_sections_in_one_message_are_each_answered_in_order() {
     let payload = br#"{"pushing":{"sequence_id":"30001","command":"pushall","version":1,"push_target":1},"info":{"sequence_id":"30002","command":"get_version"},"upgrade":{"sequence_id":"30003","command":"get_history"}}"#;
     c.send_raw(payload.to_vec(), QoS::AtLeastOnce).await;
     let seen = c.until(|v| is_ack(v, "info", "get_version", "30002")).await;
+    let first_seen = seen.clone();
     let full = seen
         .iter()
         .position(|v| is_push(v) && v["print"]["msg"] == 0)
@@ -948,12 +949,15 @@ async fn several_sections_in_one_message_are_each_answered_in_order() {
             .any(|v| is_ack(v, "info", "get_version", "30004")),
         "version answer before the full report: {seen:#?}"
     );
-    // `upgrade.get_history` is not answered (docs/bambu-protocol.md documents no answer), and nothing
-    // answers under `upgrade`.
-    assert!(
-        !seen.iter().any(|v| v.get("upgrade").is_some()),
-        "{seen:#?}"
-    );
+    // `upgrade.get_history` of the first message is answered too, after the version answer.
+    let mut all = first_seen;
+    all.extend(seen);
+    let history = all
+        .iter()
+        .find(|v| is_ack(v, "upgrade", "get_history", "30003"))
+        .unwrap_or_else(|| panic!("get_history unanswered: {all:#?}"));
+    assert_eq!(history["upgrade"]["result"], "success");
+    assert!(history["upgrade"]["firmware_optional"][0]["firmware"]["version"].is_string());
     p.shutdown().await;
 }
 
@@ -1066,4 +1070,73 @@ async fn get_version_carries_product_name_on_every_model() {
         }
         p.shutdown().await;
     }
+}
+
+/// Issue 14, "not modelled": commands that real firmware acts on change the simulated state
+/// or are answered: `gcode_line` heater targets, `xcam.xcam_control_set`, `skip_objects`
+/// (`s_obj`), an AMS start by `ams_mapping2` (`tray_now`), every section of a message in the
+/// command log, and an idle A1 that keeps sending Wi-Fi deltas. (An A1: the P1 firmware's
+/// reports carry no `xcam` object.)
+#[tokio::test]
+async fn firmware_commands_change_state_and_idle_p1_reports_wifi() {
+    let p = SimPrinter::start(config(Model::A1, 20.0)).await.unwrap();
+    p.storage()
+        .put("a.gcode.3mf", three_mf("N2S", 3000))
+        .unwrap();
+    let mut c = subscribed(&p, "cmds").await;
+    // Idle and untouched, an A1 still reports its wandering Wi-Fi signal.
+    let seen = c
+        .until(|v| is_push(v) && v["print"]["wifi_signal"].is_string())
+        .await;
+    assert_eq!(seen.last().unwrap()["print"]["msg"], 1, "a delta");
+    let payload = br#"{"print":{"sequence_id":"1","command":"gcode_line","param":"M140 S55
+M104 S180
+"},"xcam":{"sequence_id":"2","command":"xcam_control_set","module_name":"buildplate_marker_detector","control":true,"print_halt":true}}"#;
+    c.send_raw(payload.to_vec(), QoS::AtLeastOnce).await;
+    p.wait_truth(WAIT, |t| t.bed_target == 55.0 && t.nozzle_target == 180.0)
+        .await
+        .unwrap();
+    let seen = c
+        .until(|v| is_ack(v, "xcam", "xcam_control_set", "2"))
+        .await;
+    assert_eq!(seen.last().unwrap()["xcam"]["result"], "success");
+    c.until(|v| v["print"]["xcam"]["buildplate_marker_detector"] == true)
+        .await;
+    let logged = p.command_log().into_iter().last().unwrap();
+    assert_eq!(
+        logged.sections,
+        vec![
+            ("print".to_string(), Some("gcode_line".to_string())),
+            ("xcam".to_string(), Some("xcam_control_set".to_string())),
+        ]
+    );
+    assert!(logged.has("xcam", "xcam_control_set"));
+    let mut start = project_file("3", "a.gcode.3mf", "9");
+    start["print"]["use_ams"] = json!(true);
+    start["print"]["ams_mapping"] = json!([2]);
+    start["print"]["ams_mapping2"] = json!([{"ams_id": 0, "slot_id": 2}]);
+    c.send(start).await;
+    p.wait_truth(WAIT, |t| t.gcode_state == GcodeState::Running)
+        .await
+        .unwrap();
+    c.until(|v| v["print"]["ams"]["tray_now"] == "2").await;
+    c.send(
+        json!({"print": {"sequence_id": "4", "command": "skip_objects", "obj_list": [403, 512]}}),
+    )
+    .await;
+    c.until(|v| v["print"]["s_obj"] == json!([403, 512])).await;
+    // A mapping to a tray that does not exist fails the next job (07FF_8012).
+    c.send(json!({"print": {"sequence_id": "5", "command": "stop", "param": ""}}))
+        .await;
+    p.wait_truth(WAIT, |t| t.gcode_state == GcodeState::Failed)
+        .await
+        .unwrap();
+    let mut bad = project_file("6", "a.gcode.3mf", "10");
+    bad["print"]["use_ams"] = json!(true);
+    bad["print"]["ams_mapping"] = json!([9]);
+    c.send(bad).await;
+    p.wait_truth(WAIT, |t| t.print_error == 0x07FF_8012)
+        .await
+        .unwrap();
+    p.shutdown().await;
 }

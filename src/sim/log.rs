@@ -22,11 +22,15 @@ pub struct LoggedCommand {
     pub conn_id: u64,
     pub client_id: String,
     pub qos: u8,
-    /// Top-level section key (`print`, `pushing`, …) if the payload parsed as JSON.
+    /// First top-level section key in message order (`print`, `pushing`, …) if the payload
+    /// parsed as JSON.
     pub section: Option<String>,
     pub command: Option<String>,
     /// `sequence_id` as a string (ints are converted).
     pub sequence_id: Option<String>,
+    /// Every section of the message in message order with its `command` (a message may carry
+    /// several, e.g. `pushing.pushall` + `info.get_version` + `upgrade.get_history`).
+    pub sections: Vec<(String, Option<String>)>,
     /// Parsed payload (after stripping trailing NUL/whitespace), if it was JSON.
     pub json: Option<Value>,
     /// Raw payload bytes as received.
@@ -34,9 +38,16 @@ pub struct LoggedCommand {
 }
 
 impl LoggedCommand {
-    /// `true` for `print.project_file`.
+    /// `true` for `print.project_file` (in any section of the message).
     pub fn is_project_file(&self) -> bool {
-        self.section.as_deref() == Some("print") && self.command.as_deref() == Some("project_file")
+        self.has("print", "project_file")
+    }
+
+    /// The message carries `section.command`.
+    pub fn has(&self, section: &str, command: &str) -> bool {
+        self.sections
+            .iter()
+            .any(|(s, c)| s == section && c.as_deref() == Some(command))
     }
 }
 
@@ -69,8 +80,28 @@ impl CommandLog {
         qos: u8,
         payload: Bytes,
         json: Option<Value>,
+        in_order: &[(String, Value)],
     ) -> LoggedCommand {
-        let (section, command, sequence_id) = json.as_ref().map(describe).unwrap_or_default();
+        let sections: Vec<(String, Option<String>)> = in_order
+            .iter()
+            .filter(|(_, body)| body.is_object())
+            .map(|(s, body)| {
+                let c = body
+                    .get("command")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                (s.clone(), c)
+            })
+            .collect();
+        let first = in_order
+            .iter()
+            .find(|(_, b)| b.is_object())
+            .map(|(s, b)| serde_json::json!({ s.clone(): b.clone() }));
+        let (section, command, sequence_id) = first
+            .as_ref()
+            .or(json.as_ref())
+            .map(describe)
+            .unwrap_or_default();
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -86,6 +117,7 @@ impl CommandLog {
             section,
             command,
             sequence_id,
+            sections,
             json,
             payload,
         };

@@ -81,6 +81,8 @@ pub struct Job {
     pub total_layers: u32,
     /// The job fails at the end of PREPARE with this `print_error`.
     pub failure: Option<u32>,
+    /// AMS tray (global id) feeding the first filament, `None` = external spool / no AMS.
+    pub tray: Option<u32>,
 }
 
 /// Where an automatic `print_error` clear is pending.
@@ -148,6 +150,8 @@ pub struct Machine {
     pub tray_now: Option<u32>,
     /// Objects skipped in the current job (`skip_objects`, reported as `s_obj`).
     pub skipped_objects: Vec<i64>,
+    /// AI detectors switched by `xcam.xcam_control_set` (unset = the model's default).
+    pub xcam: std::collections::BTreeMap<String, bool>,
     pub job_counter: u64,
     pub jobs_started: u64,
     /// A start accepted under the `late_start` knob: begins at this simulated time.
@@ -198,6 +202,7 @@ impl Machine {
             gcode_start_time: 0,
             tray_now: None,
             skipped_objects: Vec::new(),
+            xcam: std::collections::BTreeMap::new(),
             job_counter: 0,
             jobs_started: 0,
             pending_start: None,
@@ -470,6 +475,7 @@ impl Machine {
         self.stg_cur = idle_stg_cur(self.model);
         self.print_type = "idle";
         self.pending_start = None;
+        self.tray_now = None;
     }
 
     fn begin_job(&mut self, job: Job) {
@@ -488,6 +494,7 @@ impl Machine {
         self.stg_cur = idle_stg_cur(self.model);
         self.print_type = "local";
         self.skipped_objects.clear();
+        self.tray_now = self.job.as_ref().and_then(|j| j.tray);
         self.job_counter += 1;
         self.jobs_started += 1;
     }
@@ -662,9 +669,15 @@ impl Machine {
         {
             failure = Some(ERR_MODEL);
         }
-        if failure.is_none() && !matches!(use_ams, None | Some(Value::Bool(false))) {
-            // The simulated printers have no AMS: `true` or a non-bool fails the mapping.
-            failure = Some(ERR_AMS);
+        let mut tray = None;
+        match use_ams {
+            None | Some(Value::Bool(false)) => {}
+            Some(Value::Bool(true)) => match ams_tray(body) {
+                Ok(t) => tray = t,
+                Err(NoMappingTable) => failure = failure.or(Some(ERR_AMS)),
+            },
+            // Not a JSON bool (an H2D reads an int as a nozzle index): no mapping table.
+            Some(_) => failure = failure.or(Some(ERR_AMS)),
         }
         let duration = info.prediction.unwrap_or(DEFAULT_PREDICTION_SECS).max(30.0);
         let total_layers = ((duration / 12.0) as u32).clamp(50, 250);
@@ -689,6 +702,7 @@ impl Machine {
             duration,
             total_layers,
             failure,
+            tray,
         };
         self.gcode_start_time = ctx.unix_now;
         if ctx.knobs.echo_subtask_then_idle {
@@ -703,6 +717,56 @@ impl Machine {
             _ => self.begin_job(job),
         }
         success(body)
+    }
+}
+
+/// A `use_ams` start whose mapping names no tray the printer has (07FF_8012).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoMappingTable;
+
+/// Trays of the simulated AMS (one unit, global ids 0–3).
+pub const AMS_TRAYS: u32 = 4;
+
+/// The tray feeding the first filament of a `use_ams: true` start, from `ams_mapping2`
+/// (`{"ams_id":0,"slot_id":N}`; external spool `ams_id` 254/255) or the flat `ams_mapping`
+/// (global tray ids, `-1` = unmapped). `Err` = no valid mapping table (07FF_8012).
+pub fn ams_tray(body: &Map<String, Value>) -> Result<Option<u32>, NoMappingTable> {
+    if let Some(list) = body.get("ams_mapping2").and_then(Value::as_array) {
+        let mut first = None;
+        for e in list {
+            let ams = e
+                .get("ams_id")
+                .and_then(Value::as_u64)
+                .ok_or(NoMappingTable)?;
+            let slot = e
+                .get("slot_id")
+                .and_then(Value::as_u64)
+                .ok_or(NoMappingTable)?;
+            let tray = match (ams, slot) {
+                (0, s) if s < u64::from(AMS_TRAYS) => Some(s as u32),
+                (254 | 255, 0) | (255, 255) => None,
+                _ => return Err(NoMappingTable),
+            };
+            first = first.or(tray);
+        }
+        return Ok(first);
+    }
+    let list = body
+        .get("ams_mapping")
+        .and_then(Value::as_array)
+        .ok_or(NoMappingTable)?;
+    let mut first = None;
+    for e in list {
+        match e.as_i64() {
+            Some(-1) => {}
+            Some(t) if (0..i64::from(AMS_TRAYS)).contains(&t) => first = first.or(Some(t as u32)),
+            _ => return Err(NoMappingTable),
+        }
+    }
+    if list.is_empty() {
+        Err(NoMappingTable)
+    } else {
+        Ok(first)
     }
 }
 
@@ -1089,6 +1153,29 @@ mod tests {
         let resume = json!({"sequence_id":"9","command":"resume","param":""});
         m.handle_print(resume.as_object().unwrap(), &ctx);
         assert_eq!((m.state, m.print_error), (GcodeState::Running, 0));
+    }
+
+    #[test]
+    fn ams_mappings_are_read_like_the_firmware() {
+        let body = |v: Value| v.as_object().cloned().unwrap();
+        assert_eq!(
+            ams_tray(&body(json!({"ams_mapping": [2, -1]}))),
+            Ok(Some(2))
+        );
+        assert_eq!(ams_tray(&body(json!({"ams_mapping": [-1]}))), Ok(None));
+        assert_eq!(
+            ams_tray(&body(json!({"ams_mapping": [7]}))),
+            Err(NoMappingTable)
+        );
+        assert_eq!(
+            ams_tray(&body(json!({"ams_mapping": []}))),
+            Err(NoMappingTable)
+        );
+        assert_eq!(ams_tray(&body(json!({}))), Err(NoMappingTable));
+        let two = json!({"ams_mapping": [-1], "ams_mapping2": [{"ams_id": 255, "slot_id": 0}, {"ams_id": 0, "slot_id": 3}]});
+        assert_eq!(ams_tray(&body(two)), Ok(Some(3)));
+        let bad = json!({"ams_mapping2": [{"ams_id": 1, "slot_id": 0}]});
+        assert_eq!(ams_tray(&body(bad)), Err(NoMappingTable));
     }
 
     #[test]

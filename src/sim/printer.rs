@@ -354,10 +354,18 @@ impl Hub {
         payload: Bytes,
     ) {
         let json = parse_lenient(&payload);
-        self.log
-            .record(conn_id, client_id, qos, payload.clone(), json.clone());
         // Parsed a second time to keep the sections in message order (`json` is sorted).
-        let Some(sections) = parse_lenient_as::<Sections>(&payload) else {
+        let sections = parse_lenient_as::<Sections>(&payload);
+        let in_order = sections.as_ref().map_or(&[][..], |s| s.0.as_slice());
+        self.log.record(
+            conn_id,
+            client_id,
+            qos,
+            payload.clone(),
+            json.clone(),
+            in_order,
+        );
+        let Some(sections) = sections else {
             return;
         };
         match self.knobs.get().qos0_delay {
@@ -445,11 +453,34 @@ impl Hub {
                 };
                 core.machine.handle_print(body, &ctx).ack
             }
-            // `upgrade.get_history`, `security.*`, `xcam.*`, `camera.*` and unknown sections or
-            // commands: docs/bambu-protocol.md documents no answer for them (§4.4 lists `upgrade.*` and
-            // `security.*` as not needed), so the simulator ignores them silently, as the
-            // firmware does for commands it does not know. Answering them faithfully is part
-            // of issue 14's "not modelled" list.
+            ("upgrade", "get_history") => Some(reports::firmware_history_answer(
+                self.model,
+                body.get("sequence_id").cloned().unwrap_or(Value::Null),
+            )),
+            ("xcam", "xcam_control_set") => {
+                // Switch one AI detector (`module_name`) on or off; the `xcam` object of the
+                // next reports shows it.
+                let module = body
+                    .get("module_name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let on = body.get("control").and_then(Value::as_bool);
+                let known = reports::XCAM_MODULES.contains(&module);
+                if let (true, Some(on)) = (known, on) {
+                    core.machine.xcam.insert(module.to_string(), on);
+                }
+                let mut ack = body.clone();
+                let ok = known && on.is_some();
+                ack.insert(
+                    "result".into(),
+                    if ok { "success" } else { "failed" }.into(),
+                );
+                ack.insert("reason".into(), "".into());
+                Some(serde_json::json!({ "xcam": ack }))
+            }
+            // `security.*`, `camera.*` and unknown sections or commands: no public capture shows
+            // an answer to them, so the simulator stays silent, as the firmware does for a
+            // command it does not know.
             _ => None,
         }
     }

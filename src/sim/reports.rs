@@ -120,6 +120,36 @@ fn ams_object(m: &Machine) -> Value {
     })
 }
 
+/// AI detectors of the `xcam` object that `xcam.xcam_control_set` switches.
+pub const XCAM_MODULES: [&str; 4] = [
+    "first_layer_inspector",
+    "spaghetti_detector",
+    "buildplate_marker_detector",
+    "printing_monitor",
+];
+
+/// The answer to `upgrade.get_history`: the firmware versions the printer may be moved to, as
+/// bambulabs-api reads it (`firmware_optional[].firmware.version`); the simulator offers its
+/// own version only.
+pub fn firmware_history_answer(model: Model, sequence_id: Value) -> Value {
+    json!({"upgrade": {
+        "command": "get_history",
+        "sequence_id": sequence_id,
+        "firmware_optional": [{
+            "firmware": {
+                "version": firmware_version(model),
+                "force_update": false,
+                "url": "",
+                "description": "",
+                "status": "release",
+            },
+            "ams": [],
+        }],
+        "result": "success",
+        "reason": "",
+    }})
+}
+
 /// Wi-Fi signal as an idle printer reports it: it wanders by a few dBm between reports, which
 /// is why an idle P1/A1 keeps sending deltas.
 pub fn wifi_signal(report_epoch: u64) -> String {
@@ -269,6 +299,13 @@ pub fn status_object(ctx: &ReportCtx) -> Map<String, Value> {
     o.insert("lifecycle".into(), json!("product"));
     o.insert("mess_production_state".into(), json!("active"));
     o.insert("s_obj".into(), json!(m.skipped_objects));
+    let mut xcam = json!({"allow_skip_parts": false, "print_halt": true,
+        "halt_print_sensitivity": "medium"});
+    for module in XCAM_MODULES {
+        let default_on = module != "buildplate_marker_detector";
+        xcam[module] = json!(m.xcam.get(module).copied().unwrap_or(default_on));
+    }
+    o.insert("xcam".into(), xcam);
     o.insert("percent".into(), json!(m.percent));
     o.insert("remain_time".into(), json!(m.remaining_minutes));
     o.insert("prepare_per".into(), json!(m.prepare_percent));
