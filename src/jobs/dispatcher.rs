@@ -7,10 +7,13 @@
 //! Every batch returned by [`decide`] lists all [`ActionKind::Memory`] and
 //! [`ActionKind::Database`] actions first, in the order they must be applied, then all
 //! [`ActionKind::Effect`] actions. The runner:
-//! 1. applies the actions in order: `Database` ones are committed to SQLite
-//!    ([`crate::store::Store::apply_dispatch_action`]) and then mirrored with
-//!    [`DispatchState::apply`]; `Memory` ones only with [`DispatchState::apply`];
-//! 2. if any `Database` action fails, discards the rest of the batch (no effect runs without its
+//! 1. applies the actions in order: `Database` ones are written to SQLite, each in its own
+//!    savepoint of the batch's one transaction, and then mirrored with
+//!    [`DispatchState::apply`]; `Memory` ones only with [`DispatchState::apply`]; the
+//!    transaction is committed (one fsync for the batch: a tap, its consumption by the start and
+//!    the publish mark are one commit) before any effect runs;
+//! 2. if any `Database` action fails, rolls that action back, keeps the ones before it (as if
+//!    each had been committed alone), discards the rest of the batch (no effect runs without its
 //!    commit) and reloads the state from the store;
 //! 3. then runs the effects in the order given (upload, pushall, publish, notify) and feeds their
 //!    results back as events ([`Event::StageComplete`], [`Event::PublishResult`], …);
@@ -381,7 +384,7 @@ pub enum Event {
 pub enum ActionKind {
     /// In-memory bookkeeping only.
     Memory,
-    /// Committed to SQLite (one transaction each) before anything later in the batch.
+    /// Written to SQLite (one savepoint each, one commit per batch) before any effect runs.
     Database,
     /// I/O with the outside world; runs after every database action of the batch.
     Effect,

@@ -2,7 +2,8 @@
 //!
 //! One task owns the [`DispatchState`]. It takes events one at a time (printer snapshots, web
 //! and MQTT requests, a 1 s tick, results of its own uploads), asks [`decide`] what to do,
-//! commits every database action through [`Store::commit_batch`] *before* any effect runs (I6),
+//! commits the batch's database actions through [`Store::commit_batch`] (one transaction, one
+//! fsync) *before* any effect runs (I6),
 //! then runs the effects:
 //! - `Stage`: FTPS upload in a background task, reported back as `StageComplete`/`StageFailed`;
 //! - `RequestPushall`: one rate-limited `pushall` on the printer's link;

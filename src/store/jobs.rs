@@ -1,6 +1,7 @@
 //! Job queue persistence: job rows, plate-clear taps, plate state, queue pause flags and job event
-//! rows (migration `003_jobs.sql`). Every dispatcher [`Action`] of kind `Database` is committed
-//! here in one transaction ([`Store::apply_dispatch_action`]); the guards in the `WHERE` clauses
+//! rows (migration `003_jobs.sql`). Every dispatcher [`Action`] of kind `Database` is applied
+//! here, atomically ([`Store::apply_dispatch_action`] alone, [`Store::commit_batch`] as a savepoint
+//! of its batch's one transaction); the guards in the `WHERE` clauses
 //! repeat the dispatcher's rules so that SQLite is the last line of defence (a tap is consumed by
 //! exactly one start, a published job never returns to the queue).
 
@@ -568,36 +569,108 @@ impl Store {
         Ok(())
     }
 
-    /// Run the database part of one [`crate::jobs::dispatcher::decide`] batch: commit each
-    /// `Database` action and mirror it (and every `Memory` action) into `state`, in order. Returns
-    /// the `Effect` actions to run. On the first failed commit the rest of the batch is dropped,
-    /// the state is reloaded from the database and the error returned (no effect runs).
+    /// Run the database part of one [`crate::jobs::dispatcher::decide`] batch: apply each
+    /// `Database` action and mirror it (and every `Memory` action) into `state`, in order, and
+    /// return the `Effect` actions to run.
+    ///
+    /// All `Database` actions of the batch share ONE transaction (one fsync: a tap, its
+    /// consumption by the start and the publish mark are one commit) and the commit happens
+    /// before this returns, so before any effect runs (I6). Each action runs in its own
+    /// savepoint, so a batch behaves exactly as if every action were committed on its own: on
+    /// the first refused action, that action's partial writes are rolled back, the actions
+    /// before it are committed, the rest of the batch is dropped (no effect runs), the state is
+    /// reloaded from the database and the error returned. If the commit itself fails, nothing of
+    /// the batch is stored and the error names the first database action.
     pub fn commit_batch(
         &self,
         state: &mut DispatchState,
         actions: Vec<Action>,
     ) -> Result<Vec<Action>, BatchError> {
-        let mut effects = Vec::new();
-        for (index, action) in actions.into_iter().enumerate() {
-            match action.kind() {
-                ActionKind::Memory => state.apply(&action),
-                ActionKind::Database => {
-                    if let Err(error) = self.apply_dispatch_action(&action, &state.timings) {
-                        let error = match self.reload_persisted(state) {
-                            Ok(()) => error,
-                            Err(e) => DispatchDbError::Store(e),
-                        };
-                        return Err(BatchError { index, error });
-                    }
-                    state.apply(&action);
-                }
-                ActionKind::Effect => {
-                    state.apply(&action);
+        let first_db = actions
+            .iter()
+            .position(|a| a.kind() == ActionKind::Database);
+        let Some(first_db) = first_db else {
+            // Nothing to store: no transaction, no fsync.
+            let mut effects = Vec::new();
+            for action in actions {
+                state.apply(&action);
+                if action.kind() == ActionKind::Effect {
                     effects.push(action);
                 }
             }
+            return Ok(effects);
+        };
+        let result = {
+            let mut conn = self.conn();
+            apply_batch_in(&mut conn, state, actions, first_db)
+        };
+        match result {
+            Ok(effects) => Ok(effects),
+            Err(BatchError { index, error }) => {
+                let error = match self.reload_persisted(state) {
+                    Ok(()) => error,
+                    Err(e) => DispatchDbError::Store(e),
+                };
+                Err(BatchError { index, error })
+            }
         }
-        Ok(effects)
+    }
+}
+
+/// [`Store::commit_batch`] under the connection lock: one transaction, one savepoint per action.
+fn apply_batch_in(
+    conn: &mut rusqlite::Connection,
+    state: &mut DispatchState,
+    actions: Vec<Action>,
+    first_db: usize,
+) -> Result<Vec<Action>, BatchError> {
+    let at_first = |error: DispatchDbError| BatchError {
+        index: first_db,
+        error,
+    };
+    let tx = conn
+        .transaction()
+        .map_err(|e| at_first(DispatchDbError::from(e)))?;
+    let mut effects = Vec::new();
+    let mut refused = None;
+    for (index, action) in actions.into_iter().enumerate() {
+        match action.kind() {
+            ActionKind::Memory => state.apply(&action),
+            ActionKind::Database => {
+                let applied = tx
+                    .execute_batch("SAVEPOINT dispatch_action")
+                    .map_err(DispatchDbError::from)
+                    .and_then(|()| apply_in(&tx, &action, &state.timings));
+                let settled = match &applied {
+                    Ok(()) => tx.execute_batch("RELEASE dispatch_action"),
+                    Err(_) => {
+                        tx.execute_batch("ROLLBACK TO dispatch_action; RELEASE dispatch_action")
+                    }
+                };
+                match (applied, settled) {
+                    (Ok(()), Ok(())) => state.apply(&action),
+                    (Err(error), _) => {
+                        refused = Some(BatchError { index, error });
+                        break;
+                    }
+                    (Ok(()), Err(e)) => {
+                        // The savepoint could not be closed: store nothing of the batch.
+                        drop(tx);
+                        return Err(at_first(e.into()));
+                    }
+                }
+            }
+            ActionKind::Effect => {
+                state.apply(&action);
+                effects.push(action);
+            }
+        }
+    }
+    // The actions before a refused one are kept, as if each had been committed on its own.
+    tx.commit().map_err(|e| at_first(e.into()))?;
+    match refused {
+        Some(e) => Err(e),
+        None => Ok(effects),
     }
 }
 
@@ -1253,6 +1326,184 @@ mod tests {
             events.iter().map(|e| e.what.as_str()).collect::<Vec<_>>(),
             ["queued", "starting"]
         );
+    }
+
+    /// A printer `p` online and idle with a fresh full report and one staged job: the next tap
+    /// starts it.
+    fn staged_job(store: &Store) -> (DispatchState, Job) {
+        let printers = [("p".to_string(), "C12".to_string())];
+        let mut state = store
+            .load_dispatch_state(DispatchTimings::default(), &printers, false)
+            .expect("load");
+        let (job, _) = store.create_job(&new_job("k1"), T0).expect("create");
+        let report = ReportSummary {
+            link_online: true,
+            connection_epoch: 1,
+            have_full_report: true,
+            full_report_at: Some(T0),
+            gcode_state: GcodeState::Idle,
+            control: ControlState::Ok,
+            ..ReportSummary::default()
+        };
+        for e in [
+            Event::PrinterReport {
+                printer: "p".into(),
+                report,
+            },
+            Event::JobQueued(Box::new(job.clone())),
+            Event::StageComplete {
+                job: job.id,
+                printer: "p".into(),
+                ticket: 1,
+            },
+        ] {
+            let actions = decide(&state, e, T0);
+            store.commit_batch(&mut state, actions).expect("commit");
+        }
+        assert_eq!(state.jobs[&job.id].state, JobState::Staged);
+        (state, job)
+    }
+
+    fn tap_event() -> Event {
+        Event::Tap {
+            printer: "p".into(),
+            user: "ann".into(),
+            tap_id: "t1".into(),
+        }
+    }
+
+    /// (tap consumed by, job state, publish attempted) as another connection reads them.
+    fn seen_by(conn: &rusqlite::Connection, job: JobId) -> (Option<JobId>, String, bool) {
+        let consumed = conn
+            .query_row(
+                "SELECT consumed_by_job FROM plate_taps WHERE tap_id = 't1'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .expect("tap row")
+            .flatten();
+        let (state, attempted): (String, Option<i64>) = conn
+            .query_row(
+                "SELECT state, publish_attempted_at_ms FROM jobs WHERE id = ?1",
+                [job],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("job row");
+        (consumed, state, attempted.is_some())
+    }
+
+    #[test]
+    fn a_tap_batch_is_committed_before_its_publish_is_handed_out() {
+        // I6 with the tap, its consumption and the publish mark folded into one commit: when
+        // commit_batch hands out the Publish effect, another connection to the same file must
+        // already read all three.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("printgate.sqlite");
+        let store = Store::open(&path).expect("store");
+        let (mut state, job) = staged_job(&store);
+        let actions = decide(&state, tap_event(), T0 + 1);
+        let outside: Vec<&Action> = actions
+            .iter()
+            .filter(|a| a.kind() != ActionKind::Memory)
+            .collect();
+        assert!(
+            matches!(
+                outside.as_slice(),
+                [
+                    Action::RecordTap { .. },
+                    Action::ConsumeTapAndMarkStarting { .. },
+                    Action::MarkPublishing { .. },
+                    Action::Publish { .. },
+                    ..
+                ]
+            ),
+            "{outside:?}"
+        );
+        let effects = store.commit_batch(&mut state, actions).expect("commit");
+        assert!(effects.iter().any(|a| matches!(a, Action::Publish { .. })));
+        let other = rusqlite::Connection::open(&path).expect("second connection");
+        assert_eq!(
+            seen_by(&other, job.id),
+            (Some(job.id), "starting".to_string(), true)
+        );
+    }
+
+    #[test]
+    fn a_refused_start_in_a_tap_batch_keeps_the_tap_and_consumes_nothing() {
+        // I1 inside the folded batch: SQLite refuses the job's move to `starting` after the tap
+        // was already marked consumed in the same action. That action must leave no trace (the
+        // tap stays unconsumed, the plate clear), the tap recorded before it stays, nothing after
+        // it is stored and no Publish is handed out.
+        let store = Store::open_in_memory().expect("store");
+        let (mut state, job) = staged_job(&store);
+        store
+            .conn()
+            .execute_batch(
+                "CREATE TRIGGER refuse_start BEFORE UPDATE OF state ON jobs
+                 WHEN NEW.state = 'starting' BEGIN SELECT RAISE(ABORT, 'injected refusal'); END",
+            )
+            .expect("trigger");
+        let actions = decide(&state, tap_event(), T0 + 1);
+        let start = actions
+            .iter()
+            .position(|a| matches!(a, Action::ConsumeTapAndMarkStarting { .. }))
+            .expect("a start was decided");
+        let err = store
+            .commit_batch(&mut state, actions)
+            .expect_err("the start is refused");
+        assert_eq!(err.index, start);
+        assert_eq!(
+            seen_by(&store.conn(), job.id),
+            (None, "staged".to_string(), false)
+        );
+        assert_eq!(store.tap_consumer("t1").expect("q"), None);
+        assert_eq!(state.jobs[&job.id].state, JobState::Staged);
+        assert!(matches!(
+            state.printers["p"].plate,
+            PlateState::Clear(ref t) if t.tap_id == "t1"
+        ));
+        // The state after the refusal is exactly what the database holds.
+        let mut reloaded = store
+            .load_dispatch_state(
+                DispatchTimings::default(),
+                &[("p".to_string(), "C12".to_string())],
+                false,
+            )
+            .expect("reload");
+        reloaded.printers = state.printers.clone();
+        assert_eq!(reloaded.jobs, state.jobs);
+    }
+
+    #[test]
+    fn a_refused_publish_mark_keeps_the_start_and_hands_out_no_publish() {
+        // The start (tap consumed, job starting) is committed with the tap; the publish mark is
+        // refused, so no Publish may run (I6): restart recovery then sees a start whose outcome
+        // is known to be "nothing sent".
+        let store = Store::open_in_memory().expect("store");
+        let (mut state, job) = staged_job(&store);
+        store
+            .conn()
+            .execute_batch(
+                "CREATE TRIGGER refuse_mark BEFORE UPDATE OF publish_attempted_at_ms ON jobs
+                 WHEN NEW.publish_attempted_at_ms IS NOT NULL
+                 BEGIN SELECT RAISE(ABORT, 'injected refusal'); END",
+            )
+            .expect("trigger");
+        let actions = decide(&state, tap_event(), T0 + 1);
+        let mark = actions
+            .iter()
+            .position(|a| matches!(a, Action::MarkPublishing { .. }))
+            .expect("a publish was decided");
+        let err = store
+            .commit_batch(&mut state, actions)
+            .expect_err("the mark is refused");
+        assert_eq!(err.index, mark);
+        assert_eq!(
+            seen_by(&store.conn(), job.id),
+            (Some(job.id), "starting".to_string(), false)
+        );
+        assert_eq!(state.jobs[&job.id].state, JobState::Starting);
     }
 
     #[test]

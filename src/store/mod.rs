@@ -167,6 +167,10 @@ impl Store {
         // In-memory databases answer "memory"; files switch to WAL.
         let _mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        // FULL, not NORMAL: with WAL, NORMAL does not sync the log at each commit, so a power
+        // cut (the common failure of a Raspberry Pi) may lose the last commits, e.g. a start's
+        // consumed tap (I1) or its publish mark (I2). Speed comes from fewer commits instead
+        // (one per dispatcher batch, see `commit_batch`).
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrations::apply(&mut conn)?;
