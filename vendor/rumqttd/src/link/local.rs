@@ -49,6 +49,10 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // printgate patch: MQTT 5 session expiry, maximum packet size and receive maximum
+    session_expiry: Option<Option<u32>>,
+    max_packet_size: Option<u32>,
+    receive_maximum: Option<u16>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,7 +66,24 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            session_expiry: None,
+            max_packet_size: None,
+            receive_maximum: None,
         }
+    }
+
+    /// printgate patch: how long the session outlives the connection, in seconds (`None`:
+    /// for ever). Without this, clean session 1 means 0 and clean session 0 for ever.
+    pub fn session_expiry(mut self, expiry: Option<u32>) -> Self {
+        self.session_expiry = Some(expiry);
+        self
+    }
+
+    /// printgate patch: the client's Maximum Packet Size and Receive Maximum (MQTT 5).
+    pub fn client_limits(mut self, max_packet_size: Option<u32>, receive_maximum: Option<u16>) -> Self {
+        self.max_packet_size = max_packet_size;
+        self.receive_maximum = receive_maximum;
+        self
     }
 
     pub fn tenant_id(mut self, tenant_id: Option<String>) -> Self {
@@ -111,6 +132,11 @@ impl<'a> LinkBuilder<'a> {
         connection
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
+        if let Some(expiry) = self.session_expiry {
+            connection.session_expiry = expiry;
+        }
+        connection.max_packet_size = self.max_packet_size;
+        connection.receive_maximum = self.receive_maximum;
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();

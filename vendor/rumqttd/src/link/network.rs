@@ -43,6 +43,11 @@ pub struct Network<P> {
 }
 
 impl<P: Protocol> Network<P> {
+    /// Whether this connection speaks MQTT 5.
+    pub fn is_v5(&self) -> bool {
+        self.protocol.is_v5()
+    }
+
     pub fn new(
         socket: Box<dyn N>,
         max_incoming_size: usize,

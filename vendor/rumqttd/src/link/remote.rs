@@ -91,9 +91,28 @@ impl<P: Protocol> RemoteLink<P> {
         // the Will Delay Interval has passed or the Session ends, whichever happens first
         let will_delay_interval = min(session_expiry, delay_interval);
 
+        // printgate patch: an MQTT 5 session lasts Session Expiry Interval seconds after the
+        // connection (absent: 0; 0xFFFFFFFF: for ever) whatever Clean Start says; Clean Start
+        // only discards an earlier session. MQTT 3.1.1: clean session 1 ends with the
+        // connection, 0 lasts for ever.
+        let expiry = if network.is_v5() {
+            match session_expiry {
+                u32::MAX => None,
+                s => Some(s),
+            }
+        } else if clean_session {
+            Some(0)
+        } else {
+            None
+        };
+        let max_packet_size = props.as_ref().and_then(|p| p.max_packet_size);
+        let receive_maximum = props.as_ref().and_then(|p| p.receive_maximum);
+
         let (link_tx, link_rx, notification) = LinkBuilder::new(client_id, router_tx)
             .tenant_id(tenant_id)
             .clean_session(clean_session)
+            .session_expiry(expiry)
+            .client_limits(max_packet_size, receive_maximum)
             .last_will(lastwill)
             .last_will_properties(lastwill_props)
             .dynamic_filters(dynamic_filters)

@@ -748,4 +748,9 @@ pub enum Error {
 pub trait Protocol {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error>;
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error>;
+    /// printgate patch: whether this is MQTT 5, whose sessions end by Session Expiry Interval
+    /// rather than by the clean-session flag.
+    fn is_v5(&self) -> bool {
+        false
+    }
 }

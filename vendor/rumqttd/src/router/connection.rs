@@ -33,6 +33,16 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    /// printgate patch: seconds the session outlives the connection (`None`: for ever, MQTT
+    /// 3.1.1 clean session 0; `Some(0)`: it ends with the connection). `clean` only says
+    /// whether an earlier session is discarded when this one starts (MQTT 5 Clean Start).
+    pub session_expiry: Option<u32>,
+    /// printgate patch: the client's Maximum Packet Size (MQTT 5): larger PUBLISHes are not
+    /// sent to it.
+    pub max_packet_size: Option<u32>,
+    /// printgate patch: the client's Receive Maximum (MQTT 5): at most this many QoS 1 and 2
+    /// PUBLISHes unacknowledged.
+    pub receive_maximum: Option<u16>,
 }
 
 impl Connection {
@@ -66,6 +76,9 @@ impl Connection {
             topic_aliases: HashMap::new(),
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
+            session_expiry: if clean { Some(0) } else { None },
+            max_packet_size: None,
+            receive_maximum: None,
         }
     }
 

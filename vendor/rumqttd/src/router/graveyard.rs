@@ -19,7 +19,12 @@ impl Graveyard {
     /// Add a new connection.
     /// Return tracker of previous connection if connection id already exists
     pub fn retrieve(&mut self, id: &str) -> Option<SavedState> {
-        self.connections.remove(id)
+        let mut saved = self.connections.remove(id)?;
+        // printgate patch: a session past its expiry is gone (only its metrics are kept).
+        if saved.expires_at.is_some_and(|at| at <= std::time::Instant::now()) {
+            saved.session_state = None;
+        }
+        Some(saved)
     }
 
     /// Save connection tracker
@@ -29,6 +34,7 @@ impl Graveyard {
         subscriptions: HashSet<String>,
         metrics: ConnectionEvents,
         unacked_pubrels: VecDeque<u16>,
+        expires_at: Option<std::time::Instant>,
     ) {
         tracker.pause(PauseReason::Busy);
         let id = tracker.id.clone();
@@ -44,6 +50,7 @@ impl Graveyard {
             SavedState {
                 session_state: Some(session_state),
                 metrics,
+                expires_at,
             },
         );
     }
@@ -55,6 +62,7 @@ impl Graveyard {
             SavedState {
                 session_state: None,
                 metrics,
+                expires_at: None,
             },
         );
     }
@@ -64,6 +72,8 @@ impl Graveyard {
 pub struct SavedState {
     pub session_state: Option<SessionState>,
     pub metrics: ConnectionEvents,
+    /// printgate patch: when the session expires (`None`: never).
+    pub expires_at: Option<std::time::Instant>,
 }
 
 #[derive(Debug)]

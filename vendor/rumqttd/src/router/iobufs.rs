@@ -66,6 +66,9 @@ pub struct Outgoing {
     last_pkid: u16,
     /// Metrics of outgoing messages of this connection
     pub(crate) meter: OutgoingMeter,
+    /// printgate patch: most QoS 1 and 2 publishes unacknowledged at once: the client's
+    /// Receive Maximum (MQTT 5 3.3.4), at most `MAX_INFLIGHT`.
+    pub(crate) max_inflight: usize,
 }
 
 impl Outgoing {
@@ -88,6 +91,7 @@ impl Outgoing {
             handle,
             last_pkid: 0,
             meter: Default::default(),
+            max_inflight: MAX_INFLIGHT,
         };
 
         (outgoing, rx)
@@ -99,7 +103,13 @@ impl Outgoing {
     }
 
     pub fn free_slots(&self) -> usize {
-        MAX_INFLIGHT - self.inflight_buffer.len()
+        self.max_inflight.saturating_sub(self.inflight_buffer.len())
+    }
+
+    /// printgate patch: honour the client's Receive Maximum.
+    pub fn set_receive_maximum(&mut self, receive_maximum: Option<u16>) {
+        self.max_inflight = receive_maximum
+            .map_or(MAX_INFLIGHT, |m| usize::from(m).clamp(1, MAX_INFLIGHT));
     }
 
     pub fn push_notification(&mut self, notification: Notification) -> usize {
@@ -132,6 +142,13 @@ impl Outgoing {
         }
 
         for mut p in publishes {
+            // printgate patch: a message may go out at a lower QoS than the subscription's
+            // (its own): QoS 0 ones take no packet id and no inflight slot.
+            if p.publish.qos == crate::protocol::QoS::AtMostOnce {
+                self.meter.publish_count += 1;
+                buffer.push_back(Notification::Forward(p));
+                continue;
+            }
             // Index and pkid of current outgoing packet
             self.last_pkid += 1;
             p.publish.pkid = self.last_pkid;

@@ -22,6 +22,9 @@ pub struct PublishData {
     pub publish: Publish,
     pub properties: Option<PublishProperties>,
     pub timestamp: Instant,
+    /// printgate patch: client id of the publisher (for No Local subscriptions); `None` for
+    /// wills and retained messages.
+    pub origin: Option<std::sync::Arc<str>>,
 }
 
 impl From<PubWithProp> for PublishData {
@@ -30,9 +33,13 @@ impl From<PubWithProp> for PublishData {
             publish,
             properties,
             timestamp: Instant::now(),
+            origin: None,
         }
     }
 }
+
+/// printgate patch: one message read from a commit log, with its publisher's client id.
+pub type PubRead = (PubWithProp, Offset, Option<std::sync::Arc<str>>);
 
 // TODO: remove this from here
 impl Storage for PublishData {
@@ -99,6 +106,21 @@ impl DataLog {
         self.native
             .get(*self.filter_indexes.get(filter)?)
             .map(|data| &data.waiters)
+    }
+
+    /// printgate patch: take this connection's parked request for `filter` (as subscribed,
+    /// `$share/…` included) out of the log `filter_idx`.
+    pub fn take_waiter(
+        &mut self,
+        id: ConnectionId,
+        filter_idx: FilterIdx,
+        filter: &str,
+    ) -> Option<DataRequest> {
+        let waiters = self.native.get_mut(filter_idx)?.waiters.get_mut();
+        let index = waiters
+            .iter()
+            .position(|(c, r)| *c == id && r.filter == filter)?;
+        waiters.remove(index).map(|(_, r)| r)
     }
 
     pub fn remove_waiters_for_id(
@@ -177,7 +199,7 @@ impl DataLog {
         filter_idx: FilterIdx,
         offset: Offset,
         len: u64,
-    ) -> io::Result<(Position, Vec<(PubWithProp, Offset)>)> {
+    ) -> io::Result<(Position, Vec<PubRead>)> {
         // unwrap to get index of `self.native` is fine here, because when a new subscribe packet
         // arrives in `Router::handle_device_payload`, it first calls the function
         // `next_native_offset` which creates a new commitlog if one doesn't exist. So any new
@@ -219,7 +241,13 @@ impl DataLog {
         // no need to include timestamp when returning
         let o = o
             .into_iter()
-            .map(|(pubdata, offset)| ((pubdata.publish, pubdata.properties), offset))
+            .map(|(pubdata, offset)| {
+                (
+                    (pubdata.publish, pubdata.properties),
+                    offset,
+                    pubdata.origin,
+                )
+            })
             .collect();
 
         Ok((next, o))

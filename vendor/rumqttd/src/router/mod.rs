@@ -196,6 +196,12 @@ pub struct DataRequest {
     max_count: usize,
     pub(crate) forward_retained: bool,
     pub(crate) group: Option<String>,
+    /// printgate patch: No Local (MQTT 5): the subscriber's own messages are not sent to it.
+    #[serde(default)]
+    pub(crate) nolocal: bool,
+    /// printgate patch: Retain As Published (MQTT 5): live messages keep their retain flag.
+    #[serde(default)]
+    pub(crate) preserve_retain: bool,
     /// printgate patch: retained messages of this new subscription not yet sent (they are sent
     /// as inflight slots and the outgoing buffer allow, instead of the excess being dropped).
     #[serde(skip)]

@@ -21,7 +21,7 @@ use tracing::{debug, error, info, trace, warn};
 use super::alertlog::{Alert, AlertLog};
 use super::graveyard::Graveyard;
 use super::iobufs::{Incoming, Outgoing};
-use super::logs::{AckLog, DataLog};
+use super::logs::{AckLog, DataLog, PublishData};
 use super::scheduler::{ScheduleReason, Scheduler};
 use super::shared_subs::SharedGroup;
 use super::{
@@ -354,6 +354,7 @@ impl Router {
             );
         }
 
+        outgoing.set_receive_maximum(connection.receive_maximum);
         let connection_id = self.connections.insert(connection);
         assert_eq!(self.ibufs.insert(incoming), connection_id);
         assert_eq!(self.obufs.insert(outgoing), connection_id);
@@ -494,8 +495,9 @@ impl Router {
             connection.events.events.pop_front();
         }
 
-        // Save state for persistent sessions
-        if !connection.clean {
+        // Save state for persistent sessions (printgate patch: every session whose expiry is
+        // not 0, which for MQTT 3.1.1 means clean session 0)
+        if connection.session_expiry != Some(0) {
             // Add inflight data requests back to tracker
             inflight_data_requests
                 .into_iter()
@@ -524,6 +526,9 @@ impl Router {
                 connection.subscriptions,
                 connection.events,
                 outgoing.unacked_pubrels,
+                connection.session_expiry.map(|s| {
+                    std::time::Instant::now() + std::time::Duration::from_secs(u64::from(s))
+                }),
             );
         } else {
             tracker.pause(PauseReason::Busy);
@@ -714,55 +719,54 @@ impl Router {
                 Packet::Unsubscribe(unsubscribe, _) => {
                     let connection = self.connections.get_mut(id).unwrap();
                     let pkid = unsubscribe.pkid;
+                    // printgate patch: one UNSUBACK for the whole UNSUBSCRIBE, with a reason per
+                    // filter, also for filters that were not subscribed (MQTT 3.1.1 3.10.4-5,
+                    // MQTT 5 3.11.3: "No subscription existed"); upstream sent none for those
+                    // (the client waited for ever) and one per filter otherwise.
+                    let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
                     for filter in &unsubscribe.filters {
                         let span = tracing::info_span!("unsubscribe", topic = filter, pkid);
                         let _guard = span.enter();
 
                         debug!("Removing subscription on filter {}", filter);
-                        if let Some(connection_ids) = self.subscription_map.get_mut(filter) {
-                            let removed = connection_ids.remove(&id);
-                            if !removed {
-                                continue;
-                            }
-
-                            let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
-                            meter.unregister_subscription(filter);
-
-                            if !connection.subscriptions.remove(filter) {
-                                warn!(
-                                    pkid = unsubscribe.pkid,
-                                    "Unsubscribe failed as filter was not subscribed previously"
-                                );
-                                continue;
-                            }
-
-                            // Remove connections from all groups
-                            // discard empty group ( group with no client )
-                            // note: can we do this in better way?
-                            self.shared_subscriptions.retain(|_, group| {
-                                group.remove_client(&client_id);
-                                !group.is_empty()
-                            });
-
-                            if let Some(broker_aliases) = connection.broker_topic_aliases.as_mut() {
-                                broker_aliases.remove_alias(filter);
-                            }
-
-                            // remove the subscription id
-                            connection.subscription_ids.remove(filter);
-
-                            let unsuback = UnsubAck {
-                                pkid,
-                                // reasons are used in MQTTv5
-                                reasons: vec![UnsubAckReason::Success],
-                            };
-                            let ackslog = self.ackslog.get_mut(id).unwrap();
-                            ackslog.unsuback(unsuback);
-                            self.scheduler.untrack(id, filter);
-                            self.datalog.remove_waiters_for_id(id, filter);
-                            force_ack = true;
+                        let removed = self
+                            .subscription_map
+                            .get_mut(filter)
+                            .is_some_and(|connection_ids| connection_ids.remove(&id));
+                        if !removed || !connection.subscriptions.remove(filter) {
+                            warn!(
+                                pkid = unsubscribe.pkid,
+                                "Unsubscribe of a filter that was not subscribed"
+                            );
+                            reasons.push(UnsubAckReason::NoSubscriptionExisted);
+                            continue;
                         }
+
+                        let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
+                        meter.unregister_subscription(filter);
+
+                        // Remove connections from all groups
+                        // discard empty group ( group with no client )
+                        // note: can we do this in better way?
+                        self.shared_subscriptions.retain(|_, group| {
+                            group.remove_client(&client_id);
+                            !group.is_empty()
+                        });
+
+                        if let Some(broker_aliases) = connection.broker_topic_aliases.as_mut() {
+                            broker_aliases.remove_alias(filter);
+                        }
+
+                        // remove the subscription id
+                        connection.subscription_ids.remove(filter);
+
+                        self.scheduler.untrack(id, filter);
+                        self.datalog.remove_waiters_for_id(id, filter);
+                        reasons.push(UnsubAckReason::Success);
                     }
+                    let ackslog = self.ackslog.get_mut(id).unwrap();
+                    ackslog.unsuback(UnsubAck { pkid, reasons });
+                    force_ack = true;
                 }
                 Packet::PubAck(puback, _) => {
                     let span = tracing::info_span!("puback", pkid = puback.pkid);
@@ -870,10 +874,18 @@ impl Router {
 
                     force_ack = true;
                 }
-                Packet::Disconnect(_, _) => {
+                Packet::Disconnect(_, props) => {
                     let span = tracing::info_span!("disconnect");
                     let _guard = span.enter();
                     disconnect = true;
+                    // printgate patch: the DISCONNECT's Session Expiry Interval replaces the
+                    // CONNECT's (MQTT 5 3.14.2.2.2; not allowed when that was 0).
+                    if let Some(expiry) = props.and_then(|p| p.session_expiry_interval) {
+                        let connection = self.connections.get_mut(id).unwrap();
+                        if connection.session_expiry != Some(0) {
+                            connection.session_expiry = (expiry != u32::MAX).then_some(expiry);
+                        }
+                    }
                     // delete the last will message
                     self.last_wills.remove(&client_id);
                     break;
@@ -961,14 +973,21 @@ impl Router {
                 .insert(filter_path.clone(), subscription_id);
         }
 
-        // check is group is None because retained messages aren't sent
-        // for shared subscriptions
-        // TODO: use retain forward rules
-        let forward_retained = group.is_none();
-
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
-        if connection.subscriptions.insert(filter_path.clone()) {
+        let is_new = connection.subscriptions.insert(filter_path.clone());
+
+        // Retained messages aren't sent for shared subscriptions. printgate patch: MQTT 5
+        // Retain Handling (3.8.3.1): 0 on every SUBSCRIBE, 1 only on a new subscription, 2
+        // never (upstream: only on a new subscription).
+        let forward_retained = group.is_none()
+            && match filter.retain_forward_rule {
+                protocol::RetainForwardRule::OnEverySubscribe => true,
+                protocol::RetainForwardRule::OnNewSubscribe => is_new,
+                protocol::RetainForwardRule::Never => false,
+            };
+
+        if is_new {
             let request = DataRequest {
                 filter: filter_path.clone(),
                 filter_idx,
@@ -976,20 +995,38 @@ impl Router {
                 cursor,
                 read_count: 0,
                 max_count: 100,
-                // set true for new subscriptions
                 forward_retained,
                 group,
                 retained_backlog: Default::default(),
+                nolocal: filter.nolocal,
+                preserve_retain: filter.preserve_retain,
             };
 
             self.scheduler.track(id, request);
             self.scheduler.reschedule(id, ScheduleReason::NewFilter);
             debug_assert!(self.scheduler.check_tracker_duplicates(id).is_none())
+        } else {
+            // printgate patch: a SUBSCRIBE to a filter the client already has replaces the
+            // subscription's options (MQTT 3.1.1 3.8.4-3, MQTT 5 3.8.4) and, by its Retain
+            // Handling, sends the retained messages again; the request keeps its place in the log.
+            let update = |r: &mut DataRequest| {
+                r.qos = filter.qos as u8;
+                r.nolocal = filter.nolocal;
+                r.preserve_retain = filter.preserve_retain;
+                if forward_retained {
+                    r.forward_retained = true;
+                }
+            };
+            if let Some(request) = self.scheduler.data_request_mut(id, filter_path) {
+                update(request);
+                self.scheduler.reschedule(id, ScheduleReason::NewFilter);
+            } else if let Some(mut request) = self.datalog.take_waiter(id, filter_idx, filter_path)
+            {
+                update(&mut request);
+                self.scheduler.track(id, request);
+                self.scheduler.reschedule(id, ScheduleReason::NewFilter);
+            }
         }
-
-        // TODO: figure out how we can update existing DataRequest
-        // helpful in re-subscriptions and forwarding retained messages on
-        // every subscribe
 
         let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
         meter.register_subscription(filter_path.clone());
@@ -1238,10 +1275,10 @@ fn append_to_commitlog(
         datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
     }
 
-    // after recording retained message, we also send that message to existing subscribers
-    // as normal publish message. Therefore we are setting retain to false
-    publish.retain = false;
+    // printgate patch: the log keeps the publisher's retain flag, for Retain As Published
+    // subscriptions; every other subscription gets it cleared when the message is sent.
     let pkid = publish.pkid;
+    let origin: std::sync::Arc<str> = connection.client_id.as_str().into();
 
     let filter_idxs = datalog.matches(topic);
 
@@ -1258,8 +1295,9 @@ fn append_to_commitlog(
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
         let datalog = datalog.native.get_mut(filter_idx).unwrap();
-        let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
+        let mut publish_data: PublishData = (publish.clone(), properties.clone()).into();
+        publish_data.origin = Some(origin.clone());
+        let (offset, filter) = datalog.append(publish_data, notifications);
         debug!(
             pkid,
             "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
@@ -1309,9 +1347,7 @@ fn append_will_message(
         datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
     }
 
-    // after recording retained message, we also send that message to existing subscribers
-    // as normal publish message. Therefore we are setting retain to false
-    publish.retain = false;
+    // printgate patch: the retain flag stays in the log (see `append_to_commitlog`).
     let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
@@ -1476,7 +1512,12 @@ fn forward_device_data(
     }
     if !request.retained_backlog.is_empty() {
         let take = request.retained_backlog.len().min(inflight_slots as usize);
-        publishes.extend(request.retained_backlog.drain(..take).map(|p| (p, None)));
+        publishes.extend(request.retained_backlog.drain(..take).map(|(mut p, props)| {
+            // printgate patch: a retained message sent because of a subscription carries
+            // retain 1 (MQTT 3.1.1 3.3.1-8, MQTT 5 3.3.1.3).
+            p.retain = true;
+            ((p, props), None)
+        }));
         inflight_slots -= take as u64;
     }
 
@@ -1499,10 +1540,17 @@ fn forward_device_data(
         }
     };
 
+    // printgate patch: No Local (MQTT 5 3.8.3.1) leaves out the subscriber's own messages;
+    // live messages carry retain 0 unless the subscription is Retain As Published.
+    let own_id = outgoing.client_id.as_str();
     publishes.extend(
         publishes_from_datalog
             .into_iter()
-            .map(|(p, offset)| (p, Some(offset))),
+            .filter(|(_, _, origin)| !(request.nolocal && origin.as_deref() == Some(own_id)))
+            .map(|((mut p, props), offset, _)| {
+                p.retain &= request.preserve_retain;
+                ((p, props), Some(offset))
+            }),
     );
 
     let (start, next, caughtup) = match next {
@@ -1553,7 +1601,13 @@ fn forward_device_data(
     // println!("{:?} {:?} {}", start, next, request.read_count);
 
     if publishes.is_empty() {
-        return ConsumeStatus::FilterCaughtup;
+        // printgate patch: everything read may have been left out (No Local): only a log
+        // read to its end is caught up.
+        return if caughtup && request.retained_backlog.is_empty() {
+            ConsumeStatus::FilterCaughtup
+        } else {
+            ConsumeStatus::PartialRead
+        };
     }
 
     let broker_topic_aliases = &mut connection.broker_topic_aliases;
@@ -1571,12 +1625,16 @@ fn forward_device_data(
     }
 
     let subscription_id = connection.subscription_ids.get(&request.filter);
+    let max_packet_size = connection.max_packet_size.map(|m| m as usize);
 
     // Fill and notify device data
     let forwards = publishes
         .into_iter()
-        .map(|((mut publish, mut properties), offset)| {
-            publish.qos = protocol::qos(qos).unwrap();
+        .filter_map(|((mut publish, mut properties), offset)| {
+            // printgate patch: a message goes out at the lower of its own QoS and the
+            // subscription's (MQTT 3.1.1 3.8.4, MQTT 5 3.8.4); upstream used the
+            // subscription's.
+            publish.qos = protocol::qos(qos.min(publish.qos as u8)).unwrap();
 
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {
@@ -1597,12 +1655,20 @@ fn forward_device_data(
                 properties = Some(props);
             }
 
-            Forward {
+            // printgate patch: a client never gets a packet above its Maximum Packet Size
+            // (MQTT 5 3.1.2.11.4): such a message is left out for it, as if sent.
+            if max_packet_size.is_some_and(|max| {
+                crate::protocol::v5::publish_packet_size(&publish, &properties) > max
+            }) {
+                return None;
+            }
+
+            Some(Forward {
                 cursor: offset,
                 size: 0,
                 publish,
                 properties,
-            }
+            })
         });
 
     let (len, inflight) = outgoing.push_forwards(forwards, qos, filter_idx);

@@ -49,6 +49,15 @@ impl Scheduler {
         tracker.register_data_request(request);
     }
 
+    /// printgate patch: this connection's active request for `filter`, if it is not parked.
+    pub fn data_request_mut(&mut self, id: ConnectionId, filter: &str) -> Option<&mut DataRequest> {
+        self.trackers
+            .get_mut(id)?
+            .data_requests
+            .iter_mut()
+            .find(|r| r.filter == filter)
+    }
+
     pub fn untrack(&mut self, id: ConnectionId, filter: &Filter) {
         let tracker = self.trackers.get_mut(id).unwrap();
         tracker.unregister_data_request(filter.clone());

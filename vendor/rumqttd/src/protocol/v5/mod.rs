@@ -361,7 +361,22 @@ fn read_u32(stream: &mut Bytes) -> Result<u32, Error> {
 #[derive(Debug, Clone)]
 pub struct V5;
 
+/// printgate patch: the size in bytes of this PUBLISH on the wire (fixed header included),
+/// to honour a client's Maximum Packet Size. The packet id is counted when QoS > 0 even
+/// before it is assigned.
+pub fn publish_packet_size(publish: &Publish, properties: &Option<PublishProperties>) -> usize {
+    let mut body = publish::len(publish, properties);
+    if publish.qos != QoS::AtMostOnce && publish.pkid == 0 {
+        body += 2;
+    }
+    1 + len_len(body) + body
+}
+
 impl Protocol for V5 {
+    fn is_v5(&self) -> bool {
+        true
+    }
+
     /// Reads a stream of bytes and extracts next MQTT packet out of it
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
         let fixed_header = check(stream.iter(), max_size)?;
