@@ -4,7 +4,8 @@
 //! - `printgate/<printer>/cmd/<kind>`: control users only; it becomes a [`Decision::Command`].
 //! - everything else under `printgate/`, the discovery prefix and `$…`: only the gateway itself
 //!   publishes there (no spoofed state, availability or discovery) — except `<prefix>/status`,
-//!   Home Assistant's birth message, which every signed-in client may send.
+//!   Home Assistant's birth message, which every signed-in client may send. (The front door
+//!   refuses a `$…` publish without closing the connection, as Mosquitto refuses `$SYS`.)
 //! - `<instance>/…` of a configured Moonraker printer: only that printer's own login (and the
 //!   gateway itself, which does not come through the front door). Nobody else can send JSON-RPC
 //!   to a printer (every start goes through the dispatcher) or fake its status.

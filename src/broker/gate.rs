@@ -8,8 +8,11 @@
 //! 3.1.1 (refused: identifier rejected); commands are handed to the [`CommandRouter`] with the sender's identity. A
 //! forbidden publish or subscribe closes the connection (MQTT 5: DISCONNECT "not authorized"), and
 //! so does the revocation of the token or printer login a client logged in with
-//! ([`sweep_revoked`]). Limits: connections, packet size, CONNECT timeout, publish rate
-//! (backpressure, not disconnect).
+//! ([`sweep_revoked`]) — except a publish to a `$…` topic, which is answered as Mosquitto answers
+//! a denied one (acknowledged, MQTT 5 "not authorized", not delivered) on a connection that
+//! stays. MQTT 5 topic aliases are resolved per connection for the ACL (the broker resolves
+//! them the same way); a second CONNECT ends the connection (protocol error). Limits:
+//! connections, packet size, CONNECT timeout, publish rate (backpressure, not disconnect).
 //!
 //! Until its login succeeds a connection holds only a place in the pre-login budget
 //! ([`crate::admission`]: `max_unauthenticated_per_address` per source address,
@@ -369,25 +372,37 @@ pub(crate) async fn client<S>(
     tracing::debug!(%peer, user = %identity.user, client_id = %info.client_id, assigned = assigned.as_deref().unwrap_or(""), "MQTT client connected");
     let _counted = crate::broker::stats::ClientGuard::new(gate.stats.clone());
 
-    // Broker → client: bytes as they are.
+    // Broker → client: packet by packet as they are, and the front door's own answers (to a
+    // refused `$` publish) between two packets.
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    let down_wr = wr.clone();
+    let down_limit = limit.saturating_add(DOWN_SLACK);
     let mut down = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut up_rd, &mut wr).await;
-        wr
+        let mut up_rd = tokio::io::BufReader::with_capacity(16 * 1024, up_rd);
+        while let Ok(p) = packets::read_packet(&mut up_rd, down_limit).await {
+            if down_wr.lock().await.write_all(&p.encode()).await.is_err() {
+                break;
+            }
+        }
     });
-    let mut writer = None;
+    let mut broker_ended = false;
 
     // Client → broker: packet by packet, PUBLISH checked.
     let mut bucket = Bucket::new(gate.limits.publishes_per_sec);
-    let denied = loop {
+    // MQTT 5 topic aliases this client set on this connection (they end with it).
+    let mut aliases: std::collections::HashMap<u16, String> = std::collections::HashMap::new();
+    // Packet ids of refused QoS 2 publishes (MQTT 3.1.1) whose PUBREL printgate answers.
+    let mut refused_qos2: std::collections::HashSet<u16> = std::collections::HashSet::new();
+    let denied: Option<u8> = loop {
         let packet = tokio::select! {
             _ = shutdown.cancelled() => break None,
             _ = session.revoked() => {
                 tracing::info!(%peer, user = %identity.user, "MQTT client disconnected: its login was revoked");
-                break Some(info.level);
+                break Some(packets::reason::NOT_AUTHORIZED);
             }
-            w = &mut down => {
+            _ = &mut down => {
                 // The broker ended the session (e.g. the same client id connected again).
-                writer = w.ok();
+                broker_ended = true;
                 break None;
             }
             p = packets::read_packet(&mut rd, limit) => p,
@@ -400,6 +415,26 @@ pub(crate) async fn client<S>(
                 break None;
             }
         };
+        if packet.kind() == packets::CONNECT {
+            // A second CONNECT is a protocol violation (MQTT 3.1.1 3.1.0-2, MQTT 5 3.1.0).
+            tracing::debug!(%peer, user = %identity.user, "second MQTT CONNECT on one connection; disconnecting");
+            break Some(packets::reason::PROTOCOL_ERROR);
+        }
+        if packet.kind() == packets::PUBREL
+            && let Some(pkid) = packets::packet_id(&packet.body)
+            && refused_qos2.remove(&pkid)
+        {
+            if wr
+                .lock()
+                .await
+                .write_all(&packets::pubcomp(pkid))
+                .await
+                .is_err()
+            {
+                break None;
+            }
+            continue;
+        }
         if packet.kind() == PUBLISH {
             gate.stats.publish_received();
             let wait = bucket.take();
@@ -413,22 +448,57 @@ pub(crate) async fn client<S>(
                     break None;
                 }
             };
-            match gate.publish_decision(identity, publish.topic) {
+            // The topic this PUBLISH goes to: its own, or the one its MQTT 5 topic alias stands
+            // for on this connection (the broker resolves the alias the same way).
+            let topic = match publish.topic_alias {
+                None => publish.topic,
+                Some(alias) if alias == 0 || alias > packets::TOPIC_ALIAS_MAX => {
+                    tracing::debug!(%peer, alias, "MQTT topic alias out of range; disconnecting");
+                    break Some(packets::reason::TOPIC_ALIAS_INVALID);
+                }
+                Some(alias) if publish.topic.is_empty() => match aliases.get(&alias) {
+                    Some(t) => t.as_str(),
+                    None => {
+                        tracing::debug!(%peer, alias, "MQTT topic alias never set on this connection; disconnecting");
+                        break Some(packets::reason::PROTOCOL_ERROR);
+                    }
+                },
+                Some(alias) => {
+                    aliases.insert(alias, publish.topic.to_string());
+                    publish.topic
+                }
+            };
+            match gate.publish_decision(identity, topic) {
                 Decision::Allow => {}
                 Decision::Command(printer, kind) => {
                     // A redelivery (DUP) may be a command from before a reconnect: never
                     // execute it late (I3). Retained commands are not kept either.
                     if publish.dup {
-                        tracing::info!(%peer, user = %identity.user, topic = %publish.topic, "duplicate MQTT command ignored");
+                        tracing::info!(%peer, user = %identity.user, %topic, "duplicate MQTT command ignored");
                     } else {
                         gate.commands
                             .submit(printer, kind, publish.payload, &identity.user);
                     }
                     packet.first &= !0x01;
                 }
+                Decision::Deny if topic.starts_with('$') => {
+                    // `$…` topics belong to the broker (`$SYS`) and the gateway: refused and
+                    // answered as Mosquitto answers a denied publish, the connection stays.
+                    tracing::debug!(%peer, user = %identity.user, %topic, "MQTT publish to a $ topic refused");
+                    let pkid = publish.pkid.unwrap_or(0);
+                    if publish.qos == 2 && info.level != 5 {
+                        refused_qos2.insert(pkid);
+                    }
+                    if let Some(ack) = packets::publish_refused(info.level, publish.qos, pkid)
+                        && wr.lock().await.write_all(&ack).await.is_err()
+                    {
+                        break None;
+                    }
+                    continue;
+                }
                 Decision::Deny => {
-                    tracing::warn!(%peer, user = %identity.user, topic = %publish.topic, "MQTT publish not allowed for this user; disconnecting");
-                    break Some(info.level);
+                    tracing::warn!(%peer, user = %identity.user, %topic, "MQTT publish not allowed for this user; disconnecting");
+                    break Some(packets::reason::NOT_AUTHORIZED);
                 }
             }
         }
@@ -443,7 +513,7 @@ pub(crate) async fn client<S>(
                 Ok(None) => {}
                 Ok(Some(filter)) => {
                     tracing::warn!(%peer, user = %identity.user, %filter, "MQTT subscription outside this printer's topics; disconnecting");
-                    break Some(info.level);
+                    break Some(packets::reason::NOT_AUTHORIZED);
                 }
                 Err(e) => {
                     tracing::debug!(%peer, "malformed SUBSCRIBE: {e}");
@@ -455,24 +525,25 @@ pub(crate) async fn client<S>(
             break None;
         }
     };
-    // Closing our half makes rumqttd end the session; the copy task then hands back the writer.
+    // Closing our half makes rumqttd end the session; the reader then ends too.
     let _ = up_wr.shutdown().await;
-    if writer.is_none() {
-        writer = match tokio::time::timeout(Duration::from_secs(2), &mut down).await {
-            Ok(Ok(w)) => Some(w),
-            _ => {
-                down.abort();
-                None
-            }
-        };
+    if !broker_ended
+        && tokio::time::timeout(Duration::from_secs(2), &mut down)
+            .await
+            .is_err()
+    {
+        down.abort();
     }
-    if let Some(mut wr) = writer {
-        if let Some(bytes) = denied.and_then(packets::disconnect_not_authorized) {
-            let _ = wr.write_all(&bytes).await;
-        }
-        let _ = wr.shutdown().await;
+    let mut wr = wr.lock().await;
+    if let Some(bytes) = denied.and_then(|reason| packets::disconnect(info.level, reason)) {
+        let _ = wr.write_all(&bytes).await;
     }
+    let _ = wr.shutdown().await;
 }
+
+/// How much larger than a client's packet limit a packet from the embedded broker may be (it
+/// adds properties such as subscription identifiers to what it forwards).
+const DOWN_SLACK: usize = 64 * 1024;
 
 /// The client id printgate gives a client inside the embedded broker: `c-`, a short hash of
 /// the signed-in user, and the client's own id — so no client can take over the gateway's own

@@ -8,7 +8,19 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub const CONNECT: u8 = 1;
 pub const CONNACK: u8 = 2;
 pub const PUBLISH: u8 = 3;
+pub const PUBREL: u8 = 6;
 pub const SUBSCRIBE: u8 = 8;
+
+/// MQTT 5 reason codes printgate's front door sends itself.
+pub mod reason {
+    pub const PROTOCOL_ERROR: u8 = 0x82;
+    pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
+}
+
+/// The largest topic alias a client may use: the Topic Alias Maximum that the embedded broker
+/// announces in its CONNACK (rumqttd's `TOPIC_ALIAS_MAX`).
+pub const TOPIC_ALIAS_MAX: u16 = 4096;
 
 /// One MQTT control packet as it came off the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,18 +145,55 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Result<&'a str, PacketError> {
         std::str::from_utf8(self.bytes()?).map_err(|_| PacketError::Malformed("string not UTF-8"))
     }
-    /// Skip MQTT 5 properties (varint length + bytes).
-    fn skip_properties(&mut self) -> Result<(), PacketError> {
+    /// Skip MQTT 5 properties (varint length + bytes); returns them.
+    fn skip_properties(&mut self) -> Result<&'a [u8], PacketError> {
         let rest = self.buf.get(self.pos..).unwrap_or(&[]);
         let (n, used) =
             decode_varint(rest).ok_or(PacketError::Malformed("bad properties length"))?;
-        if rest.len() < used + n {
-            return Err(PacketError::Malformed("truncated properties"));
-        }
+        let props = rest
+            .get(used..used + n)
+            .ok_or(PacketError::Malformed("truncated properties"))?;
         self.pos += used + n;
-        Ok(())
+        Ok(props)
     }
 }
+
+/// The value of the MQTT 5 property `id` in a property list (the bytes after the property
+/// length), if present; an error when the list is malformed or the property unknown.
+pub fn find_property(mut props: &[u8], id: u8) -> Result<Option<&[u8]>, PacketError> {
+    const BAD: PacketError = PacketError::Malformed("bad property");
+    while let Some((&pid, rest)) = props.split_first() {
+        let len = match pid {
+            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
+            0x13 | 0x21 | 0x22 | 0x23 => 2,
+            0x02 | 0x11 | 0x18 | 0x27 => 4,
+            0x0B => decode_varint(rest).ok_or(BAD)?.1,
+            0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => {
+                2 + usize::from(u16::from_be_bytes([
+                    *rest.first().ok_or(BAD)?,
+                    *rest.get(1).ok_or(BAD)?,
+                ]))
+            }
+            0x26 => {
+                let key = 2 + usize::from(u16::from_be_bytes([
+                    *rest.first().ok_or(BAD)?,
+                    *rest.get(1).ok_or(BAD)?,
+                ]));
+                let value = rest.get(key..key + 2).ok_or(BAD)?;
+                key + 2 + usize::from(u16::from_be_bytes([value[0], value[1]]))
+            }
+            _ => return Err(PacketError::Malformed("unknown property")),
+        };
+        let value = rest.get(..len).ok_or(BAD)?;
+        if pid == id {
+            return Ok(Some(value));
+        }
+        props = &rest[len..];
+    }
+    Ok(None)
+}
+
+impl Cursor<'_> {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Will {
@@ -266,7 +315,12 @@ pub fn rewrite_connect(
 /// A PUBLISH's topic, flags and payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishInfo<'a> {
+    /// The topic name as sent: empty when an MQTT 5 client names the topic by alias only.
     pub topic: &'a str,
+    /// Packet identifier (QoS 1 and 2).
+    pub pkid: Option<u16>,
+    /// MQTT 5 Topic Alias.
+    pub topic_alias: Option<u16>,
     pub qos: u8,
     pub retain: bool,
     pub dup: bool,
@@ -280,14 +334,16 @@ pub fn parse_publish(first: u8, body: &[u8], level: u8) -> Result<PublishInfo<'_
     }
     let mut c = Cursor { buf: body, pos: 0 };
     let topic = c.string()?;
-    if qos > 0 {
-        c.u16()?;
-    }
+    let pkid = if qos > 0 { Some(c.u16()?) } else { None };
+    let mut topic_alias = None;
     if level == 5 {
-        c.skip_properties()?;
+        let props = c.skip_properties()?;
+        topic_alias = find_property(props, 0x23)?.map(|v| u16::from_be_bytes([v[0], v[1]]));
     }
     Ok(PublishInfo {
         topic,
+        pkid,
+        topic_alias,
         qos,
         retain: first & 1 != 0,
         dup: first & 0x08 != 0,
@@ -373,13 +429,81 @@ pub fn connack_unavailable(level: u8) -> Vec<u8> {
 /// The empty property length is written out although MQTT 5 lets it be left off: some clients
 /// (rumqttc) cannot read a DISCONNECT without it and see only a dropped connection.
 pub fn disconnect_not_authorized(level: u8) -> Option<Vec<u8>> {
-    (level == 5).then(|| vec![0xE0, 2, 0x87, 0])
+    disconnect(level, reason::NOT_AUTHORIZED)
+}
+
+/// MQTT 5 DISCONNECT with this reason code (3.1.1: none, the connection is just closed).
+pub fn disconnect(level: u8, reason: u8) -> Option<Vec<u8>> {
+    (level == 5).then(|| vec![0xE0, 2, reason, 0])
+}
+
+/// The answer to a PUBLISH that is refused without ending the connection, as Mosquitto
+/// answers a publish its ACL denies: QoS 1 a PUBACK, QoS 2 a PUBREC, MQTT 5 with reason "not
+/// authorized" (which ends a QoS 2 flow), MQTT 3.1.1 as if accepted; QoS 0 nothing.
+pub fn publish_refused(level: u8, qos: u8, pkid: u16) -> Option<Vec<u8>> {
+    let kind = match qos {
+        1 => 0x40,
+        2 => 0x50,
+        _ => return None,
+    };
+    let [hi, lo] = pkid.to_be_bytes();
+    Some(if level == 5 {
+        vec![kind, 4, hi, lo, reason::NOT_AUTHORIZED, 0]
+    } else {
+        vec![kind, 2, hi, lo]
+    })
+}
+
+/// PUBCOMP for a PUBREL of a refused QoS 2 PUBLISH (MQTT 3.1.1).
+pub fn pubcomp(pkid: u16) -> Vec<u8> {
+    let [hi, lo] = pkid.to_be_bytes();
+    vec![0x70, 2, hi, lo]
+}
+
+/// The packet identifier of a PUBREL (or any ack).
+pub fn packet_id(body: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes([*body.first()?, *body.get(1)?]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn publish_topic_alias_and_refusals() {
+        // MQTT 5 QoS 1 PUBLISH, empty topic, pkid 9, properties: user property, topic alias 3.
+        let mut body = Vec::new();
+        push_str(&mut body, b"");
+        body.extend_from_slice(&[0, 9]);
+        let props = [0x26, 0, 1, b'k', 0, 1, b'v', 0x23, 0, 3];
+        body.push(props.len() as u8);
+        body.extend_from_slice(&props);
+        body.push(b'x');
+        let p = parse_publish(0x32, &body, 5).unwrap();
+        assert_eq!((p.topic, p.pkid, p.topic_alias), ("", Some(9), Some(3)));
+        assert_eq!(p.payload, b"x");
+        assert_eq!(find_property(&props, 0x26).unwrap(), Some(&props[1..7]));
+        assert_eq!(find_property(&props, 0x01).unwrap(), None);
+        assert!(find_property(&[0x23, 0], 0x23).is_err(), "truncated value");
+        assert!(
+            find_property(&[0x7F, 0], 0x23).is_err(),
+            "unknown property id"
+        );
+        // MQTT 3.1.1 has no properties: the same bytes are topic, pkid and payload.
+        assert_eq!(parse_publish(0x32, &body, 4).unwrap().topic_alias, None);
+
+        assert_eq!(publish_refused(5, 1, 9), Some(vec![0x40, 4, 0, 9, 0x87, 0]));
+        assert_eq!(publish_refused(4, 2, 9), Some(vec![0x50, 2, 0, 9]));
+        assert_eq!(publish_refused(4, 0, 9), None);
+        assert_eq!(pubcomp(0x0102), vec![0x70, 2, 1, 2]);
+        assert_eq!(packet_id(&[1, 2, 0]), Some(0x0102));
+        assert_eq!(
+            disconnect(5, reason::TOPIC_ALIAS_INVALID),
+            Some(vec![0xE0, 2, 0x94, 0])
+        );
+        assert_eq!(disconnect(4, reason::PROTOCOL_ERROR), None);
+    }
 
     #[test]
     fn subscribe_filters() {
