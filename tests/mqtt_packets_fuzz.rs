@@ -120,6 +120,8 @@ fn front_door_body(first: u8, body: &[u8]) {
         let _ = packets::parse_publish(first, body, level);
         let _ = packets::parse_subscribe(body, level);
     }
+    let _ = packets::find_property(body, 0x23);
+    let _ = packets::packet_id(body);
     if let Ok(info) = packets::parse_connect(body) {
         count(&PARSED_CONNECT);
         let mut rewritten = packets::rewrite_connect(body, &info, "printgate-fuzz", "user", "pw");
@@ -569,11 +571,16 @@ fn field(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// A CONNECT of protocol `level` (4 or 5) with user name and password, clean session.
 fn login(level: u8, client_id: &str) -> Vec<u8> {
+    login_with(level, client_id, &[0])
+}
+
+/// A CONNECT as [`login`], with these MQTT 5 properties (length included; ignored for 3.1.1).
+fn login_with(level: u8, client_id: &str, props: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     field(&mut body, b"MQTT");
     body.extend_from_slice(&[level, 0xC2, 0, 60]);
     if level == 5 {
-        body.push(0);
+        body.extend_from_slice(props);
     }
     field(&mut body, client_id.as_bytes());
     field(&mut body, USER.as_bytes());
@@ -692,16 +699,86 @@ async fn mixed_clients_through_live_broker() {
             b.extend_from_slice(&payload);
             (v5, frame(0x30 | (qos << 1), &b))
         });
+    // MQTT 5 topic aliases: set with a topic, then used with an empty one (alias 0 and
+    // aliases above the broker's maximum included).
+    let alias = (
+        prop_oneof![Just(0u16), 1u16..4, Just(4096), Just(4097), any::<u16>()],
+        "[a-z/]{0,8}",
+        0u8..3,
+        any::<bool>(),
+    )
+        .prop_map(|(alias, topic, qos, set)| {
+            // Without setting it first, the alias is unknown on this connection.
+            let topics = if set {
+                vec![format!("fuzz/{topic}"), String::new()]
+            } else {
+                vec![String::new()]
+            };
+            let mut out = Vec::new();
+            for t in topics {
+                let mut b = Vec::new();
+                field(&mut b, t.as_bytes());
+                if qos > 0 {
+                    b.extend_from_slice(&[0, 9]);
+                }
+                b.extend_from_slice(&[3, 0x23]);
+                b.extend_from_slice(&alias.to_be_bytes());
+                b.push(b'x');
+                out.extend_from_slice(&frame(0x30 | (qos << 1), &b));
+            }
+            (true, out)
+        });
+    // Publishes to `$` topics (refused by the front door with an ack) and the PUBREL of QoS 2.
+    let dollar = (
+        any::<bool>(),
+        prop_oneof![Just("$SYS/fuzz"), Just("$x/fuzz"), Just("$share/g/fuzz")],
+        0u8..3,
+        any::<u16>(),
+    )
+        .prop_map(|(v5, topic, qos, pkid)| {
+            let mut b = Vec::new();
+            field(&mut b, topic.as_bytes());
+            if qos > 0 {
+                b.extend_from_slice(&pkid.to_be_bytes());
+            }
+            if v5 {
+                b.push(0);
+            }
+            let mut out = frame(0x30 | (qos << 1), &b);
+            out.extend_from_slice(&frame(0x62, &pkid.to_be_bytes()));
+            (v5, out)
+        });
+    // MQTT 5 subscriptions to the subscribers' topics with any options (No Local, Retain As
+    // Published, Retain Handling) and subscription identifiers, subscribed twice.
+    let subscribe = (
+        0u8..0x40,
+        properties(&[0x0B, 0x26]),
+        prop_oneof![Just("fuzz/#"), Just("fuzz/+"), Just("$share/g/fuzz/#")],
+    )
+        .prop_map(|(options, props, filter)| {
+            let mut b = vec![0, 3];
+            b.extend_from_slice(&props);
+            field(&mut b, filter.as_bytes());
+            b.push(options);
+            let once = frame(0x82, &b);
+            (true, [once.clone(), once].concat())
+        });
     let session = (
         prop::collection::vec(
             prop_oneof![
                 3 => publish,
+                1 => alias,
+                1 => dollar,
+                1 => subscribe,
                 1 => valid_packet().prop_map(|p| (true, p)),
                 1 => valid_packet().prop_map(|p| (false, p)),
             ],
             1..6,
         ),
         prop::collection::vec(mutation(), 0..3),
+        // CONNECT properties of MQTT 5 sessions: receive maximum, maximum packet size, session
+        // expiry, topic alias maximum and the rest.
+        properties(allowed_properties(1)),
     );
     let mut runner = TestRunner::new(Config {
         rng_seed: proptest::test_runner::RngSeed::Fixed(seed()),
@@ -711,7 +788,7 @@ async fn mixed_clients_through_live_broker() {
     let mut sent = 0u64;
     let mut logged_in = 0u32;
     for i in 0..connections {
-        let (packets, mutations) = session
+        let (packets, mutations, connect_props) = session
             .new_tree(&mut runner)
             .expect("a generated session")
             .current();
@@ -721,7 +798,7 @@ async fn mixed_clients_through_live_broker() {
             4
         };
         let body: Vec<u8> = packets.into_iter().flat_map(|(_, p)| p).collect();
-        let mut out = login(level, &format!("fuzz-{i}"));
+        let mut out = login_with(level, &format!("fuzz-{i}"), &connect_props);
         out.extend_from_slice(&apply(body, &mutations));
         sent += out.len() as u64;
         let mut s = tokio::net::TcpStream::connect(mqtt).await.expect("connect");

@@ -34,9 +34,55 @@ pub async fn start_mosquitto(dir: &Path) -> Option<(Mosquitto, u16)> {
     Some((start_mosquitto_on(dir, port, None).await, port))
 }
 
+/// Mosquitto that takes only `user` with `password`, and applies `acl` (the lines of a
+/// Mosquitto ACL file, for that user) when given.
+pub async fn start_mosquitto_login(
+    dir: &Path,
+    user: &str,
+    password: &str,
+    acl: Option<&str>,
+) -> Option<(Mosquitto, u16)> {
+    let passwords = dir.join("passwords");
+    let made = Command::new("mosquitto_passwd")
+        .arg("-b")
+        .arg("-c")
+        .arg(&passwords)
+        .args([user, password])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("mosquitto_passwd runs (package mosquitto)");
+    assert!(made.success(), "mosquitto_passwd made the password file");
+    let mut settings = format!(
+        "allow_anonymous false\npassword_file {}\n",
+        passwords.display()
+    );
+    if let Some(acl) = acl {
+        let file = dir.join("acl");
+        std::fs::write(&file, format!("user {user}\n{acl}\n")).unwrap();
+        settings += &format!("acl_file {}\n", file.display());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    Some((start_mosquitto_with(dir, port, None, &settings).await, port))
+}
+
 /// A broker on `port`; with `persistence` (a directory), retained messages are saved there on
 /// a graceful stop and loaded at start.
 pub async fn start_mosquitto_on(dir: &Path, port: u16, persistence: Option<&Path>) -> Mosquitto {
+    start_mosquitto_with(dir, port, persistence, "allow_anonymous true\n").await
+}
+
+/// A broker on `port` with these extra settings (authentication, ACL).
+async fn start_mosquitto_with(
+    dir: &Path,
+    port: u16,
+    persistence: Option<&Path>,
+    settings: &str,
+) -> Mosquitto {
     let Some(bin) = mosquitto_binary() else {
         panic!("mosquitto is not installed: run `bash .ci/run` or `apt-get install mosquitto`");
     };
@@ -47,7 +93,7 @@ pub async fn start_mosquitto_on(dir: &Path, port: u16, persistence: Option<&Path
     };
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persist}"),
+        format!("listener {port} 127.0.0.1\n{settings}{persist}"),
     )
     .unwrap();
     let child = Command::new(bin)
