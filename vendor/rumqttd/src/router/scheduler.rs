@@ -230,7 +230,10 @@ impl Scheduler {
         let tracker_data_req = tracker.get_data_requests();
         let mut uniq = HashSet::with_capacity(tracker_data_req.len());
 
-        let all_uniq = tracker_data_req.iter().all(|x| uniq.insert(x.filter_idx));
+        // printgate patch: by filter as subscribed; `a` and `$share/g/a` are two subscriptions
+        // that read the same log (same filter_idx), which upstream's check took for duplicates
+        // (a panic in debug builds when one client subscribed both).
+        let all_uniq = tracker_data_req.iter().all(|x| uniq.insert(x.filter.as_str()));
 
         if !all_uniq {
             Some(&tracker.data_requests)
