@@ -598,7 +598,10 @@ async fn same_content_twice_is_one_file_with_two_references() {
     assert_eq!(first.sha256, second.sha256);
     assert_eq!(first.refcount, 1);
     assert_eq!(second.refcount, 2);
-    assert_eq!(second.display_name, "a.gcode.3mf", "first name kept");
+    // Each upload keeps the name it came with; the shared row keeps the first one.
+    assert_eq!(second.display_name, "b.gcode.3mf");
+    let row = env.files.info(&first.sha256).expect("info").expect("row");
+    assert_eq!(row.display_name, "a.gcode.3mf");
     assert_store_holds(&env, &[&first.sha256]);
 
     assert_eq!(env.files.acquire(&first.sha256).await.expect("acquire"), 3);

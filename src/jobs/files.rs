@@ -56,7 +56,8 @@ pub struct StoredFile {
     pub sha256: String,
     pub size: u64,
     pub kind: FileKind,
-    /// Sanitised name for people (the first upload's name when content repeats).
+    /// Sanitised name for people: this upload's name (the stored row keeps the first upload's
+    /// name when content repeats; each job keeps the name it was uploaded with).
     pub display_name: String,
     pub info: FileInfo,
     pub refcount: u32,
@@ -210,10 +211,11 @@ impl FileStore {
             }
             true
         };
+        let display_name = row.display_name.clone();
         match self.store.file_insert_or_acquire(&row) {
             Ok(stored) => {
                 self.touch(&stored.sha256);
-                to_stored(stored)
+                to_stored(stored).map(|s| StoredFile { display_name, ..s })
             }
             Err(e) => {
                 if created {
@@ -397,7 +399,10 @@ pub fn sanitize_display_name(original: &str, kind: FileKind) -> String {
         FileKind::ThreeMf if lower.ends_with(".gcode.3mf") => ".gcode.3mf",
         FileKind::ThreeMf if lower.ends_with(".3mf") => ".3mf",
         FileKind::ThreeMf => ".gcode.3mf",
-        FileKind::Gcode => ".gcode",
+        FileKind::Gcode => threemf::GCODE_SUFFIXES
+            .into_iter()
+            .find(|s| lower.ends_with(s))
+            .unwrap_or(".gcode"),
     };
     let stem_chars = if lower.ends_with(suffix) {
         cleaned.chars().count().saturating_sub(suffix.len())
@@ -414,6 +419,18 @@ pub fn sanitize_display_name(original: &str, kind: FileKind) -> String {
     let keep = MAX_DISPLAY_NAME_CHARS - suffix.len();
     let stem: String = stem.chars().take(keep).collect();
     format!("{}{suffix}", stem.trim_end())
+}
+
+/// A display name without its print-file suffix (`.gcode.3mf`, `.3mf`, `.gcode`, `.gco`, `.g`):
+/// the name a job is shown under.
+pub fn job_name_of(display_name: &str) -> &str {
+    let lower = display_name.to_ascii_lowercase();
+    [".gcode.3mf", ".3mf"]
+        .into_iter()
+        .chain(threemf::GCODE_SUFFIXES)
+        .find(|s| lower.ends_with(s) && lower.len() > s.len())
+        .and_then(|s| display_name.get(..display_name.len() - s.len()))
+        .unwrap_or(display_name)
 }
 
 fn is_bidi_control(c: char) -> bool {
@@ -582,6 +599,20 @@ impl Upload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_names_drop_the_suffix() {
+        assert_eq!(job_name_of("lid_v2.gcode.3mf"), "lid_v2");
+        assert_eq!(job_name_of("lid.3MF"), "lid");
+        assert_eq!(job_name_of("cube.gco"), "cube");
+        assert_eq!(job_name_of("cube.g"), "cube");
+        assert_eq!(job_name_of("cube.gcode"), "cube");
+        assert_eq!(job_name_of(".gcode"), ".gcode");
+        assert_eq!(
+            sanitize_display_name("cube.GCO", FileKind::Gcode),
+            "cube.gco"
+        );
+    }
 
     #[test]
     fn display_names_are_sanitised() {

@@ -156,7 +156,14 @@ pub(super) struct UploadForm {
     pub(super) idempotency_key: Option<String>,
     /// The job must start within this many minutes, else it expires (never starts later).
     pub(super) start_within_minutes: Option<f64>,
+    /// The file name the client sent with the file part (unsanitised; never used as a path).
+    pub(super) file_name: Option<String>,
+    /// Other short text fields, by name (e.g. the OctoPrint API's `path`, `select`, `print`).
+    pub(super) extra: Vec<(String, String)>,
 }
+
+/// At most this many other text fields of an upload are kept ([`UploadForm::extra`]).
+const MAX_EXTRA_FIELDS: usize = 16;
 
 /// Read every field of an upload. On any refusal the file it brought is released again (the
 /// store is shared by content, so a file a job uses stays), and the answer says what was wrong.
@@ -167,6 +174,8 @@ pub(super) async fn read_upload(gw: &Gateway, mut mp: Multipart) -> Result<Uploa
         plate: 1,
         idempotency_key: None,
         start_within_minutes: None,
+        file_name: None,
+        extra: Vec::new(),
     };
     match read_fields(gw, &mut mp, &mut form).await {
         Ok(()) => Ok(form),
@@ -208,6 +217,7 @@ async fn read_fields(
                     ));
                 }
                 let original = field.file_name().unwrap_or("upload").to_string();
+                form.file_name = Some(original.clone());
                 let chunks = (&mut field).map(|chunk| chunk.map_err(|e| stream_error(e, limit)));
                 match gw.files.ingest_stream(&original, chunks).await {
                     Ok(stored) => form.stored = Some(stored),
@@ -244,6 +254,10 @@ async fn read_fields(
                     })?;
                     form.start_within_minutes = Some(minutes);
                 }
+            }
+            _ if field.file_name().is_none() && form.extra.len() < MAX_EXTRA_FIELDS => {
+                let value = text(&name, &mut field).await?;
+                form.extra.push((name, value));
             }
             _ => {}
         }
@@ -310,7 +324,9 @@ fn file_error(e: FileError) -> ApiError {
         FileError::DiskFull { .. } | FileError::Io { .. } | FileError::Database { .. } => {
             StatusCode::INSUFFICIENT_STORAGE
         }
-        FileError::UnsupportedExtension { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        FileError::UnsupportedExtension { .. } | FileError::BinaryGcode => {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        }
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
     ApiError::new(status, "invalid_file", e.to_string())
@@ -426,11 +442,7 @@ fn job_for_file(
             (Target::AnyCompatible, code)
         }
     };
-    let name = stored
-        .display_name
-        .trim_end_matches(".gcode.3mf")
-        .trim_end_matches(".3mf")
-        .to_string();
+    let name = crate::jobs::files::job_name_of(&stored.display_name).to_string();
     Ok(NewJob {
         idempotency_key: key.filter(|k| !k.trim().is_empty()).unwrap_or_else(new_id),
         target,
@@ -504,7 +516,7 @@ fn gcode_job(
         model_code: Model::Klipper.model_code().to_string(),
         file_sha256: stored.sha256.clone(),
         plate: 1,
-        name: stored.display_name.trim_end_matches(".gcode").to_string(),
+        name: crate::jobs::files::job_name_of(&stored.display_name).to_string(),
         deadline,
         created_by: user.to_string(),
     })
