@@ -97,7 +97,9 @@ fn template(dir: &Path) -> PathBuf {
          INSERT INTO users (id, username, password_hash, is_admin, created_at_ms) VALUES (1, 'alice', '$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g', 1, 1760000400000);
          INSERT INTO sessions (id_hash, user_id, csrf_token, created_at_ms, last_seen_ms, expires_at_ms) VALUES ('s-hash', 1, 'csrf', 1760000400000, 1760000400000, 1762592400000);
          INSERT INTO api_tokens (user_id, name, token_hash, default_printer, created_at_ms) VALUES (1, 'slicer', 't-hash', 'Garage P1S', 1760000400000);
-         INSERT INTO setup_code (id, code_hash, created_at_ms) VALUES (1, 'code-hash', 1760000400000);",
+         INSERT INTO setup_code (id, code_hash, created_at_ms) VALUES (1, 'code-hash', 1760000400000);
+         INSERT INTO alert_targets (name, kind, url, token, created_by, created_at_ms) VALUES ('phone', 'ntfy', 'https://ntfy.lan/printgate', NULL, 'alice', 1760000400000);
+         INSERT INTO octoprint_files (job_id, folder, name, uploaded_at_ms) SELECT id, 'parts', 'benchy.3mf', 1760000200000 FROM jobs;",
     )
     .unwrap();
     path

@@ -1,123 +1,685 @@
-//! OctoPrint-compatible upload as slicers send it: PrusaSlicer/OrcaSlicer (`X-Api-Key`,
-//! multipart `file` + `print` + `path`) and Cura's OctoPrint plugin (`select`/`print` fields)
-//! land the file in the queue — `print=true` still waits for Plate clear — and bad requests get
-//! OctoPrint's status codes with a clear message.
+//! The OctoPrint-compatible API as the slicers use it, with requests in their exact wire shapes
+//! (`octoprint/wire.rs`): PrusaSlicer/OrcaSlicer's "Test" and upload (libcurl, `Expect:
+//! 100-continue` above 1 MiB), Cura's OctoPrint Connection plugin (upload, `Location`, the
+//! status poll loop parsed as the plugin parses it). Field names and types are checked against
+//! OctoPrint's documented REST API; nothing starts without a Plate clear tap.
 
 mod common;
+#[path = "octoprint/wire.rs"]
+mod wire;
 
-use common::{TestGateway, demo_api_token, fixture_bytes, starts};
-use printgate::config::Model;
+use common::{TestGateway, WAIT, demo_api_token, fixture_bytes, starts};
+use printgate::config::{Model, PrinterConfig, PrinterKind};
 use printgate::jobs::model::JobState;
+use printgate::sim::fixtures::{Fixture3mf, build_3mf};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slicer_uploads_queue_the_job_and_nothing_starts_without_a_tap() {
-    let t = TestGateway::start(&[Model::P1S], 300.0).await;
-    t.wait_online().await;
+const P1S: &str = "printer 1";
+const VORON: &str = "Voron";
+
+struct Rig {
+    t: TestGateway,
+    key: String,
+    addr: SocketAddr,
+}
+
+/// A gateway with a simulated P1S ("printer 1") and a Klipper printer ("Voron") whose
+/// Moonraker is not running (plain G-code goes to it; it stays offline).
+async fn rig(time_scale: f64) -> Rig {
+    let sim = common::start_sim(Model::P1S, time_scale).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = common::config_for(dir.path(), std::slice::from_ref(&sim));
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    cfg.printers.push(PrinterConfig {
+        name: VORON.into(),
+        kind: PrinterKind::Moonraker,
+        model: Model::Klipper,
+        host: "127.0.0.1".into(),
+        instance_name: "voron".into(),
+        http_port: closed_port,
+        ..PrinterConfig::default()
+    });
+    let mut broker = printgate::broker::config::BrokerConfig {
+        mode: printgate::broker::config::BrokerMode::Embedded,
+        listen: "127.0.0.1:0".parse().expect("address"),
+        tls_listen: None,
+        ..Default::default()
+    };
+    broker.mdns.enabled = false;
+    broker.ssdp.enabled = false;
+    cfg.broker = broker;
+    let t = TestGateway::start_with(vec![sim], dir, cfg).await;
     let key = demo_api_token(&t.gw().store);
-    let client = reqwest::Client::new();
+    let addr = t.running.as_ref().expect("running").web_addr;
+    Rig { t, key, addr }
+}
 
-    // Connection test both slicers make first.
-    let v: serde_json::Value = client
-        .get(t.url("/api/version"))
-        .header("X-Api-Key", &key)
-        .send()
+impl Rig {
+    /// The P1S online with a full report, seen by the dispatcher (the Voron stays offline).
+    async fn wait_p1s(&self) {
+        let p = self
+            .t
+            .gw()
+            .printers
+            .iter()
+            .find(|p| p.name == P1S)
+            .expect("P1S");
+        let mut rx = p.link.subscribe();
+        tokio::time::timeout(
+            WAIT,
+            rx.wait_for(|s| s.link.is_online() && s.have_full_report),
+        )
         .await
-        .unwrap()
-        .json()
+        .expect("P1S online in time")
+        .expect("link alive");
+        let mut rx = self.t.gw().dispatcher.subscribe();
+        tokio::time::timeout(
+            WAIT,
+            rx.wait_for(|s| {
+                s.printers.get(P1S).is_some_and(|p| {
+                    p.report
+                        .as_ref()
+                        .is_some_and(|r| r.link_online && r.have_full_report)
+                })
+            }),
+        )
         .await
-        .unwrap();
-    assert!(
-        v["api"].is_string() && v["server"].is_string() && v["text"].is_string(),
-        "{v}"
-    );
+        .expect("dispatcher saw the P1S in time")
+        .expect("dispatcher running");
+    }
+}
 
-    // PrusaSlicer's shape.
-    let form = reqwest::multipart::Form::new()
-        .text("print", "true")
-        .text("path", "")
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(fixture_bytes(Model::P1S, 600))
-                .file_name("bracket_PLA_12m.gcode.3mf")
-                .mime_str("application/octet-stream")
-                .unwrap(),
-        );
-    let r = client
-        .post(t.url("/api/files/local"))
-        .header("X-Api-Key", &key)
-        .header("User-Agent", "PrusaSlicer/2.8.1")
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["done"], true);
-    assert_eq!(body["files"]["local"]["origin"], "local");
+fn gcode(extra: &str) -> Vec<u8> {
+    format!("; generated by PrusaSlicer 2.8.1\nG28\nG1 Z0.2 F600\n{extra}G1 X10 Y10 E1\n")
+        .into_bytes()
+}
 
-    // Cura's plugin shape (select + print as form fields).
-    let form = reqwest::multipart::Form::new()
-        .text("select", "true")
-        .text("print", "true")
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(fixture_bytes(Model::P1S, 900))
-                .file_name("cura.gcode.3mf"),
-        );
-    let r = client
-        .post(t.url("/api/files/local"))
-        .header("X-Api-Key", &key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-
-    // Both queued, neither started: print=true waits for Plate clear.
-    let queued = t
-        .gw()
+fn queued(t: &TestGateway) -> Vec<printgate::jobs::model::Job> {
+    t.gw()
         .store
         .jobs_in_states(&[JobState::Queued, JobState::Staged])
-        .unwrap();
-    assert_eq!(queued.len(), 2);
-    assert!(starts(&t.sims[0]).is_empty());
+        .expect("jobs")
+}
 
-    // Bad requests: no file → 400, wrong kind → 415, wrong key → 401; nothing queued.
-    let r = client
-        .post(t.url("/api/files/local"))
-        .header("X-Api-Key", &key)
-        .multipart(reqwest::multipart::Form::new().text("print", "true"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("file"));
-    let r = client
-        .post(t.url("/api/files/local"))
-        .header("X-Api-Key", &key)
-        .multipart(reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(b"solid cube".to_vec()).file_name("cube.stl"),
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 415);
-    let r = client
-        .post(t.url("/api/files/local"))
-        .header("X-Api-Key", "wrong")
-        .multipart(reqwest::multipart::Form::new().text("print", "true"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+/// `"printer 1"` as it appears in a URL.
+fn enc(s: &str) -> String {
+    s.replace(' ', "%20")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_octoprint_route_needs_a_valid_api_key_like_octoprint() {
+    let r = rig(300.0).await;
+    let scoped = format!("/octoprint/{}/api/job", enc(P1S));
+    let routes = [
+        "/api/version",
+        "/api/server",
+        "/api/settings",
+        "/api/printer",
+        "/api/job",
+        "/api/files",
+        "/api/files/local",
+        "/api/printerprofiles",
+        "/api/connection",
+        scoped.as_str(),
+    ];
+    for path in routes {
+        for key in [None, Some(""), Some("not-a-key")] {
+            let a = wire::prusaslicer_get(r.addr, path, key).await;
+            assert_eq!(a.status, 403, "{path} with key {key:?}");
+            assert!(a.json()["error"].is_string(), "{path}");
+        }
+    }
+    // PrusaSlicer's "Test" with the right key: `api` and a `text` starting with "OctoPrint".
+    let v = wire::prusaslicer_get(r.addr, "/api/version", Some(&r.key)).await;
+    assert_eq!(v.status, 200);
+    let v = v.json();
+    assert!(v["api"].is_string() && v["server"].is_string(), "{v}");
+    assert!(v["text"].as_str().unwrap().starts_with("OctoPrint"), "{v}");
+    // An upload with a wrong key is refused before its body is read (no 100 Continue), and
+    // nothing is stored.
+    let big = build_3mf(&Fixture3mf {
+        gcode_padding_bytes: 2 * 1024 * 1024,
+        ..Fixture3mf::for_model(Model::P1S)
+    });
+    let a = wire::prusaslicer_upload(
+        r.addr,
+        "/api/files/local",
+        "wrong",
+        true,
+        "",
+        "big.gcode.3mf",
+        &big,
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert!(a.interim.is_empty(), "no 100 Continue for a refused upload");
+    assert!(queued(&r.t).is_empty());
+    r.t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prusaslicer_upload_above_1_mib_gets_location_and_octoprints_body_and_waits_for_plate_clear()
+ {
+    let r = rig(300.0).await;
+    let big = build_3mf(&Fixture3mf {
+        gcode_padding_bytes: 3 * 1024 * 1024 / 2,
+        ..Fixture3mf::for_model(Model::P1S)
+    });
+    assert!(big.len() > wire::CURL_EXPECT_THRESHOLD);
+    let path = format!("/octoprint/{}/api/files/local", enc(P1S));
+    let a = wire::prusaslicer_upload(
+        r.addr,
+        &path,
+        &r.key,
+        true,
+        "",
+        "bracket_PLA_12m.gcode.3mf",
+        &big,
+    )
+    .await;
+    assert_eq!(a.interim, vec![100], "100 Continue before the body");
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    let body = a.json();
+    let location = a.header("location").expect("Location header").to_string();
+    let local = &body["files"]["local"];
+    assert_eq!(body["done"], true);
+    assert_eq!(local["name"], "bracket_PLA_12m.gcode.3mf");
+    assert_eq!(local["path"], "bracket_PLA_12m.gcode.3mf");
+    assert_eq!(local["origin"], "local");
+    assert_eq!(local["refs"]["resource"], location.as_str());
+    assert!(local["refs"]["download"].is_string());
     assert_eq!(
-        t.gw()
-            .store
-            .jobs_in_states(&[JobState::Queued, JobState::Staged])
-            .unwrap()
-            .len(),
-        2
+        body["effectivePrint"], false,
+        "print=true never prints at once"
     );
-    t.shutdown().await;
+    assert!(body["effectiveSelect"].is_boolean());
+    assert!(
+        body["printgate"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Plate clear"),
+        "{body}"
+    );
+    assert_eq!(
+        location,
+        format!(
+            "http://{}/octoprint/{}/api/files/local/bracket_PLA_12m.gcode.3mf",
+            r.addr,
+            enc(P1S)
+        )
+    );
+    let jobs = queued(&r.t);
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        jobs[0].target,
+        printgate::jobs::model::Target::Printer(P1S.into())
+    );
+    assert!(starts(&r.t.sims[0]).is_empty());
+    r.t.shutdown().await;
+}
+
+/// Cura's printer-state mapping (OctoPrintOutputDevice: `/printer` flags).
+fn cura_printer_state(json: &Value) -> &'static str {
+    let flags = &json["state"]["flags"];
+    let f = |k: &str| {
+        flags[k]
+            .as_bool()
+            .unwrap_or_else(|| panic!("flag {k} in {json}"))
+    };
+    if f("error") || f("closedOrError") {
+        "error"
+    } else if f("paused") || f("pausing") {
+        "paused"
+    } else if f("printing") {
+        "printing"
+    } else if f("cancelling") {
+        "aborted"
+    } else if f("ready") || f("operational") {
+        "idle"
+    } else {
+        "unexpected"
+    }
+}
+
+/// Cura's job parse (`/job`): state text, then `progress.printTime`, `completion`,
+/// `printTimeLeft` (read unconditionally), then `job.file.name`.
+struct CuraJob {
+    state: &'static str,
+    elapsed: u64,
+    total: u64,
+    name: String,
+}
+
+fn cura_job(json: &Value) -> CuraJob {
+    let state = json["state"].as_str().expect("state is a string");
+    let state = if state.starts_with("Error") {
+        "error"
+    } else if state == "Pausing" {
+        "pausing"
+    } else if state == "Paused" {
+        "paused"
+    } else if state.starts_with("Printing") {
+        "printing"
+    } else if state == "Cancelling" {
+        "abort"
+    } else if state == "Operational" {
+        "ready"
+    } else if state.starts_with("Starting") || state == "Connecting" {
+        "pre_print"
+    } else if state.starts_with("Offline") {
+        "offline"
+    } else {
+        panic!("Cura does not know the state {state:?}")
+    };
+    let progress = json["progress"].as_object().expect("progress");
+    let print_time = progress.get("printTime").expect("progress.printTime");
+    let completion = progress.get("completion").expect("progress.completion");
+    let (mut elapsed, mut total) = (0, 0);
+    if let Some(pt) = print_time.as_u64().filter(|t| *t > 0) {
+        elapsed = pt;
+        let left = progress
+            .get("printTimeLeft")
+            .expect("progress.printTimeLeft");
+        if let Some(l) = left.as_u64().filter(|l| *l > 0) {
+            total = pt + l;
+        } else if let Some(c) = completion.as_f64().filter(|c| *c > 0.0) {
+            total = (pt as f64 / (c / 100.0)) as u64;
+        }
+    }
+    let name = json["job"]["file"]["name"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_default();
+    CuraJob {
+        state,
+        elapsed,
+        total,
+        name,
+    }
+}
+
+/// The types OctoPrint documents for `/api/job` (null allowed where OctoPrint sends null).
+fn check_job_types(j: &Value) {
+    let num_or_null = |v: &Value| v.is_number() || v.is_null();
+    let int_or_null = |v: &Value| v.is_u64() || v.is_null();
+    let str_or_null = |v: &Value| v.is_string() || v.is_null();
+    let file = &j["job"]["file"];
+    for k in ["name", "path", "display", "origin"] {
+        assert!(str_or_null(&file[k]), "job.file.{k} in {j}");
+    }
+    assert!(
+        int_or_null(&file["size"]) && int_or_null(&file["date"]),
+        "{j}"
+    );
+    assert!(num_or_null(&j["job"]["estimatedPrintTime"]), "{j}");
+    for k in ["averagePrintTime", "lastPrintTime", "filament", "user"] {
+        assert!(j["job"].get(k).is_some(), "job.{k} missing in {j}");
+    }
+    let p = &j["progress"];
+    assert!(num_or_null(&p["completion"]), "{j}");
+    for k in ["filepos", "printTime", "printTimeLeft"] {
+        assert!(int_or_null(&p[k]), "progress.{k} in {j}");
+    }
+    assert!(str_or_null(&p["printTimeLeftOrigin"]), "{j}");
+    assert!(j["state"].is_string(), "{j}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cura_uploads_follows_location_and_its_status_poll_loop_sees_octoprint_states() {
+    // A 300 s print at time scale 100: 3 s of printing.
+    let r = rig(100.0).await;
+    r.wait_p1s().await;
+    let bytes = fixture_bytes(Model::P1S, 300);
+    let up = wire::cura_upload(
+        r.addr,
+        &r.key,
+        "",
+        "cura_cube.gcode.3mf",
+        &bytes,
+        true,
+        true,
+    )
+    .await;
+    assert_eq!(up.status, 201, "{}", String::from_utf8_lossy(&up.body));
+    // Cura: `location.split("api/", 1)[1]` is the file's endpoint; it must answer.
+    let location = up.header("location").expect("Location header").to_string();
+    let end_point = location.split_once("api/").expect("api/ in Location").1;
+    assert_eq!(end_point, "files/local/cura_cube.gcode.3mf");
+    let file = wire::cura_get(r.addr, &format!("/api/{end_point}"), &r.key).await;
+    assert_eq!(file.status, 200);
+    assert_eq!(file.json()["name"], "cura_cube.gcode.3mf");
+
+    // The poll loop: `printer` and `job` (Cura polls every 2 s; here every 100 ms, bounded).
+    let poll = async || {
+        let p = wire::cura_get(r.addr, "/api/printer", &r.key).await;
+        assert_eq!(p.status, 200, "{}", String::from_utf8_lossy(&p.body));
+        let p = p.json();
+        assert!(p["temperature"]["tool0"]["actual"].is_number(), "{p}");
+        assert!(p["temperature"]["bed"].get("target").is_some(), "{p}");
+        let j = wire::cura_get(r.addr, "/api/job", &r.key).await;
+        assert_eq!(j.status, 200);
+        let j = j.json();
+        check_job_types(&j);
+        (cura_printer_state(&p), cura_job(&j), j)
+    };
+    let (printer, job, raw) = poll().await;
+    assert_eq!((printer, job.state), ("idle", "ready"), "{raw}");
+    assert_eq!(
+        job.name, "cura_cube.gcode.3mf",
+        "the queued job is the selected file"
+    );
+    assert_eq!(raw["job"]["estimatedPrintTime"], 300.0);
+    assert!(
+        starts(&r.t.sims[0]).is_empty(),
+        "select+print waits for Plate clear"
+    );
+
+    r.t.tap(P1S, "tap-cura").await;
+    let mut seen_printing = None;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for _ in 0..600 {
+        let (printer, job, raw) = poll().await;
+        if job.state == "printing" {
+            assert_eq!(printer, "printing", "{raw}");
+            assert_eq!(raw["state"], "Printing");
+            assert_eq!(job.name, "cura_cube.gcode.3mf");
+            if job.elapsed > 0 && job.total > 0 {
+                seen_printing = Some((job.elapsed, job.total));
+            }
+        }
+        if seen_printing.is_some() && job.state == "ready" {
+            assert_eq!(printer, "idle");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "print did not run and end in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (elapsed, total) = seen_printing.expect("Cura saw the print with its times");
+    assert!(elapsed <= total, "{elapsed} of {total}");
+    assert_eq!(starts(&r.t.sims[0]).len(), 1);
+    r.t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_bytes_under_two_names_are_two_jobs_with_their_own_names() {
+    let r = rig(300.0).await;
+    let bytes = gcode("");
+    let mut names = Vec::new();
+    for name in ["a.gcode", "b.gcode"] {
+        let a =
+            wire::prusaslicer_upload(r.addr, "/api/files/local", &r.key, false, "", name, &bytes)
+                .await;
+        assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+        names.push(
+            a.json()["files"]["local"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(names, ["a.gcode", "b.gcode"]);
+    let mut jobs: Vec<String> = queued(&r.t).into_iter().map(|j| j.name).collect();
+    jobs.sort();
+    assert_eq!(jobs, ["a", "b"]);
+    let list = wire::prusaslicer_get(r.addr, "/api/files/local", Some(&r.key))
+        .await
+        .json();
+    let mut listed: Vec<&str> = list["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["a.gcode", "b.gcode"]);
+    r.t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_tree_lists_stored_jobs_with_folders_like_octoprint() {
+    let r = rig(300.0).await;
+    let threemf = fixture_bytes(Model::P1S, 600);
+    let a = wire::prusaslicer_upload(
+        r.addr,
+        "/api/files/local",
+        &r.key,
+        false,
+        "brackets/v2",
+        "arm.gcode.3mf",
+        &threemf,
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(
+        a.json()["files"]["local"]["path"],
+        "brackets/v2/arm.gcode.3mf"
+    );
+    let g = gcode("");
+    let a = wire::prusaslicer_upload(
+        r.addr,
+        "/api/files/local",
+        &r.key,
+        false,
+        "",
+        "cube.gco",
+        &g,
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        201,
+        ".gco is G-code: {}",
+        String::from_utf8_lossy(&a.body)
+    );
+
+    // Non-recursive: the root's files and folders, folders one level deep.
+    let list = wire::prusaslicer_get(r.addr, "/api/files/local", Some(&r.key))
+        .await
+        .json();
+    assert!(list["free"].is_u64() && list["total"].is_u64(), "{list}");
+    let files = list["files"].as_array().unwrap();
+    let cube = files
+        .iter()
+        .find(|f| f["name"] == "cube.gco")
+        .expect("cube.gco listed");
+    assert_eq!(cube["path"], "cube.gco");
+    assert_eq!(cube["type"], "machinecode");
+    assert_eq!(cube["origin"], "local");
+    assert_eq!(cube["size"], g.len() as u64);
+    assert!(cube["date"].is_i64());
+    assert!(
+        cube["refs"]["resource"]
+            .as_str()
+            .unwrap()
+            .ends_with("/api/files/local/cube.gco")
+    );
+    let brackets = files
+        .iter()
+        .find(|f| f["name"] == "brackets")
+        .expect("folder listed");
+    assert_eq!(brackets["type"], "folder");
+    assert_eq!(brackets["path"], "brackets");
+    let v2 = &brackets["children"][0];
+    assert_eq!(
+        (v2["name"].as_str(), v2["type"].as_str()),
+        (Some("v2"), Some("folder"))
+    );
+
+    // Recursive: the file inside.
+    let list = wire::prusaslicer_get(r.addr, "/api/files/local?recursive=true", Some(&r.key))
+        .await
+        .json();
+    let brackets = list["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "brackets")
+        .unwrap();
+    let arm = &brackets["children"][0]["children"][0];
+    assert_eq!(arm["name"], "arm.gcode.3mf");
+    assert_eq!(arm["path"], "brackets/v2/arm.gcode.3mf");
+    assert_eq!(arm["size"], threemf.len() as u64);
+    assert_eq!(arm["gcodeAnalysis"]["estimatedPrintTime"], 600.0);
+
+    // One file, one folder, the bytes.
+    let one = wire::prusaslicer_get(
+        r.addr,
+        "/api/files/local/brackets/v2/arm.gcode.3mf",
+        Some(&r.key),
+    )
+    .await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["name"], "arm.gcode.3mf");
+    let folder = wire::prusaslicer_get(r.addr, "/api/files/local/brackets", Some(&r.key)).await;
+    assert_eq!(folder.status, 200);
+    assert_eq!(folder.json()["type"], "folder");
+    let missing = wire::prusaslicer_get(r.addr, "/api/files/local/nope.gcode", Some(&r.key)).await;
+    assert_eq!(missing.status, 404);
+    let bytes =
+        wire::prusaslicer_get(r.addr, "/downloads/files/local/cube.gco", Some(&r.key)).await;
+    assert_eq!(bytes.status, 200);
+    assert_eq!(bytes.body, g);
+    // `..` never leaves the tree; nothing is queued for it.
+    let before = queued(&r.t).len();
+    let a = wire::prusaslicer_upload(
+        r.addr,
+        "/api/files/local",
+        &r.key,
+        false,
+        "../../etc",
+        "x.gcode",
+        &g,
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert_eq!(queued(&r.t).len(), before);
+    r.t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcode_with_control_bytes_is_stored_as_given_and_binary_gcode_is_refused_with_the_fix() {
+    let r = rig(300.0).await;
+    let odd = gcode("; thumbnail \u{1}\u{2}\u{1b}[0m\u{7f}\n\0\0\0\n");
+    let a = wire::prusaslicer_upload(
+        r.addr,
+        "/api/files/local",
+        &r.key,
+        false,
+        "",
+        "odd.gcode",
+        &odd,
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    let back =
+        wire::prusaslicer_get(r.addr, "/downloads/files/local/odd.gcode", Some(&r.key)).await;
+    assert_eq!(back.body, odd, "stored byte for byte");
+    // Binary G-code (PrusaSlicer's `GCDE` format), by content or by name: 415 with the way out.
+    let mut bgcode = b"GCDE\x01\x00\x00\x00\x01\x00".to_vec();
+    bgcode.extend_from_slice(&[0u8; 64]);
+    for name in ["binary.gcode", "binary.bgcode"] {
+        let a =
+            wire::prusaslicer_upload(r.addr, "/api/files/local", &r.key, false, "", name, &bgcode)
+                .await;
+        assert_eq!(a.status, 415, "{name}");
+        let msg = a.json()["error"].as_str().unwrap().to_string();
+        assert!(
+            msg.contains("binary G-code") && msg.contains("Supports binary G-code"),
+            "{msg}"
+        );
+    }
+    assert_eq!(queued(&r.t).len(), 1);
+    r.t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_commands_follow_printgates_rules_and_the_root_api_follows_the_last_upload() {
+    let r = rig(300.0).await;
+    r.wait_p1s().await;
+    let job_path = format!("/octoprint/{}/api/job", enc(P1S));
+    // Nothing queued: OctoPrint's cancel refusal.
+    let a = wire::cura_post_json(r.addr, &job_path, &r.key, r#"{"command":"cancel"}"#).await;
+    assert_eq!(a.status, 409);
+    // Start and restart: refused, Plate clear named.
+    let bytes = fixture_bytes(Model::P1S, 600);
+    let up = wire::prusaslicer_upload(
+        r.addr,
+        &format!("/octoprint/{}/api/files/local", enc(P1S)),
+        &r.key,
+        false,
+        "",
+        "lid.gcode.3mf",
+        &bytes,
+    )
+    .await;
+    assert_eq!(up.status, 201);
+    for cmd in ["start", "restart"] {
+        let a = wire::cura_post_json(
+            r.addr,
+            &job_path,
+            &r.key,
+            &format!(r#"{{"command":"{cmd}"}}"#),
+        )
+        .await;
+        assert_eq!(a.status, 409, "{cmd}");
+        assert!(
+            a.json()["error"].as_str().unwrap().contains("Plate clear"),
+            "{cmd}"
+        );
+    }
+    let a = wire::cura_post_json(r.addr, &job_path, &r.key, r#"{"command":"fly"}"#).await;
+    assert_eq!(a.status, 400);
+    // Select on the queued file: it is the selected job already.
+    let a = wire::cura_post_json(
+        r.addr,
+        "/api/files/local/lid.gcode.3mf",
+        &r.key,
+        r#"{"command":"select","print":true}"#,
+    )
+    .await;
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    assert!(starts(&r.t.sims[0]).is_empty());
+    // Cancel: the queued job is cancelled (printgate's cancel rule).
+    let job = queued(&r.t)[0].id;
+    let a = wire::cura_post_json(r.addr, &job_path, &r.key, r#"{"command":"cancel"}"#).await;
+    assert_eq!(a.status, 204, "{}", String::from_utf8_lossy(&a.body));
+    r.t.wait_job(job, JobState::Cancelled).await;
+
+    // The root API describes the printer of the key's last upload: plain G-code → Voron,
+    // whose Moonraker is down (OctoPrint: 409 on /printer, a not-operational state on /job).
+    let g = gcode("");
+    let a = wire::prusaslicer_upload(
+        r.addr,
+        "/api/files/local",
+        &r.key,
+        false,
+        "",
+        "voron.gcode",
+        &g,
+    )
+    .await;
+    assert_eq!(a.status, 201);
+    let p = wire::cura_get(r.addr, "/api/printer", &r.key).await;
+    assert_eq!(p.status, 409);
+    let j = wire::cura_get(r.addr, "/api/job", &r.key).await.json();
+    check_job_types(&j);
+    assert!(
+        matches!(j["state"].as_str(), Some("Offline" | "Connecting")),
+        "{j}"
+    );
+    assert_eq!(j["job"]["file"]["name"], "voron.gcode");
+    let a = wire::cura_post_json(r.addr, "/api/job", &r.key, r#"{"command":"start"}"#).await;
+    assert_eq!(a.status, 409);
+    // An unknown printer in the URL.
+    let a = wire::cura_get(r.addr, "/octoprint/nope/api/job", &r.key).await;
+    assert_eq!(a.status, 404);
+    r.t.shutdown().await;
 }

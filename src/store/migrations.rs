@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/006_jobs_by_printer.sql"),
     include_str!("migrations/007_printer_credentials.sql"),
     include_str!("migrations/008_alert_targets.sql"),
+    include_str!("migrations/009_octoprint_files.sql"),
 ];
 
 /// The schema version this build writes (= number of known migrations).

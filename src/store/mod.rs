@@ -13,6 +13,7 @@ mod events;
 pub mod files;
 pub mod jobs;
 mod migrations;
+pub mod octoprint_files;
 mod pins;
 pub mod printer_credentials;
 mod printers;

@@ -136,7 +136,7 @@ fn command_for(action: &str) -> Result<PrinterCommand, ApiError> {
     })
 }
 
-async fn control(
+pub(super) async fn control(
     gw: &Gateway,
     name: &str,
     action: &str,

@@ -51,7 +51,6 @@ pub const PUBLIC_PATHS: &[PublicPath] = &[
     PublicPath::Exact("/setup"),
     PublicPath::Prefix("/static/"),
     PublicPath::Exact("/healthz"),
-    PublicPath::Exact("/api/version"),
     PublicPath::Exact("/favicon.ico"),
 ];
 
@@ -331,10 +330,18 @@ pub(super) async fn guard(
             );
         }
     };
+    // OctoPrint's routes answer a missing or unknown API key with OctoPrint's 403 (slicers
+    // show it as "wrong API key"), like OctoPrint itself.
+    let octoprint = crate::web::octoprint::is_octoprint_path(&path);
     let user = match creds {
         Credentials::User(u) => Some(u),
         Credentials::Anonymous => None,
         Credentials::BadApiKey if ignores_credentials(&path) => None,
+        Credentials::BadApiKey if octoprint => {
+            return crate::web::octoprint::forbidden(
+                "Invalid API key: create one in printgate's Settings → API tokens and enter it in the slicer",
+            );
+        }
         Credentials::BadApiKey => {
             return deny(
                 StatusCode::UNAUTHORIZED,
@@ -345,6 +352,11 @@ pub(super) async fn guard(
         }
     };
     if user.is_none() && !is_public(&path) {
+        if octoprint {
+            return crate::web::octoprint::forbidden(
+                "No API key: enter the API key from printgate's Settings → API tokens in the slicer",
+            );
+        }
         if html && is_safe_method(req.method()) {
             let first_run = auth.store.user_count().map(|n| n == 0).unwrap_or(false);
             if first_run {
