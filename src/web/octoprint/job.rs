@@ -10,7 +10,8 @@
 use super::files::{analysis, tree_file_of};
 use super::state::{OctoKind, octo_state};
 use super::{Scope, octo_error};
-use crate::app::{Gateway, PrinterEntry};
+use crate::app::Gateway;
+use crate::app::PrinterEntry;
 use crate::jobs::dispatcher::Event;
 use crate::jobs::model::{Job, JobState, Target};
 use crate::printer::{GcodeState, PrinterSnapshot};

@@ -22,7 +22,8 @@ mod job;
 pub mod state;
 
 use super::actor::Actor;
-use crate::app::{Gateway, PrinterEntry};
+use crate::app::Gateway;
+use crate::app::PrinterEntry;
 use axum::extract::{FromRequestParts, OriginalUri, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
