@@ -3,9 +3,9 @@
 //! and the MQTT state tree (`broker/topics.rs`), and never contains secrets. It lives below
 //! both web/ and broker/ so that neither borrows the other's types.
 
-use crate::config::Model;
 use crate::jobs::model::{JobState, Millis};
 use crate::jobs::plate::PlateState;
+use crate::printer::Model;
 use crate::printer::{GcodeState, PrinterSnapshot};
 use serde::Serialize;
 use std::time::Instant;

@@ -2,7 +2,7 @@
 //! (10 simulated printers reporting at 1 Hz, 20 HTTP clients polling the dashboard) over 10,000
 //! edges, next to the safety room's own measurements (`crate::safety::bench`).
 
-use crate::config::Model;
+use crate::printer::Model;
 use crate::safety::bench::{LatencySummary, SMOKE_PIN, bench_trip_call, bench_watchdog_observe};
 use crate::safety::config::{InputPinConfig, Pull, RelayConfig, SafetyConfig};
 use crate::safety::gpio::Gpio;

@@ -344,14 +344,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ));
     }
     let app = web::router(gateway.clone());
-    let admission = web::serve::web_admission();
+    let admission = admission::http::web_admission();
     tasks.spawn(admission.clone().log_summaries(shutdown.clone()));
-    tasks.spawn(web::serve::serve(
+    tasks.spawn(admission::http::serve(
         listener,
         app,
-        web::serve::HttpLimits {
+        admission::http::HttpLimits {
             admission,
-            header_timeout: web::serve::WEB_HEADER_TIMEOUT,
+            header_timeout: admission::http::WEB_HEADER_TIMEOUT,
             hand_over: false,
         },
         shutdown.clone(),

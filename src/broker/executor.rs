@@ -111,7 +111,7 @@ pub async fn run(
 /// account is an administrator today, so every valid token may send commands.
 pub fn token_check(store: Arc<crate::store::Store>) -> super::auth::TokenCheck {
     Arc::new(move |token: &str| {
-        let hash = crate::web::auth::secrets::sha256_hex(token);
+        let hash = crate::store::sha256_hex(token);
         match store.api_token_with_user(&hash) {
             Ok(Some(_)) => Some(super::config::Access::Control),
             _ => None,

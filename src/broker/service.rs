@@ -11,7 +11,7 @@ use crate::broker::ha::{self, HaGateway, HaPrinter};
 use crate::broker::publisher::{self, Outbox, PublisherState, Target};
 use crate::broker::ssdp::{self, Discovery, DiscoveryList};
 use crate::broker::topics::{self, EventPayload, GatewayFacts, GatewayStatus, OFFLINE, ONLINE};
-use crate::config::Model;
+use crate::printer::Model;
 use crate::printer::PrinterSnapshot;
 use crate::views::{HmsTextFn, printer_view};
 use anyhow::Context;

@@ -7,7 +7,7 @@
 //! length-capped, the printer's address must be the datagram's source address (a printer
 //! announces itself, not somebody else), and the list has a fixed capacity.
 
-use crate::config::Model;
+use crate::printer::Model;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};

@@ -4,12 +4,12 @@
 //! plain and TLS clients ([`crate::broker::gate`]): same login, ACL, limits and connection
 //! slots. Nothing else is served on this port.
 //!
-//! Connections are accepted by [`crate::web::serve`] with the front door's pre-login budget:
+//! Connections are accepted by [`crate::admission::http`] with the front door's pre-login budget:
 //! from accept to the MQTT login (HTTP request head, upgrade, CONNECT) a connection holds one
 //! place of it and has one deadline (`broker.limits.connect_timeout_ms`).
 
+use crate::admission::http::{HttpLimits, PendingTicket};
 use crate::broker::gate::{self, Gate};
-use crate::web::serve::{HttpLimits, PendingTicket};
 use axum::Extension;
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -49,7 +49,7 @@ pub async fn serve(listener: TcpListener, gate: Arc<Gate>, shutdown: Cancellatio
         .route("/mqtt", get(upgrade))
         .route("/", get(upgrade))
         .with_state(state);
-    crate::web::serve::serve(listener, app, limits, shutdown).await;
+    crate::admission::http::serve(listener, app, limits, shutdown).await;
 }
 
 async fn upgrade(

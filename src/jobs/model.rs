@@ -12,6 +12,9 @@
 //! is unknown a job can only become `printing`, `failed` or `unconfirmed` (I2).
 
 use super::plate::Tap;
+pub use crate::printer::model::{
+    MAX_SUBTASK_ID, gcode_remote_name_for, remote_name_for, subtask_id_in_remote_name,
+};
 use serde::Serialize;
 
 /// Milliseconds on the dispatcher's clock: Unix-epoch milliseconds as seen through a clock that
@@ -21,9 +24,6 @@ pub type Millis = u64;
 
 /// Primary key of a job row.
 pub type JobId = i64;
-
-/// Largest subtask id a printer accepts unchanged (P1S firmware clamps bigger values).
-pub const MAX_SUBTASK_ID: u32 = (1u32 << 31) - 1;
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -197,7 +197,7 @@ pub struct Job {
 impl Job {
     /// Remote file name on the printer's storage (ASCII; changes with the subtask id).
     pub fn remote_name(&self) -> String {
-        if self.model_code == crate::config::Model::Klipper.model_code() {
+        if self.model_code == crate::printer::Model::Klipper.model_code() {
             gcode_remote_name_for(self.subtask_id)
         } else {
             remote_name_for(self.subtask_id)
@@ -215,29 +215,6 @@ impl Job {
     pub fn deadline_passed(&self, now: Millis) -> bool {
         self.deadline.is_some_and(|d| now >= d)
     }
-}
-
-/// Remote file name used for a subtask id.
-pub fn remote_name_for(subtask_id: u32) -> String {
-    format!("pg-{subtask_id}.gcode.3mf")
-}
-
-/// Remote file name of a plain G-code job (Klipper printers) for a subtask id.
-pub fn gcode_remote_name_for(subtask_id: u32) -> String {
-    format!("pg-{subtask_id}.gcode")
-}
-
-/// The subtask id in a remote file name printgate gave (`pg-<id>.gcode[.3mf]`), if it is one.
-pub fn subtask_id_in_remote_name(name: &str) -> Option<u32> {
-    let base = name.rsplit('/').next().unwrap_or(name);
-    let rest = base.strip_prefix("pg-")?;
-    let digits = rest
-        .strip_suffix(".gcode.3mf")
-        .or_else(|| rest.strip_suffix(".gcode"))?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
 }
 
 /// A job as submitted (web form, API, slicer upload).

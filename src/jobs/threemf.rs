@@ -10,7 +10,7 @@
 //! printer model. Plain `.gcode` gets basic text checks in [`inspect_gcode`]. Every
 //! [`FileError`] says what is wrong and what to do.
 
-use crate::config::Model;
+use crate::printer::Model;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom};
 

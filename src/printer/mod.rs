@@ -7,9 +7,11 @@
 
 pub mod bambu;
 pub mod events;
+pub mod model;
 pub mod moonraker;
 pub mod state;
 
+pub use model::Model;
 pub use state::{
     CommandAck, ControlState, GcodeState, HmsEntry, LinkState, PrinterSnapshot, PrinterState,
 };

@@ -3,8 +3,8 @@
 //! simulated GPIO, the bare `trip()` call, and the watchdog's cost per report. The same path
 //! inside a running gateway is measured by `crate::app::bench`.
 
-use crate::config::Model;
 use crate::printer::GcodeState;
+use crate::printer::Model;
 use crate::safety::config::{InputPinConfig, Pull, RelayConfig, SafetyConfig, WatchdogConfig};
 use crate::safety::gpio::{Gpio, GpioError, InputConfig};
 use crate::safety::latch::{BootState, InputKind, SafetyCause, TripController};

@@ -7,7 +7,7 @@
 //! [`crate::safety::watchdog`]". [`SafetyConfig::validate`] reports every problem at once, each
 //! naming the key and the fix.
 
-use crate::config::Model;
+use crate::printer::Model;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -22,10 +22,10 @@
 //! [`SafetyHandle::set_power`] by a person.
 
 use crate::alerts::{self, Alert, AlertKind, Notifier};
-use crate::config::Model;
 use crate::jobs::dispatcher::Event;
 use crate::jobs::model::JobState;
 use crate::jobs::runner::Dispatcher;
+use crate::printer::Model;
 use crate::printer::{GcodeState, PrinterCommand, PrinterLink, PrinterSnapshot};
 use crate::safety::config::{RelayFailSafe, SafetyConfig};
 use crate::safety::gpio::{GpioKind, Level, OutputConfig, open_gpio};

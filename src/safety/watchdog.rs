@@ -41,8 +41,8 @@
 //! and target changes mid-print never produce a verdict; the tests drive hundreds of randomised
 //! realistic prints to show it.
 
-use crate::config::Model;
 use crate::printer::GcodeState;
+use crate::printer::Model;
 use crate::safety::config::{AutoPowerOffConfig, HeaterWatchConfig, WatchdogConfig};
 use crate::safety::latch::{Heater, SafetyCause};
 use std::collections::HashMap;

@@ -34,6 +34,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+/// SHA-256 as lowercase hex: how session ids, API tokens and setup codes are stored.
+pub fn sha256_hex(secret: &str) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes()))
+}
+
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "printgate.sqlite";
 

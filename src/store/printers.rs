@@ -12,7 +12,7 @@ pub struct PrinterRow {
     pub id: i64,
     pub name: String,
     pub serial: String,
-    /// [`crate::config::Model::config_name`], e.g. `X1C`, `A1MINI`.
+    /// [`crate::printer::Model::config_name`], e.g. `X1C`, `A1MINI`.
     pub model: String,
     pub host: String,
     /// Pinned SHA-256 of the printer's TLS leaf certificate (lowercase hex), if paired.

@@ -16,7 +16,7 @@ pub mod printer_page;
 pub mod queue;
 pub mod safety_api;
 pub mod safety_page;
-pub mod serve;
+
 pub mod settings;
 pub mod settings_notifications;
 pub mod settings_users;
@@ -205,7 +205,7 @@ pub(crate) fn printer_views(gw: &Gateway) -> Vec<PrinterView> {
             // A file printgate named (`pg-<id>.gcode`, Klipper printers show the file name):
             // show the job's own name instead.
             if let Some(shown) = view.job_name.clone()
-                && crate::jobs::model::subtask_id_in_remote_name(&shown).is_some()
+                && crate::printer::model::subtask_id_in_remote_name(&shown).is_some()
                 && let Ok(Some(job)) = gw.store.last_started_job_on(&p.name)
                 && shown.ends_with(&job.remote_name())
             {

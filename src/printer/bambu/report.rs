@@ -4,7 +4,7 @@
 //! replaces, deltas deep-merge, arrays are replaced wholesale), and the typed
 //! [`PrinterState`] read from the merged document. Pure: no I/O, never panics on input.
 
-use crate::config::Model;
+use crate::printer::Model;
 use crate::printer::state::{CommandAck, GcodeState, HmsEntry, PrinterState};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;

@@ -7,7 +7,7 @@
 //! `virtual_sdcard` and `display_status` (progress), `extruder` and `heater_bed`
 //! (temperature, target).
 
-use crate::jobs::model::subtask_id_in_remote_name;
+use crate::printer::model::subtask_id_in_remote_name;
 use crate::printer::{GcodeState, PrinterState};
 use serde_json::{Map, Value};
 

@@ -6,7 +6,6 @@ use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use rand::Rng;
-use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
 
 /// Prefix of generated API tokens (so they are recognisable in config files and secret scanners).
@@ -69,10 +68,8 @@ pub fn normalize_setup_code(typed: &str) -> String {
         .collect()
 }
 
-/// SHA-256 as lowercase hex: how session ids, API tokens and setup codes are stored.
-pub fn sha256_hex(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
+/// How session ids, API tokens and setup codes are stored (the store owns the rule).
+pub use crate::store::sha256_hex;
 
 /// Equality whose running time depends only on the lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

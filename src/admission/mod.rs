@@ -8,7 +8,10 @@
 //!
 //! Refusals and time-outs are not logged one line per socket (a flood would write thousands a
 //! second): they are counted per address and [`Admission::log_summaries`] writes one warning
-//! per interval with the counts.
+//! per interval with the counts. [`http`] is the HTTP accept loop that hands out these tickets,
+//! shared by the web interface and MQTT over WebSocket.
+
+pub mod http;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
