@@ -185,6 +185,12 @@ impl LinkTx {
         }
     }
 
+    /// printgate patch: the incoming buffer itself, which tells this link apart from a later
+    /// one that got the same connection id.
+    pub(crate) fn shared_buffer(&self) -> Arc<Mutex<VecDeque<Packet>>> {
+        self.recv_buffer.clone()
+    }
+
     pub fn buffer(&self) -> MutexGuard<RawMutex, VecDeque<Packet>> {
         self.recv_buffer.lock()
     }

@@ -58,6 +58,13 @@ pub struct RemoteLink<P> {
     pub(crate) will_delay_interval: u32,
 }
 
+impl<P> RemoteLink<P> {
+    /// printgate patch: the event that ends this link's connection in the router.
+    pub(crate) fn disconnect_event(&self) -> Event {
+        Event::LinkDisconnect(self.link_tx.shared_buffer())
+    }
+}
+
 impl<P: Protocol> RemoteLink<P> {
     pub async fn new(
         router_tx: Sender<(ConnectionId, Event)>,

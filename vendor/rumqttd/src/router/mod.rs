@@ -55,6 +55,11 @@ pub enum Event {
     DeviceData,
     /// Disconnection request
     Disconnect,
+    /// printgate patch: the network link with this incoming buffer ended. The router ends the
+    /// connection only if the id still belongs to that link: when the same client id connected
+    /// again meanwhile, the router already ended the old connection and may have given its id
+    /// to the new one, which upstream's `Disconnect` then ended too.
+    LinkDisconnect(std::sync::Arc<parking_lot::Mutex<std::collections::VecDeque<crate::protocol::Packet>>>),
     /// Shadow
     Shadow(ShadowRequest),
     /// Collect and send alerts to all alerts links

@@ -605,7 +605,7 @@ async fn remote<P: Protocol>(
     };
 
     if send_disconnect {
-        let disconnect = Event::Disconnect;
+        let disconnect = link.disconnect_event();
         let message = (connection_id, disconnect);
         router_tx.send(message).ok();
     }
