@@ -58,7 +58,13 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     // ---- auth (src/web/auth.rs): add routes above this line. Every route added before
     // `auth::protect` needs a signed-in user or an API token, except auth::PUBLIC_PATHS;
     // handlers take `auth::CurrentUser`. ----
-    let app = auth::protect(app.merge(auth::routes()), &gw);
+    // An explicit fallback, so unknown paths stay behind the sign-in guard after `/metrics`
+    // is merged below (a merged router keeps only a custom fallback with its layers).
+    let app = auth::protect(
+        app.merge(auth::routes())
+            .fallback(|| async { axum::http::StatusCode::NOT_FOUND }),
+        &gw,
+    );
     // `/metrics` checks its own scrape token (outside the sign-in guard); every answer, also
     // the guard's refusals, is counted by route template.
     let app =
