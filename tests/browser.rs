@@ -20,6 +20,12 @@
 //! job, cancel). They also take light and dark screenshots at 390×844 and 1366×900 and check that
 //! nothing overflows sideways.
 //!
+//! `every_page_fits_a_phone_and_passes_axe`: every page (dashboard with a finished and a running
+//! print and a waiting job, printer page, history, upload, safety, the four settings pages,
+//! sign-in) at 390×844 and 1366×900 in light and dark mode: no horizontal overflow, and axe-core
+//! (pinned, installed by `.ci/run` into `target/axe`) finds no serious or critical violation.
+//! Screenshots of each go to `target/test-output/`.
+//!
 //! Chromium and chromedriver come from Debian (`/usr/bin/chromium`, `/usr/bin/chromedriver`;
 //! override with `PRINTGATE_CHROMIUM` / `PRINTGATE_CHROMEDRIVER`). When they are missing the
 //! tests fail with instructions: CI installs them, so a skip would hide a broken UI.
@@ -941,5 +947,141 @@ async fn a_refused_action_shows_its_reason_on_the_page() {
     assert!(page_was_not_reloaded(c).await);
     screenshots_light_dark(c, &out, "page-dashboard-cancelled", "section.queue").await;
 
+    session.close().await;
+}
+
+/// axe-core's `axe.min.js`, installed (pinned) by `.ci/run` into `target/axe`; override with
+/// `PRINTGATE_AXE_JS`.
+fn axe_source() -> String {
+    let path = std::env::var_os("PRINTGATE_AXE_JS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/axe/node_modules/axe-core/axe.min.js")
+        });
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{} not readable ({e}): the accessibility check needs axe-core. Run .ci/run, or \
+             `npm install --prefix target/axe axe-core@4.10.3`, or point PRINTGATE_AXE_JS at \
+             axe.min.js.",
+            path.display()
+        )
+    })
+}
+
+/// axe-core's serious and critical violations on the current page, as "rule: nodes" lines.
+async fn axe_violations(c: &Client, axe: &str) -> Vec<(String, String)> {
+    let loaded = c
+        .execute("return typeof window.axe === 'object'", vec![])
+        .await
+        .is_ok_and(|v| v == json!(true));
+    if !loaded {
+        c.execute(&format!("{axe}\n;return true"), vec![])
+            .await
+            .expect("inject axe-core");
+    }
+    let found = c
+        .execute_async(
+            "var done = arguments[arguments.length - 1]; \
+             axe.run(document).then(function (r) { \
+               if (!r.passes.length) { done([['axe-error', 'no rule ran']]); return; } \
+               done(r.violations.filter(function (v) { \
+                 return v.impact === 'serious' || v.impact === 'critical'; \
+               }).map(function (v) { \
+                 return [v.id, v.nodes.slice(0, 4).map(function (n) { \
+                   return n.target.join(' ') + ' (' + (n.failureSummary || '').split('\\n').slice(1, 2).join('').trim() + ')'; \
+                 }).join('; ')]; \
+               })); \
+             }, function (e) { done([['axe-error', String(e)]]); });",
+            vec![],
+        )
+        .await
+        .expect("run axe-core");
+    serde_json::from_value(found).expect("axe answer")
+}
+
+/// Every page, signed in and out, at 390×844 and 1366×900 in light and dark mode: nothing
+/// sticks out sideways, and axe-core finds no serious or critical violation. Screenshots of
+/// each go to `target/test-output/` as `<page>-<phone|desktop>-<light|dark>.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_fits_a_phone_and_passes_axe() {
+    let _turn = ONE_BROWSER.lock().await;
+    let axe = axe_source();
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-output");
+    std::fs::create_dir_all(&out).expect("create target/test-output");
+    let session = PhoneSession::open(&[Model::P1S, Model::P1S], TIME_SCALE).await;
+    let (t, c) = (&session.t, &session.c);
+    c.update_timeouts(fantoccini::wd::TimeoutConfiguration::new(
+        Some(UI_WAIT),
+        Some(UI_WAIT),
+        None,
+    ))
+    .await
+    .expect("script timeout");
+
+    // Something on every page: a finished print (history, printer page readings), a print
+    // running, a waiting job, an API token.
+    let done = start_print(t, "printer 1", "finished print").await;
+    t.wait_job(done, JobState::Finished).await;
+    start_print(t, "printer 2", "running print").await;
+    t.queue(Some("printer 1"), Model::P1S, "waiting job").await;
+    common::demo_api_token(&t.gw().store);
+
+    let pages = [
+        ("dashboard", "/"),
+        ("printer", "/printers/printer%201"),
+        ("history", "/history"),
+        ("upload", "/upload"),
+        ("safety", "/safety"),
+        ("settings-printers", "/settings/printers"),
+        ("settings-users", "/settings/users"),
+        ("settings-notifications", "/settings/notifications"),
+        ("settings-tokens", "/settings/tokens"),
+        ("login", "/login"),
+    ];
+    let mut findings: Vec<String> = Vec::new();
+    for (name, path) in pages {
+        if name == "login" {
+            c.goto(&t.url("/")).await.expect("dashboard");
+            click(c, "form.logout button").await;
+            wait_path(c, "/login").await;
+        }
+        c.goto(&t.url(path)).await.expect("open the page");
+        wait_for(c, "main, body").await;
+        for scheme in ["light", "dark"] {
+            color_scheme(c, scheme).await;
+            for (label, w, h) in [("phone", 390, 844), ("desktop", 1366, 900)] {
+                set_viewport(c, w, h).await;
+                let overflow = c
+                    .execute(
+                        "return document.documentElement.scrollWidth - window.innerWidth",
+                        vec![],
+                    )
+                    .await
+                    .expect("measure the page")
+                    .as_i64()
+                    .unwrap_or(i64::MAX);
+                let png = c.screenshot().await.expect("screenshot");
+                std::fs::write(out.join(format!("{name}-{label}-{scheme}.png")), png)
+                    .expect("write a screenshot");
+                if overflow > 0 {
+                    findings.push(format!(
+                        "{name} {label}: {overflow} px wider than the screen"
+                    ));
+                }
+                for (rule, nodes) in axe_violations(c, &axe).await {
+                    findings.push(format!("{name} {label} {scheme}: axe {rule}: {nodes}"));
+                }
+            }
+        }
+    }
+    findings.dedup();
+    println!("screenshots in {}", out.display());
+    assert!(
+        findings.is_empty(),
+        "{} problems:\n{}",
+        findings.len(),
+        findings.join("\n")
+    );
     session.close().await;
 }
