@@ -32,8 +32,8 @@ enum Command {
     },
     /// Run simulated Bambu printers standalone (for measuring a gateway in another process).
     ///
-    /// Prints one line per printer: name model serial host mqtt_port ftps_port access_code
-    /// fingerprint. Runs until SIGINT (Ctrl-C) or SIGTERM, then stops every printer and exits 0.
+    /// Prints one line per printer: name model serial host mqtt_port ftps_port camera_port
+    /// access_code fingerprint (camera_port: the P1/A1 chamber image, `-` on other models). Runs until SIGINT (Ctrl-C) or SIGTERM, then stops every printer and exits 0.
     /// Every printer announces itself with an SSDP NOTIFY every 5 s (unicast, to
     /// 127.0.0.1:2021 unless --ssdp-target says otherwise).
     Sim {

@@ -87,6 +87,17 @@ fn third_party_clients_drive_every_model_unmodified() {
         "bambulabs-api ran on every model: {v}"
     );
     assert_eq!(v["bambu_connect"].as_array().map_or(0, Vec::len), 2, "{v}");
+    // bambulabs-api's camera client read a JPEG from every P1/A1 chamber camera.
+    let chamber = MODELS
+        .split(',')
+        .filter(|m| matches!(*m, "P1P" | "P1S" | "A1" | "A1MINI"))
+        .count();
+    assert!(chamber > 0, "{MODELS}");
+    assert_eq!(
+        v["camera"].as_array().map_or(0, Vec::len),
+        chamber,
+        "bambulabs-api read the chamber image: {v}"
+    );
     assert_eq!(
         v["ssdp"].as_object().map_or(0, |o| o.len()),
         MODELS.split(',').count(),

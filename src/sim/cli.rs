@@ -4,10 +4,9 @@
 //!
 //! By default every printer listens on 127.0.0.1 with ephemeral ports. With
 //! [`SimCliOptions::standard_ports`] printer N gets its own loopback address 127.0.0.(N+1) with
-//! the ports of a real printer (MQTT 8883, FTPS 990), so a third-party client that hard-codes
+//! the ports of a real printer (MQTT 8883, FTPS 990, camera 6000 on P1/A1), so a third-party client that hard-codes
 //! them can be pointed at it unchanged; binding 990 needs root, `CAP_NET_BIND_SERVICE` or a
-//! network namespace (`unshare --net --map-root-user`). 127.0.0.1 is left to the gateway, and
-//! 6000/322 stay free for the camera.
+//! network namespace (`unshare --net --map-root-user`). 127.0.0.1 is left to the gateway.
 
 use crate::config::Model;
 use crate::sim::printer::{SimConfig, SimFleet, SimPrinter};
@@ -56,16 +55,19 @@ pub fn standard_address(index: usize) -> Option<Ipv4Addr> {
 pub const DEFAULT_MODELS: [Model; 3] = [Model::P1S, Model::X1C, Model::A1Mini];
 
 /// One line describing a running simulator:
-/// `name model serial host mqtt_port access_code fingerprint`.
+/// `name model serial host mqtt_port ftps_port camera_port access_code fingerprint`
+/// (`camera_port` is `-` on models without the port-6000 chamber image).
 pub fn describe(p: &SimPrinter) -> String {
     format!(
-        "{} {} {} {} {} {} {} {}",
+        "{} {} {} {} {} {} {} {} {}",
         p.name(),
         p.model().config_name(),
         p.serial(),
         p.host(),
         p.mqtt_port(),
         p.ftps_port(),
+        p.camera_port()
+            .map_or_else(|| "-".to_string(), |c| c.to_string()),
         p.access_code(),
         p.fingerprint()
     )
@@ -135,7 +137,7 @@ pub async fn run_sim_cli(
         anyhow::bail!("--max-clients must be at least 1");
     }
     let fleet = SimFleet::start(fleet_configs_with(printers, &models, time_scale, &opts)?).await?;
-    println!("# name model serial host mqtt_port ftps_port access_code fingerprint");
+    println!("# name model serial host mqtt_port ftps_port camera_port access_code fingerprint");
     for p in fleet.printers() {
         println!("{}", describe(p));
     }

@@ -1,10 +1,12 @@
-//! Protocol-faithful Bambu printer simulator (MQTT over TLS, FTPS, SSDP, print state machine),
+//! Protocol-faithful Bambu printer simulator (MQTT over TLS, FTPS, SSDP, chamber camera,
+//! print state machine),
 //! used by `printgate demo`, `printgate sim` and the tests. See docs/bambu-protocol.md §12.
 //!
 //! Start one with [`SimPrinter::start`] (or several with [`SimFleet`]), tweak it through
 //! [`SimKnobs`], and check what it received with [`SimPrinter::command_log`] and what it is
 //! doing with [`SimPrinter::truth`].
 
+pub mod camera;
 pub mod cli;
 pub mod fixtures;
 pub mod ftps;

@@ -64,6 +64,10 @@ pub struct SimConfig {
     pub mqtt_port: u16,
     /// FTPS port; 0 = ephemeral (990 on a real printer).
     pub ftps_port: u16,
+    /// Chamber-image camera port on P1/A1 models; 0 = ephemeral (6000 on a real printer).
+    pub camera_port: u16,
+    /// Real-time period of camera frames (about 1 s on a printer).
+    pub camera_frame_interval: Duration,
     /// Override the model's MQTT client limit (1 on P1/A1, 4 on X1).
     pub max_clients: Option<usize>,
 }
@@ -85,6 +89,8 @@ impl SimConfig {
             address: Ipv4Addr::LOCALHOST,
             mqtt_port: 0,
             ftps_port: 0,
+            camera_port: 0,
+            camera_frame_interval: Duration::from_secs(1),
             max_clients: None,
         }
     }
@@ -94,6 +100,7 @@ impl SimConfig {
         self.address = address;
         self.mqtt_port = STANDARD_MQTT_PORT;
         self.ftps_port = STANDARD_FTPS_PORT;
+        self.camera_port = crate::sim::camera::STANDARD_CAMERA_PORT;
         self
     }
 }
@@ -216,6 +223,10 @@ impl Hub {
 
     pub fn gate(&self) -> watch::Receiver<Gate> {
         self.gate.subscribe()
+    }
+
+    pub fn truth_rx(&self) -> watch::Receiver<SimTruth> {
+        self.truth_tx.subscribe()
     }
 
     pub fn powered(&self) -> bool {
@@ -780,10 +791,12 @@ pub struct SimPrinter {
     tasks: Vec<JoinHandle<()>>,
     /// The printer's FTPS file service, sharing its storage and certificate.
     ftps: Option<FtpsServerHandle>,
+    /// The chamber-image camera (P1/A1 models only).
+    camera: Option<crate::sim::camera::SimCamera>,
 }
 
 impl SimPrinter {
-    /// Start the printer on 127.0.0.1 with an ephemeral MQTT port.
+    /// Start the printer on 127.0.0.1 with ephemeral ports.
     pub async fn start(cfg: SimConfig) -> anyhow::Result<SimPrinter> {
         let serial = cfg.serial.unwrap_or_else(|| generate_serial(cfg.model));
         let access_code = cfg.access_code.unwrap_or_else(generate_access_code);
@@ -904,6 +917,26 @@ impl SimPrinter {
                 shutdown.clone(),
             )),
         ];
+        let camera = if crate::sim::camera::has_chamber_image(cfg.model) {
+            let addr = SocketAddr::from((cfg.address, cfg.camera_port));
+            let (cam, cam_tasks) = crate::sim::camera::start(
+                addr,
+                Arc::clone(&hub),
+                cfg.camera_frame_interval.max(Duration::from_millis(10)),
+                shutdown.clone(),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the simulator's camera port {}:{}",
+                    cfg.address, cfg.camera_port
+                )
+            })?;
+            tasks.extend(cam_tasks);
+            Some(cam)
+        } else {
+            None
+        };
         if let Some(target) = cfg.ssdp_target {
             tasks.push(tokio::spawn(ssdp::run_announcer(
                 Arc::clone(&hub),
@@ -919,6 +952,7 @@ impl SimPrinter {
             shutdown,
             tasks,
             ftps: Some(ftps),
+            camera,
         })
     }
 
@@ -935,6 +969,14 @@ impl SimPrinter {
     /// Port of the FTPS file service (990 on a real printer).
     pub fn ftps_port(&self) -> u16 {
         self.ftps.as_ref().map(|f| f.port()).unwrap_or(0)
+    }
+    /// Port of the chamber-image camera (6000 on a real printer); `None` on models without it.
+    pub fn camera_port(&self) -> Option<u16> {
+        self.camera.as_ref().map(|c| c.port())
+    }
+    /// The chamber-image camera (P1/A1 models only).
+    pub fn camera(&self) -> Option<&crate::sim::camera::SimCamera> {
+        self.camera.as_ref()
     }
     /// Fault knobs of the FTPS file service.
     pub fn ftps_knobs(&self) -> FtpsKnobs {

@@ -319,11 +319,9 @@ pub fn status_object(ctx: &ReportCtx) -> Map<String, Value> {
     );
     let mut ipcam = json!({"ipcam_dev": "1", "ipcam_record": "enable", "timelapse": "disable"});
     if sends_fun(model) {
-        ipcam["rtsp_url"] = json!(if model == Model::H2D {
-            "disable".to_string()
-        } else {
-            format!("rtsps://{}/streaming/live/1", ctx.ip)
-        });
+        // RTSPS live view is not simulated yet: the state of a printer with "LAN Only
+        // Liveview" off.
+        ipcam["rtsp_url"] = json!("disable");
     }
     o.insert("ipcam".into(), ipcam);
     o.insert(

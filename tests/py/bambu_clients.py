@@ -115,10 +115,39 @@ def start_sim(binary, models, count):
             raise Failure("printgate sim printed no table within 60 s")
         if line.startswith("#"):
             continue
-        name, model, serial, host, mqtt, ftps, code, _fp = line.split()
+        name, model, serial, host, mqtt, ftps, camera, code, _fp = line.split()
         check(mqtt == "8883" and ftps == "990", f"standard ports, got {line.strip()}")
+        want_camera = "6000" if model in CHAMBER_IMAGE else "-"
+        check(camera == want_camera, f"{model}: camera_port {camera}, want {want_camera}")
         rows.append({"name": name, "model": model, "serial": serial, "host": host, "code": code})
     return proc, rows
+
+
+# Models with the port-6000 chamber image (JPEG frames over TLS); the others use RTSPS.
+CHAMBER_IMAGE = ("P1P", "P1S", "A1", "A1MINI")
+
+
+def camera_case(row):
+    """bambulabs-api's own camera client, as its users start it, reads a frame."""
+    import base64
+
+    import bambulabs_api as bl
+
+    p = bl.Printer(row["host"], row["code"], row["serial"])
+    p.camera_start()
+    try:
+        def frame():
+            try:
+                return p.get_camera_frame()
+            except Exception:
+                return None
+        wait_for(f"{row['model']}: bambulabs-api camera frame", lambda: frame() is not None)
+        jpeg = base64.b64decode(frame())
+        check(jpeg[:2] == b"\xff\xd8" and jpeg[-2:] == b"\xff\xd9", f"{row['model']}: not a JPEG")
+        size = p.get_camera_image().size
+        return {"model": row["model"], "bytes": len(jpeg), "size": list(size)}
+    finally:
+        p.camera_client.alive = False
 
 
 def bambulabs_api_case(row):
@@ -366,6 +395,15 @@ def main():
         result["ssdp"] = ssdp_case(sock, rows)
         for row in rows:
             result["bambulabs_api"].append(bambulabs_api_case(row))
+        result["camera"] = []
+        for row in rows:
+            if row["model"] in CHAMBER_IMAGE:
+                try:
+                    result["camera"].append(camera_case(row))
+                except Failure:
+                    raise
+                except Exception as e:
+                    raise Failure(f"{row['model']}: bambulabs-api camera raised {type(e).__name__}: {e}") from e
         for row in rows:
             if row["model"] in ("P1S", "A1"):
                 import bambulabs_api as bl

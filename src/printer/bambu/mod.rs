@@ -3,6 +3,7 @@
 //! submodules are its parts: pure report/command/error logic and the I/O of the session.
 
 pub mod backoff;
+pub mod camera;
 pub mod commands;
 pub mod control;
 pub mod errors;
