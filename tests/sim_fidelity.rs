@@ -76,8 +76,8 @@ fn sim_stops_cleanly_on_sigterm_and_sigint() {
             let fields: Vec<&str> = row.split(' ').collect();
             assert_eq!(
                 fields.len(),
-                8,
-                "name model serial host mqtt ftps code fp: {row}"
+                9,
+                "name model serial host mqtt ftps camera code fp: {row}"
             );
             assert_eq!(fields[3], "127.0.0.1");
         }
