@@ -6,7 +6,7 @@
 use crate::jobs::model::{JobState, Millis};
 use crate::jobs::plate::PlateState;
 use crate::printer::Model;
-use crate::printer::{GcodeState, PrinterSnapshot};
+use crate::printer::{GcodeState, PrinterCommand, PrinterSnapshot};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -46,6 +46,62 @@ pub struct PrinterView {
     pub thumbnail_url: Option<String>,
     /// Per-printer queue pause.
     pub queue_paused: bool,
+    /// The print controls that apply in the reported state (none while the printer is offline).
+    pub controls: ControlsView,
+}
+
+/// Which print controls a card offers. Only those that make sense in the state the printer
+/// reports: Pause while it prints, Resume while it is paused, Stop while a print is on it (or
+/// its state is unknown: Stop is the way out). The gateway also refuses Pause and Resume when
+/// they do not apply ([`control_not_applicable`]), for a page that was showing an older state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ControlsView {
+    pub pause: bool,
+    pub resume: bool,
+    pub stop: bool,
+}
+
+impl ControlsView {
+    pub fn any(&self) -> bool {
+        self.pause || self.resume || self.stop
+    }
+}
+
+/// The controls offered for a printer that is `online` (or not) and reports `state`.
+pub fn controls_offered(online: bool, state: Option<GcodeState>) -> ControlsView {
+    if !online {
+        return ControlsView::default();
+    }
+    let state = state.unwrap_or_default();
+    ControlsView {
+        pause: control_not_applicable(&PrinterCommand::Pause, state).is_none(),
+        resume: control_not_applicable(&PrinterCommand::Resume, state).is_none(),
+        stop: state.is_active() || state == GcodeState::Unknown,
+    }
+}
+
+/// Why `cmd` makes no sense in the state the printer reports (pause while not printing, resume
+/// while not paused), or `None`. Stop is always sent when asked: it is the way out, whatever the
+/// report.
+pub fn control_not_applicable(cmd: &PrinterCommand, state: GcodeState) -> Option<String> {
+    match cmd {
+        PrinterCommand::Pause
+            if !matches!(
+                state,
+                GcodeState::Prepare | GcodeState::Slicing | GcodeState::Running
+            ) =>
+        {
+            Some(format!(
+                "is not printing (it reports {}): there is nothing to pause",
+                state.as_str()
+            ))
+        }
+        PrinterCommand::Resume if state != GcodeState::Pause => Some(format!(
+            "is not paused (it reports {}): there is nothing to resume",
+            state.as_str()
+        )),
+        _ => None,
+    }
 }
 
 /// The plate gate of one printer, the most visible thing on its card.
@@ -178,6 +234,7 @@ pub fn printer_view(
         plate,
         thumbnail_url: None,
         queue_paused,
+        controls: controls_offered(snap.link.is_online(), st.map(|s| s.gcode_state)),
     }
 }
 
@@ -215,5 +272,67 @@ mod tests {
             assert!(plate_during_print(occupied(), None).tap_offered);
         }
         assert_eq!(print_in_progress(None, None), None);
+    }
+
+    #[test]
+    fn only_the_controls_that_apply_are_offered() {
+        let offered = |online, state| controls_offered(online, state);
+        let (pause, resume, stop) = (
+            ControlsView {
+                pause: true,
+                resume: false,
+                stop: true,
+            },
+            ControlsView {
+                pause: false,
+                resume: true,
+                stop: true,
+            },
+            ControlsView {
+                pause: false,
+                resume: false,
+                stop: true,
+            },
+        );
+        for printing in [
+            GcodeState::Prepare,
+            GcodeState::Slicing,
+            GcodeState::Running,
+        ] {
+            assert_eq!(offered(true, Some(printing)), pause, "{printing:?}");
+        }
+        assert_eq!(offered(true, Some(GcodeState::Pause)), resume);
+        for ended in [GcodeState::Idle, GcodeState::Finish, GcodeState::Failed] {
+            assert_eq!(
+                offered(true, Some(ended)),
+                ControlsView::default(),
+                "{ended:?}"
+            );
+            assert!(!offered(true, Some(ended)).any());
+        }
+        // Unknown state: only the way out.
+        assert_eq!(offered(true, Some(GcodeState::Unknown)), stop);
+        assert_eq!(offered(true, None), stop);
+        // Offline: nothing can be sent.
+        for s in [GcodeState::Running, GcodeState::Pause, GcodeState::Unknown] {
+            assert_eq!(offered(false, Some(s)), ControlsView::default());
+        }
+        // What is offered is what the gateway accepts.
+        for s in [
+            GcodeState::Idle,
+            GcodeState::Running,
+            GcodeState::Pause,
+            GcodeState::Finish,
+        ] {
+            let c = offered(true, Some(s));
+            assert_eq!(
+                c.pause,
+                control_not_applicable(&PrinterCommand::Pause, s).is_none()
+            );
+            assert_eq!(
+                c.resume,
+                control_not_applicable(&PrinterCommand::Resume, s).is_none()
+            );
+        }
     }
 }

@@ -6,7 +6,69 @@
 "use strict";
 (function () {
   var banner = document.getElementById("offline");
-  function setOffline(off) { if (banner) banner.hidden = !off; }
+  var offline = false;
+  // While the gateway is unreachable the cards are greyed and their actions are off (what they
+  // show may be out of date, and a tap could not be sent); the banner says since when.
+  function setOffline(off) {
+    if (off === offline) return;
+    offline = off;
+    if (banner) {
+      banner.hidden = !off;
+      var since = banner.querySelector("[data-since]");
+      if (since) since.textContent = off ? " since " + clock(new Date()) : "";
+    }
+    document.body.classList.toggle("gateway-lost", off);
+    disableActions();
+  }
+  // Buttons inside the live parts: off while the gateway is unreachable (also re-applied after
+  // each in-place update, whose fresh markup has them enabled).
+  function disableActions() {
+    var buttons = document.querySelectorAll("[data-flash-scope] button, [data-flash-scope] a.button");
+    for (var i = 0; i < buttons.length; i++) {
+      var b = buttons[i];
+      if (b.tagName === "A") {
+        if (offline) b.setAttribute("aria-disabled", "true"); else b.removeAttribute("aria-disabled");
+      } else if (offline && !b.disabled) { b.disabled = true; b.setAttribute("data-offline", ""); }
+      else if (!offline && b.hasAttribute("data-offline")) { b.disabled = false; b.removeAttribute("data-offline"); }
+    }
+  }
+  document.addEventListener("click", function (ev) {
+    var a = ev.target.closest && ev.target.closest("a.button[aria-disabled=true]");
+    if (a) ev.preventDefault();
+  });
+
+  // ---- times in the phone's time zone ------------------------------------------------------
+  // The server writes times in the gateway's zone; <time datetime> elements are shown in the
+  // browser's: data-clock as a clock time ("14:35", or "Fri 14:35" on another day), data-local
+  // as a date and time.
+  function clock(d) {
+    var opts = { hour: "2-digit", minute: "2-digit" };
+    if (d.toDateString() !== new Date().toDateString()) opts.weekday = "short";
+    return d.toLocaleTimeString([], opts);
+  }
+  function localTimes(root) {
+    var els = (root || document).querySelectorAll("time[data-clock], time[data-local]");
+    for (var i = 0; i < els.length; i++) {
+      var d = new Date(els[i].getAttribute("datetime"));
+      if (isNaN(d.getTime())) continue;
+      els[i].textContent = els[i].hasAttribute("data-clock") ? clock(d) :
+        d.toLocaleString([], { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    }
+  }
+  localTimes(document);
+
+  // ---- what changed, for screen readers ----------------------------------------------------
+  // A card's state and plate are announced (politely) when they change; temperatures are not.
+  var announcer = document.getElementById("announce");
+  var lastSaid = {};
+  function announce(p) {
+    var now = p.gcode_state + "|" + (p.plate && p.plate.state) + "|" + p.online;
+    var before = lastSaid[p.name];
+    lastSaid[p.name] = now;
+    if (before === undefined || before === now || !announcer) return;
+    announcer.textContent = p.name + ": " + (p.online ? p.gcode_state.toLowerCase() : "not connected") +
+      (p.plate && p.plate.text ? ". " + p.plate.text : "");
+  }
   // How many live messages of each kind the page applied (also read by the browser tests).
   var live = window.printgateLive = { state: 0, printer: 0, queue: 0 };
 
@@ -70,6 +132,8 @@
     var t = document.createElement("template");
     t.innerHTML = html;
     morph(el, t.content);
+    localTimes(el);
+    disableActions();
   }
   function flushPending() {
     var waiting = pending;
@@ -84,6 +148,7 @@
     if (!card) return;
     card.classList.toggle("offline", !p.online);
     update(card.querySelector('[data-live="card"]'), p.card_html);
+    announce(p);
   }
   function updateQueue(html) { update(document.querySelector('[data-live="queue"]'), html); }
 

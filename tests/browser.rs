@@ -491,14 +491,17 @@ async fn the_main_flow_works_without_javascript() {
         "JavaScript is off in this run"
     );
 
-    // A refused action redirects back with the reason (pause on an idle printer).
+    // An idle printer's page offers no Pause (nothing to pause).
     c.goto(&t.url("/printers/printer%201"))
         .await
         .expect("printer page");
-    click(&c, "form[action$='/control/pause'] button").await;
-    wait_for(&c, "p.notice").await;
-    let notice = text_of(&c, "p.notice").await;
-    assert!(notice.contains("not printing"), "{notice}");
+    wait_for(&c, "article.card .plate").await;
+    assert!(
+        c.find(Locator::Css("form[action$='/control/pause']"))
+            .await
+            .is_err(),
+        "an idle printer offers Pause"
+    );
 
     let files = tempfile::tempdir().expect("upload dir");
     let file = fixture_file(files.path(), "no script benchy", 256 * 1024);
@@ -511,6 +514,12 @@ async fn the_main_flow_works_without_javascript() {
         .unwrap_or_default();
     assert!(notice.contains("added to the queue"), "{notice}");
     let job = job_named(&t, "no script benchy");
+    // A refused action redirects back with the reason (moving the only job up).
+    click(&c, &format!("form[action='/jobs/{job}/up'] button")).await;
+    wait_until("the page says why the job did not move", || async {
+        text_of(&c, "p.notice").await.contains("already")
+    })
+    .await;
     t.wait_job(job, JobState::Staged).await;
     assert!(starts(sim).is_empty());
     screenshots(&c, &out, "nojs-01-queued").await;
@@ -756,6 +765,29 @@ async fn a_ticked_stop_survives_live_updates_and_the_stop_takes_effect() {
         .expect("printer page");
     wait_for(c, "form[action$='/control/stop'] input[name=confirm]").await;
     wait_live(c).await;
+    // Printing: Pause and Stop are offered, Resume is not.
+    wait_for(c, "form[action$='/control/pause'] button").await;
+    assert!(
+        c.find(Locator::Css("form[action$='/control/resume']"))
+            .await
+            .is_err(),
+        "a printing printer offers Resume"
+    );
+    // The time left is an estimate or words, never "0 min left"; the finish is a clock time.
+    wait_until("the card shows an estimate and a finish time", || async {
+        c.find(Locator::Css("[data-field=finish]")).await.is_ok()
+    })
+    .await;
+    let remaining = text_of(c, "[data-field=remaining]").await;
+    assert!(
+        remaining.ends_with("left") && !remaining.starts_with("0 min"),
+        "{remaining}"
+    );
+    let finish = text_of(c, "[data-field=finish]").await;
+    assert!(
+        finish.len() >= 5 && finish.contains(':'),
+        "the finish is a clock time: {finish:?}"
+    );
     mark_window(c).await;
     click(c, "form[action$='/control/stop'] input[name=confirm]").await;
 
@@ -819,6 +851,15 @@ async fn a_ticked_stop_survives_live_updates_and_the_stop_takes_effect() {
         "the print ran to its end"
     );
     println!("stop result on the page: {flash}");
+    wait_until(
+        "the stopped printer's card no longer offers Pause",
+        || async {
+            c.find(Locator::Css("form[action$='/control/pause']"))
+                .await
+                .is_err()
+        },
+    )
+    .await;
     screenshots_light_dark(c, &out, "page-printer-stopped", "article.card .controls").await;
     c.goto(&t.url("/")).await.expect("dashboard");
     wait_for(c, "article[data-printer='printer 2']").await;
@@ -892,31 +933,19 @@ async fn a_refused_action_shows_its_reason_on_the_page() {
     let session = PhoneSession::open(&[Model::P1S], TIME_SCALE).await;
     let (t, c) = (&session.t, &session.c);
 
-    // Pause on an idle printer: refused, with the reason next to the controls.
+    // An idle printer offers no print controls: there is nothing to pause, resume or stop.
     c.goto(&t.url("/printers/printer%201"))
         .await
         .expect("printer page");
-    wait_for(c, "form[action$='/control/pause'] button").await;
-    mark_window(c).await;
-    click(c, "form[action$='/control/pause'] button").await;
-    wait_until("the page shows why pause was refused", || async {
-        flash_text(c, "article.card").await.contains("not printing")
-    })
-    .await;
-    assert!(page_was_not_reloaded(c).await, "answered in place");
-    let flash = wait_for(c, "article.card [data-flash]").await;
-    assert_eq!(
-        flash.attr("role").await.expect("role").as_deref(),
-        Some("status"),
-        "the message is announced (ARIA live region)"
-    );
-    assert!(
-        t.sims[0]
-            .command_log()
-            .iter()
-            .all(|c| c.command.as_deref() != Some("pause")),
-        "nothing was sent"
-    );
+    wait_for(c, "article.card .plate").await;
+    for action in ["pause", "resume", "stop"] {
+        assert!(
+            c.find(Locator::Css(&format!("form[action$='/control/{action}']")))
+                .await
+                .is_err(),
+            "an idle printer's page offers {action}"
+        );
+    }
 
     // Moving the only job up: nothing to move, and the page says so.
     let job = t.queue(Some("printer 1"), Model::P1S, "only job").await;
@@ -930,6 +959,12 @@ async fn a_refused_action_shows_its_reason_on_the_page() {
     })
     .await;
     assert!(page_was_not_reloaded(c).await, "answered in place");
+    let flash = wait_for(c, "section.queue [data-flash]").await;
+    assert_eq!(
+        flash.attr("role").await.expect("role").as_deref(),
+        Some("status"),
+        "the message is announced (ARIA live region)"
+    );
 
     // Cancelling it: the result is shown, and the queue updates in place.
     let cancel = format!("form[action='/jobs/{}/cancel'] button", job.id);
@@ -948,6 +983,76 @@ async fn a_refused_action_shows_its_reason_on_the_page() {
     screenshots_light_dark(c, &out, "page-dashboard-cancelled", "section.queue").await;
 
     session.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_gateway_is_unreachable_the_cards_are_grey_and_their_actions_off() {
+    let _turn = ONE_BROWSER.lock().await;
+    let out = output_dir();
+    let session = PhoneSession::open(&[Model::P1S], 10.0).await;
+    start_print(&session.t, "printer 1", "long print").await;
+    wait_gcode_state(&session.t, 0, |s| s == "RUNNING").await;
+    let PhoneSession {
+        t,
+        c,
+        _driver,
+        _profile,
+    } = session;
+    c.goto(&t.url("/")).await.expect("dashboard");
+    wait_for(&c, "form[action$='/control/stop'] button").await;
+    wait_live(&c).await;
+    let grey = "document.body.classList.contains('gateway-lost')";
+    let greyed = |c: &Client| {
+        let c = c.clone();
+        async move {
+            c.execute(&format!("return {grey}"), vec![])
+                .await
+                .expect("read the page")
+                .as_bool()
+                .unwrap_or(false)
+        }
+    };
+    assert!(!greyed(&c).await, "greyed while the gateway is up");
+    mark_window(&c).await;
+
+    t.shutdown().await;
+    wait_until("the page notices the gateway is gone", || async {
+        greyed(&c).await
+    })
+    .await;
+    let banner = wait_for(&c, "#offline").await;
+    assert!(banner.is_displayed().await.expect("banner"), "banner shown");
+    let text = banner.text().await.expect("banner text");
+    assert!(text.contains("unreachable since"), "{text}");
+    let enabled: i64 = c
+        .execute(
+            "return [...document.querySelectorAll('[data-flash-scope] button')].filter(b => !b.disabled).length",
+            vec![],
+        )
+        .await
+        .expect("count buttons")
+        .as_i64()
+        .unwrap_or(-1);
+    assert_eq!(
+        enabled, 0,
+        "a button can still be pressed while the gateway is unreachable"
+    );
+    let plate_link_off = c
+        .execute(
+            "return [...document.querySelectorAll('a.button')].every(a => a.getAttribute('aria-disabled') === 'true')",
+            vec![],
+        )
+        .await
+        .expect("links")
+        .as_bool();
+    assert_eq!(
+        plate_link_off,
+        Some(true),
+        "a Plate clear link stays active"
+    );
+    assert!(page_was_not_reloaded(&c).await, "the page was not reloaded");
+    screenshots_light_dark(&c, &out, "page-dashboard-unreachable", "header").await;
+    c.close().await.expect("close the browser");
 }
 
 /// axe-core's `axe.min.js`, installed (pinned) by `.ci/run` into `target/axe`; override with

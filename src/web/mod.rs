@@ -5,6 +5,7 @@ pub mod actor;
 pub mod assets;
 pub mod auth;
 pub mod card;
+pub mod event_text;
 pub mod fleet;
 pub mod form_answer;
 pub mod gpio_cli;

@@ -5,12 +5,13 @@
 use super::actor::Actor;
 use super::auth::CurrentUser;
 use super::card::CardText;
+use super::event_text::{LocalTime, event_sentence, local_time};
 use super::form_answer::{FormOutcome, NoticeQuery, answer};
 use super::{ApiError, render};
 use crate::app::Gateway;
 use crate::printer::{GcodeState, LinkError, PrinterCommand, PrinterSnapshot};
 use crate::store::EventKind;
-use crate::views::PrinterView;
+use crate::views::{PrinterView, control_not_applicable};
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -34,9 +35,9 @@ pub fn routes() -> Router<Arc<Gateway>> {
 }
 
 struct EventLine {
-    at: String,
+    at: LocalTime,
+    /// What happened, as a sentence (web::event_text).
     what: String,
-    detail: String,
 }
 
 #[derive(Template)]
@@ -55,7 +56,7 @@ struct PrinterPage {
 struct KlipperSetup {
     instance_name: String,
     /// `(user name, issued at)` of the current login.
-    login: Option<(String, String)>,
+    login: Option<(String, LocalTime)>,
 }
 
 impl CardText for PrinterPage {}
@@ -82,11 +83,8 @@ async fn page(
         .unwrap_or_default()
         .into_iter()
         .map(|e| EventLine {
-            at: chrono::DateTime::from_timestamp_millis(e.at_ms)
-                .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-                .unwrap_or_default(),
-            what: e.kind,
-            detail: e.detail.to_string(),
+            at: local_time(e.at_ms, &chrono::Local),
+            what: event_sentence(&e.kind, &e.detail, gw.hms_text),
         })
         .collect();
     let klipper = gw
@@ -96,14 +94,12 @@ async fn page(
         .find(|c| c.name == name && c.kind == crate::config::PrinterKind::Moonraker)
         .map(|c| KlipperSetup {
             instance_name: c.instance_name.clone(),
-            login: gw.store.printer_credential(&name).ok().flatten().map(|l| {
-                (
-                    l.username,
-                    chrono::DateTime::from_timestamp_millis(l.created_at_ms)
-                        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-                        .unwrap_or_default(),
-                )
-            }),
+            login: gw
+                .store
+                .printer_credential(&name)
+                .ok()
+                .flatten()
+                .map(|l| (l.username, local_time(l.created_at_ms, &chrono::Local))),
         });
     render(&PrinterPage {
         p,
@@ -166,7 +162,7 @@ pub(super) async fn control(
             .then(|| snap.state.as_ref().map(|s| s.gcode_state))
             .flatten()
     };
-    if let Some(why) = reported.and_then(|s| not_applicable(&cmd, s)) {
+    if let Some(why) = reported.and_then(|s| control_not_applicable(&cmd, s)) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_applicable",
@@ -200,29 +196,6 @@ pub(super) async fn control(
         Err(e) => Err(ApiError::unavailable(format!(
             "{action} may not have reached {name}: {e}"
         ))),
-    }
-}
-
-/// Why `cmd` makes no sense in the state the printer reports (pause while not printing, resume
-/// while not paused), or `None`. Stop is always sent: it is the way out, whatever the report.
-fn not_applicable(cmd: &PrinterCommand, state: GcodeState) -> Option<String> {
-    match cmd {
-        PrinterCommand::Pause
-            if !matches!(
-                state,
-                GcodeState::Prepare | GcodeState::Slicing | GcodeState::Running
-            ) =>
-        {
-            Some(format!(
-                "is not printing (it reports {}): there is nothing to pause",
-                state.as_str()
-            ))
-        }
-        PrinterCommand::Resume if state != GcodeState::Pause => Some(format!(
-            "is not paused (it reports {}): there is nothing to resume",
-            state.as_str()
-        )),
-        _ => None,
     }
 }
 

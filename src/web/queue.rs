@@ -6,6 +6,7 @@
 
 use super::actor::Actor;
 use super::auth::CurrentUser;
+use super::event_text::{LocalTime, event_sentence, job_event_sentence, local_time};
 use super::form_answer::{self, FormOutcome};
 use super::{ApiError, render};
 use crate::app::Gateway;
@@ -1053,10 +1054,10 @@ pub(crate) async fn api_queue_action(
 // ---------------------------------------------------------------- history
 
 pub struct HistoryRow {
-    pub at: String,
+    pub at: LocalTime,
     pub printer: String,
+    /// What happened, as a sentence (web::event_text).
     pub what: String,
-    pub detail: String,
 }
 
 #[derive(Template)]
@@ -1067,10 +1068,8 @@ struct HistoryPage {
     csrf: String,
 }
 
-fn fmt_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_default()
+fn fmt_ms(ms: i64) -> LocalTime {
+    local_time(ms, &chrono::Local)
 }
 
 async fn history_page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Response {
@@ -1081,9 +1080,8 @@ async fn history_page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Resp
                 e.at_ms,
                 HistoryRow {
                     at: fmt_ms(e.at_ms),
+                    what: event_sentence(&e.kind, &e.detail, gw.hms_text),
                     printer: e.printer,
-                    what: e.kind,
-                    detail: e.detail.to_string(),
                 },
             ));
         }
@@ -1107,11 +1105,12 @@ async fn history_page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Resp
                     HistoryRow {
                         at: fmt_ms(at),
                         printer: e.printer.unwrap_or_default(),
-                        what: format!("job {} {}", j.id, e.what),
-                        detail: format!(
-                            "by {}{}",
-                            e.actor,
-                            e.outcome.map(|o| format!(": {o}")).unwrap_or_default()
+                        what: job_event_sentence(
+                            j.id,
+                            &j.name,
+                            &e.what,
+                            &e.actor,
+                            e.outcome.as_deref(),
                         ),
                     },
                 ));

@@ -6,8 +6,10 @@
 
 use super::actor::Actor;
 use super::auth::CurrentUser;
+use super::event_text::{LocalTime, local_time};
 use super::render;
 use crate::app::Gateway;
+use crate::safety::latch::PrinterReading;
 use crate::safety::runtime::SafetyView;
 use askama::Template;
 use axum::extract::State;
@@ -53,7 +55,7 @@ struct SafetyPage {
     running: bool,
     view: Option<SafetyView>,
     trip_id: i64,
-    trip_at: String,
+    trip_at: LocalTime,
     readings: Vec<String>,
     power: Vec<PowerRow>,
     notice: Option<String>,
@@ -90,19 +92,13 @@ async fn page(
     render(&SafetyPage {
         running: view.is_some(),
         trip_id: trip.as_ref().and_then(|t| t.id).unwrap_or(0),
-        trip_at: trip
-            .as_ref()
-            .and_then(|t| chrono::DateTime::from_timestamp_millis(t.at_unix_ms))
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-            .unwrap_or_default(),
+        trip_at: local_time(
+            trip.as_ref().map(|t| t.at_unix_ms).unwrap_or(0),
+            &chrono::Local,
+        ),
         readings: trip
             .as_ref()
-            .map(|t| {
-                t.readings
-                    .iter()
-                    .map(|r| serde_json::to_string(r).unwrap_or_default())
-                    .collect()
-            })
+            .map(|t| t.readings.iter().map(reading_sentence).collect())
             .unwrap_or_default(),
         view,
         power,
@@ -218,4 +214,70 @@ async fn alerts_test(State(gw): State<Arc<Gateway>>, actor: Actor) -> Response {
         })
         .collect();
     back(&text.join(" · "))
+}
+
+/// One printer's readings at the moment of a trip, as a sentence:
+/// "printer 1 was printing; nozzle 212 °C (target 220), bed 60 °C (target 60)".
+fn reading_sentence(r: &PrinterReading) -> String {
+    fn temp(name: &str, now: Option<f64>, target: Option<f64>) -> Option<String> {
+        let now = now?;
+        Some(match target {
+            Some(t) => format!("{name} {now:.0} °C (target {t:.0})"),
+            None => format!("{name} {now:.0} °C"),
+        })
+    }
+    let state = match r.gcode_state.as_deref() {
+        Some("RUNNING") => "was printing".to_string(),
+        Some("PREPARE") => "was preparing a print".to_string(),
+        Some("PAUSE") => "was paused".to_string(),
+        Some("IDLE") => "was idle".to_string(),
+        Some("FINISH") => "had finished".to_string(),
+        Some(other) => format!("reported {other}"),
+        None => "had not reported its state".to_string(),
+    };
+    let temps: Vec<String> = [
+        temp("nozzle", r.nozzle, r.nozzle_target),
+        temp("bed", r.bed, r.bed_target),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if temps.is_empty() {
+        format!("{} {state}; no temperatures known", r.printer)
+    } else {
+        format!("{} {state}; {}", r.printer, temps.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod reading_tests {
+    use super::*;
+
+    #[test]
+    fn trip_readings_read_as_sentences() {
+        let r = PrinterReading {
+            printer: "printer 1".into(),
+            gcode_state: Some("RUNNING".into()),
+            nozzle: Some(212.4),
+            nozzle_target: Some(220.0),
+            bed: Some(60.0),
+            bed_target: None,
+        };
+        assert_eq!(
+            reading_sentence(&r),
+            "printer 1 was printing; nozzle 212 °C (target 220), bed 60 °C"
+        );
+        let blank = PrinterReading {
+            printer: "p".into(),
+            gcode_state: None,
+            nozzle: None,
+            nozzle_target: Some(200.0),
+            bed: None,
+            bed_target: None,
+        };
+        assert_eq!(
+            reading_sentence(&blank),
+            "p had not reported its state; no temperatures known"
+        );
+    }
 }
