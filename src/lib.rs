@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod app;
 pub mod backup;
 pub mod broker;
+pub mod camera;
 pub mod config;
 pub mod doctor;
 pub mod jobs;

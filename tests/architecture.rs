@@ -75,6 +75,14 @@ const WALLS: &[Wall] = &[
         why: "alerts are sent from the trip path and the dispatcher's watch; they know no page",
     },
     Wall {
+        from: "camera",
+        to: &[
+            "jobs", "store", "web", "broker", "safety", "views", "sim", "app",
+        ],
+        why: "a camera only shows a picture: the hub reads printer cameras for pages and \
+              history, and never taps, starts or blocks a print, nor knows who shows it",
+    },
+    Wall {
         from: "config",
         to: &["web", "jobs", "store", "sim", "app"],
         why: "config only assembles and validates each room's own section",

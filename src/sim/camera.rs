@@ -108,6 +108,7 @@ pub struct SimCamera {
     plate: Arc<Mutex<PlateTracker>>,
     streams: Arc<AtomicUsize>,
     accepted: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl SimCamera {
@@ -134,6 +135,10 @@ impl SimCamera {
     /// Authenticated streams served since start (how many upstream connections a client made).
     pub fn streams_served(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+    /// TCP connections accepted since start, refused ones included (how often a client tried).
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
@@ -192,6 +197,7 @@ pub(crate) async fn start(
         plate: Arc::new(Mutex::new(PlateTracker::default())),
         streams: Arc::new(AtomicUsize::new(0)),
         accepted: Arc::new(AtomicUsize::new(0)),
+        connections: Arc::new(AtomicUsize::new(0)),
     };
     let tracker = Arc::clone(&cam.plate);
     let stop = shutdown.clone();
@@ -223,6 +229,7 @@ pub(crate) async fn start(
                     }
                 },
             };
+            served.connections.fetch_add(1, Ordering::SeqCst);
             let acceptor = hub.acceptor();
             let code = hub.knobs.access_code();
             let cam = served.clone();
