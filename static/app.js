@@ -87,6 +87,8 @@
         for (var k = 0; k < f.options.length; k++) if (f.options[k].selected !== f.options[k].defaultSelected) return true;
       } else if (f.value !== f.defaultValue) return true;
     }
+    // An opened confirmation (Cancel…) is a form being filled too: an update would close it.
+    if (el.querySelector("details[open]")) return true;
     return el.querySelector("form[data-busy]") !== null;
   }
 
@@ -142,6 +144,7 @@
   }
   document.addEventListener("focusout", function () { setTimeout(flushPending, 0); });
   document.addEventListener("change", function () { setTimeout(flushPending, 0); });
+  document.addEventListener("toggle", function () { setTimeout(flushPending, 0); }, true);
 
   function updatePrinter(p) {
     var card = document.querySelector('[data-printer="' + CSS.escape(p.name) + '"]');
@@ -206,6 +209,10 @@
     }).then(function () {
       form.removeAttribute("data-busy");
       if (button) button.disabled = false;
+      // A confirmation opened for this action (Cancel…) has been answered: close it, so the
+      // updates it held back are applied.
+      var confirmation = form.closest("details[open]");
+      if (confirmation) confirmation.open = false;
       flushPending();
     });
   });

@@ -514,12 +514,17 @@ async fn the_main_flow_works_without_javascript() {
         .unwrap_or_default();
     assert!(notice.contains("added to the queue"), "{notice}");
     let job = job_named(&t, "no script benchy");
-    // A refused action redirects back with the reason (moving the only job up).
-    click(&c, &format!("form[action='/jobs/{job}/up'] button")).await;
-    wait_until("the page says why the job did not move", || async {
-        text_of(&c, "p.notice").await.contains("already")
-    })
-    .await;
+    // The only job cannot move: neither ↑ nor ↓ is offered.
+    for action in ["up", "down"] {
+        assert!(
+            c.find(Locator::Css(&format!(
+                "form[action='/jobs/{job}/{action}']"
+            )))
+            .await
+            .is_err(),
+            "the only job offers {action}"
+        );
+    }
     t.wait_job(job, JobState::Staged).await;
     assert!(starts(sim).is_empty());
     screenshots(&c, &out, "nojs-01-queued").await;
@@ -947,13 +952,31 @@ async fn a_refused_action_shows_its_reason_on_the_page() {
         );
     }
 
-    // Moving the only job up: nothing to move, and the page says so.
-    let job = t.queue(Some("printer 1"), Model::P1S, "only job").await;
+    // Two waiting jobs: ↑ only where it moves something, ↓ likewise.
+    let job = t.queue(Some("printer 1"), Model::P1S, "first job").await;
+    let second = t.queue(Some("printer 1"), Model::P1S, "second job").await;
     c.goto(&t.url("/")).await.expect("dashboard");
-    let up = format!("form[action='/jobs/{}/up'] button", job.id);
-    wait_for(c, &up).await;
+    let button = |id: i64, action: &str| format!("form[action='/jobs/{id}/{action}'] button");
+    wait_for(c, &button(job.id, "down")).await;
+    wait_for(c, &button(second.id, "up")).await;
+    for (id, action) in [(job.id, "up"), (second.id, "down")] {
+        assert!(
+            c.find(Locator::Css(&button(id, action))).await.is_err(),
+            "job {id} offers {action}, which would do nothing"
+        );
+    }
+    // A page that is out of date may still post a move that does nothing (here: the first
+    // job's ↓ form turned into the ↑ an older page showed): refused in place, with the reason.
+    wait_live(c).await;
     mark_window(c).await;
-    click(c, &up).await;
+    c.execute(
+        "var f = document.querySelector(arguments[0]).closest('form'); \
+         f.action = f.action.replace(/\\/down$/, '/up'); return f.action",
+        vec![json!(button(job.id, "down"))],
+    )
+    .await
+    .expect("make the form out of date");
+    click(c, &format!("form[action$='/jobs/{}/up'] button", job.id)).await;
     wait_until("the page shows why the job did not move", || async {
         flash_text(c, "section.queue").await.contains("already")
     })
@@ -965,9 +988,39 @@ async fn a_refused_action_shows_its_reason_on_the_page() {
         Some("status"),
         "the message is announced (ARIA live region)"
     );
+    let cancel_second = format!(
+        "li[data-job='{}'] details.confirm-cancel summary",
+        second.id
+    );
+    click(c, &cancel_second).await;
+    click(
+        c,
+        &format!("form[action='/jobs/{}/cancel'] button", second.id),
+    )
+    .await;
+    wait_until("the second job leaves the queue", || async {
+        c.find(Locator::Css(&format!("li[data-job='{}']", second.id)))
+            .await
+            .is_err()
+    })
+    .await;
 
     // Cancelling it: the result is shown, and the queue updates in place.
+    // Cancel asks first (Cancel… opens the confirmation), then says what it did.
     let cancel = format!("form[action='/jobs/{}/cancel'] button", job.id);
+    assert!(
+        !wait_for(c, &cancel)
+            .await
+            .is_displayed()
+            .await
+            .expect("visible?"),
+        "Cancel acts without a confirmation"
+    );
+    click(
+        c,
+        &format!("li[data-job='{}'] details.confirm-cancel summary", job.id),
+    )
+    .await;
     click(c, &cancel).await;
     wait_until("the page shows the cancel", || async {
         flash_text(c, "section.queue").await.contains("cancelled")

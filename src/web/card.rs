@@ -17,6 +17,12 @@ pub trait CardText {
     fn fmt_remaining(&self, p: &PrinterView) -> String {
         remaining_text(p)
     }
+    /// Whether the card shows progress: while a print is on the printer or just ended (an idle
+    /// printer reports 0 % of nothing).
+    fn shows_progress(&self, p: &PrinterView) -> bool {
+        p.percent.is_some()
+            && (printing(p) || matches!(p.gcode_state.as_str(), "FINISH" | "FAILED"))
+    }
     /// When the print should be done, in the gateway's time zone (the page's script shows it in
     /// the phone's).
     fn finish_at(&self, p: &PrinterView) -> Option<ClockTime> {
@@ -57,8 +63,8 @@ pub fn remaining_text(p: &PrinterView) -> String {
     let started = p.percent.unwrap_or(0) > 0;
     match p.remaining_minutes {
         Some(0) if started => "under a minute left".into(),
-        Some(m) if m > 0 => format!("{} left", fmt_minutes(Some(m))),
-        _ if printing(p) || p.remaining_minutes.is_some() => "estimating…".into(),
+        Some(m) if m > 0 && printing(p) => format!("{} left", fmt_minutes(Some(m))),
+        _ if printing(p) => "estimating…".into(),
         _ => "no estimate".into(),
     }
 }
@@ -156,6 +162,16 @@ mod tests {
             "stopped"
         );
         assert_eq!(remaining_text(&view("IDLE", None, None)), "no estimate");
+        assert_eq!(
+            remaining_text(&view("IDLE", Some(0), Some(0))),
+            "no estimate"
+        );
+        struct Page;
+        impl CardText for Page {}
+        assert!(!Page.shows_progress(&view("IDLE", Some(0), Some(0))));
+        assert!(Page.shows_progress(&view("RUNNING", Some(0), Some(0))));
+        assert!(Page.shows_progress(&view("FINISH", Some(100), Some(0))));
+        assert!(!Page.shows_progress(&view("RUNNING", None, Some(3))));
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct JobView {
     pub message: Option<String>,
     pub created_by: String,
     pub can_move: bool,
+    /// Whether ↑ would move it: a job before it is still waiting to start.
+    pub can_move_up: bool,
+    /// Whether ↓ would move it: a job after it is still waiting to start.
+    pub can_move_down: bool,
     pub can_cancel: bool,
     pub can_start_again: bool,
     /// From the start being sent to the job's end (ended jobs only), e.g. `1 h 05 min`.
@@ -96,6 +100,8 @@ impl JobView {
             message: j.message.clone(),
             created_by: j.created_by.clone(),
             can_move: j.state.is_pre_start(),
+            can_move_up: j.state.is_pre_start(),
+            can_move_down: j.state.is_pre_start(),
             can_cancel: matches!(
                 j.state,
                 JobState::Queued | JobState::Staged | JobState::Unconfirmed
@@ -122,7 +128,19 @@ pub fn queue_views(gw: &Gateway) -> Vec<JobView> {
     let state = gw.dispatcher.state();
     let mut jobs: Vec<&Job> = state.jobs.values().collect();
     jobs.sort_by_key(|j| (j.position, j.id));
-    jobs.into_iter().map(JobView::from_job).collect()
+    let mut views: Vec<JobView> = jobs.into_iter().map(JobView::from_job).collect();
+    offer_only_moves_that_move(&mut views);
+    views
+}
+
+/// ↑ on the first waiting job and ↓ on the last would do nothing (the dispatcher reorders only
+/// jobs waiting to start, `views` in queue order): offer neither.
+fn offer_only_moves_that_move(views: &mut [JobView]) {
+    let movable: Vec<usize> = (0..views.len()).filter(|&i| views[i].can_move).collect();
+    if let (Some(&first), Some(&last)) = (movable.first(), movable.last()) {
+        views[first].can_move_up = false;
+        views[last].can_move_down = false;
+    }
 }
 
 fn notices_text(notices: &[Notice]) -> String {
@@ -1138,6 +1156,38 @@ mod tests {
             state,
             position,
         }
+    }
+
+    #[test]
+    fn the_first_waiting_job_has_no_up_and_the_last_no_down() {
+        let view = |id, movable| JobView {
+            id,
+            name: format!("job {id}"),
+            state: String::new(),
+            target: String::new(),
+            printer: None,
+            plate: 1,
+            message: None,
+            created_by: String::new(),
+            can_move: movable,
+            can_move_up: movable,
+            can_move_down: movable,
+            can_cancel: false,
+            can_start_again: false,
+            duration: None,
+        };
+        // A printing job first (not movable), then three waiting ones.
+        let mut v = vec![view(1, false), view(2, true), view(3, true), view(4, true)];
+        offer_only_moves_that_move(&mut v);
+        let moves: Vec<(bool, bool)> = v.iter().map(|j| (j.can_move_up, j.can_move_down)).collect();
+        assert_eq!(
+            moves,
+            [(false, false), (false, true), (true, true), (true, false)]
+        );
+        let mut one = vec![view(5, true)];
+        offer_only_moves_that_move(&mut one);
+        assert!(!one[0].can_move_up && !one[0].can_move_down);
+        offer_only_moves_that_move(&mut []);
     }
 
     #[test]
