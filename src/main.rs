@@ -149,6 +149,10 @@ enum Command {
         #[arg(long, value_name = "X", default_value_t = 60.0)]
         time_scale: f64,
     },
+    /// Internal: the embedded MQTT broker's own process, started and watched by `serve` and
+    /// `demo` (settings on stdin); not for use by hand.
+    #[command(hide = true)]
+    BrokerWorker,
 }
 
 #[derive(Subcommand)]
@@ -265,6 +269,17 @@ fn main() -> ExitCode {
     }
     printgate::notify::return_large_frees_to_the_system();
     printgate::notify::init_logging();
+    if let Command::BrokerWorker = cli.command {
+        return exit_code(printgate::broker::worker::worker_main());
+    }
+    // The embedded broker runs in a child process of this very binary, so a broker crash or
+    // hang never ends the safety path (src/broker/worker.rs).
+    match printgate::broker::worker::this_executable() {
+        Ok(exe) => printgate::broker::worker::use_executable(exe),
+        Err(e) => eprintln!(
+            "warning: cannot find this program's own file ({e}); the MQTT broker runs inside the gateway process"
+        ),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -295,6 +310,7 @@ fn main() -> ExitCode {
             | Command::Gpio(_)
             | Command::Bench { .. }
             | Command::Simulate { .. }
+            | Command::BrokerWorker
             | Command::SetPassword { .. } => Ok(ExitCode::SUCCESS),
             Command::Sim {
                 printers,

@@ -3,7 +3,11 @@
 //! internal credentials, so every outside client has to come through printgate's front door
 //! ([`crate::broker::gate`]), which authenticates users and applies the ACL.
 //!
-//! rumqttd has no shutdown: its threads and loopback listeners live until the process exits.
+//! `printgate serve` and `printgate demo` run rumqttd in a child process
+//! ([`crate::broker::worker`], watched and restarted by [`crate::broker::supervisor`]), so a
+//! broker crash or hang never takes the safety path with it; [`start`] runs it on threads of
+//! the calling process instead, for programs that use printgate as a library. rumqttd has no
+//! shutdown: there its threads and loopback listeners live until the process exits.
 //!
 //! ## Queue limits (measured in `tests/broker_burst.rs`)
 //!
@@ -128,15 +132,22 @@ pub fn rumqttd_config(limits: &BrokerLimits, internal: &InternalBroker) -> rumqt
     }
 }
 
-/// Start rumqttd on two free loopback ports; returns once its MQTT 3.1.1 port accepts
-/// connections (or fails after 5 s).
-pub async fn start(limits: &BrokerLimits) -> anyhow::Result<InternalBroker> {
-    let internal = InternalBroker {
+/// Two free loopback ports and a fresh random internal password.
+pub fn new_internal() -> std::io::Result<InternalBroker> {
+    Ok(InternalBroker {
         v4: free_loopback_port()?,
         v5: free_loopback_port()?,
         username: "printgate-internal".into(),
         password: hex::encode(rand::random::<[u8; 24]>()),
-    };
+    })
+}
+
+/// Start rumqttd on threads of this process (when no broker worker executable is set,
+/// [`crate::broker::worker::use_executable`]: a program using printgate as a library, most
+/// tests), on two free loopback ports; returns once its MQTT 3.1.1 port accepts
+/// connections (or fails after 5 s).
+pub async fn start(limits: &BrokerLimits) -> anyhow::Result<InternalBroker> {
+    let internal = new_internal()?;
     let config = rumqttd_config(limits, &internal);
     std::thread::Builder::new()
         .name("rumqttd".into())

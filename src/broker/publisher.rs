@@ -6,11 +6,13 @@
 //! Every connection is a fresh clean session (I3): nothing queued before a disconnect is sent
 //! after it, transient messages produced while disconnected are dropped, retained commands and
 //! redeliveries (DUP) are never executed. The retained tree is kept here and republished in full
-//! after every reconnect, so a broker restart loses nothing. The gateway's will sets
+//! after every reconnect, so a broker restart loses nothing (a restarted broker worker,
+//! [`crate::broker::supervisor`], is followed at once). The gateway's will sets
 //! `printgate/availability` to `offline`.
 
 use crate::broker::commands::CommandRouter;
 use crate::broker::stats::BrokerStats;
+use crate::broker::supervisor::WorkerStatus;
 use crate::broker::topics::{self, OFFLINE, ONLINE};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
@@ -146,6 +148,9 @@ pub struct Target {
     pub tree: topics::Tree,
     /// In a fleet: the other gateways' retained state, for the fleet page.
     pub fleet: Option<Arc<crate::broker::fleet::FleetView>>,
+    /// Embedded broker in a worker process: its status, so a reconnect follows a restarted
+    /// worker at once instead of at the end of the back-off.
+    pub broker_worker: Option<watch::Receiver<WorkerStatus>>,
 }
 
 fn options(t: &Target) -> MqttOptions {
@@ -188,6 +193,9 @@ pub async fn run(
     outbox.set_retained(target.tree.gateway_availability(), ONLINE.into());
     let mut backoff = Duration::from_millis(500);
     let mut epoch = 0u64;
+    // The broker worker generation this client last connected to.
+    let mut connected_generation = 0u64;
+    let mut broker_worker = target.broker_worker.clone();
     loop {
         let (client, mut eventloop) = AsyncClient::new(options(&target), 64);
         let mut up = false;
@@ -199,6 +207,9 @@ pub async fn run(
                     Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
                         up = true;
                         epoch += 1;
+                        if let Some(w) = &broker_worker {
+                            connected_generation = w.borrow().generation;
+                        }
                         backoff = Duration::from_millis(500);
                         outbox.connected(true);
                         let _ = client.try_subscribe(format!("{}/status", target.discovery_prefix), QoS::AtLeastOnce);
@@ -265,9 +276,26 @@ pub async fn run(
         drop(client);
         drop(eventloop);
         let jitter = Duration::from_millis(u64::from(rand::random::<u16>() % 250));
+        // A new broker worker that became ready ends the wait early (once per worker).
+        let restarted = async {
+            match &mut broker_worker {
+                Some(w) => {
+                    if w.wait_for(|s| s.up && s.generation > connected_generation)
+                        .await
+                        .is_err()
+                    {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = restarted => {
+                tracing::info!("a new MQTT broker worker is ready; connecting to it now");
+            }
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }

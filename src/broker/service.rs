@@ -1,5 +1,5 @@
 //! Starts the MQTT side of the gateway from the config and the running printers: the embedded
-//! broker with its front door (or the client of an external broker), the state bridge from
+//! broker (in its supervised worker process when the binary is known) with its front door (or the client of an external broker), the state bridge from
 //! printer snapshots to the topic tree, Home Assistant discovery (including removal of printers
 //! that were deleted since the last run) and SSDP printer discovery.
 
@@ -74,6 +74,9 @@ pub struct BrokerHandle {
     pub endpoint: crate::printer::moonraker::BrokerEndpoint,
     /// Clients, messages and refused logins, for the metrics endpoint.
     pub stats: Arc<crate::broker::stats::BrokerStats>,
+    /// The embedded broker's worker process (its pid, restarts and why), when it runs in one
+    /// ([`crate::broker::supervisor`]).
+    pub broker_worker: Option<watch::Receiver<crate::broker::supervisor::WorkerStatus>>,
     outbox: Arc<Outbox>,
     facts: HashMap<String, watch::Sender<GatewayFacts>>,
     topic_ids: HashMap<String, String>,
@@ -250,6 +253,7 @@ fn external_target(cfg: &BrokerConfig) -> anyhow::Result<Target> {
         discovery_prefix: cfg.discovery_prefix.clone(),
         tree: cfg.tree(),
         fleet: None,
+        broker_worker: None,
     })
 }
 
@@ -302,9 +306,25 @@ pub async fn start(
 
     // Listeners and the internal broker, or the external target.
     let (mut mqtt_addr, mut mqtts_addr, mut ws_addr) = (None, None, None);
+    let mut broker_worker = None;
     let target = match cfg.mode {
         BrokerMode::Embedded => {
-            let internal = crate::broker::embedded::start(&cfg.limits).await?;
+            let internal = match crate::broker::worker::executable() {
+                Some(exe) => {
+                    let (sup, task) =
+                        crate::broker::supervisor::start(&cfg.limits, exe, shutdown.clone())
+                            .await?;
+                    tasks.spawn(task);
+                    broker_worker = Some(sup.status);
+                    sup.internal
+                }
+                None => {
+                    tracing::info!(
+                        "the MQTT broker runs on threads of this process (no broker worker executable is set): a broker crash would end the process"
+                    );
+                    crate::broker::embedded::start(&cfg.limits).await?
+                }
+            };
             let mut auth = Authenticator::new(&cfg, setup.tokens.clone());
             if let Some(check) = setup.printer_logins.clone() {
                 auth = auth.with_printer_logins(check);
@@ -367,6 +387,7 @@ pub async fn start(
                 discovery_prefix: cfg.discovery_prefix.clone(),
                 tree: tree.clone(),
                 fleet: None,
+                broker_worker: broker_worker.clone(),
             }
         }
         BrokerMode::External => external_target(&cfg)?,
@@ -509,6 +530,7 @@ pub async fn start(
         publisher: state_rx,
         endpoint,
         stats: outbox.stats(),
+        broker_worker,
         outbox,
         facts,
         topic_ids,

@@ -1,0 +1,480 @@
+//! The safety path survives a broker failure. The real gateway (simulated printers, simulated
+//! GPIO, ephemeral loopback ports, a temp data dir) runs its embedded MQTT broker in a child
+//! process (`printgate broker-worker`, the binary cargo built). The test is the fault hook, as
+//! an operator would be: it finds the worker among its child processes and kills it with
+//! SIGKILL (a crash) or stops it with SIGSTOP (a stall), while a printer is printing. Then:
+//! the smoke input still cuts the relays at once, the thermal watchdog still trips, the web UI
+//! answers, a paho-mqtt client that was connected reconnects by itself and gets the printers'
+//! state again, a fresh client finds the retained state, Home Assistant discovery and the
+//! gateway's availability on the new broker, and the restart starts no print.
+
+mod common;
+
+use common::*;
+use printgate::config::{Config, Model};
+use printgate::safety::runtime::SafetyUpdate;
+use printgate::sim::knobs::Heater as SimHeater;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
+
+const USER: &str = "watcher";
+const PASSWORD: &str = "watch-it";
+
+/// How long a smoke edge may take to reach the relay, broker down or not (the bench measures
+/// microseconds; this bound only has to be far below a person's reaction, and above a loaded
+/// CI machine's scheduling hiccups).
+const SMOKE_TO_RELAY: Duration = Duration::from_millis(250);
+
+/// The gateway with `models`, `[safety]` on the simulated GPIO, the embedded broker on an
+/// ephemeral port with one read-only user, Home Assistant discovery on.
+async fn gateway(models: &[Model], time_scale: f64) -> TestGateway {
+    use printgate::broker::config::{Access, BrokerConfig, BrokerMode, BrokerUser};
+    // As `printgate serve` does: the broker runs as `<this binary> broker-worker`.
+    printgate::broker::worker::use_executable(env!("CARGO_BIN_EXE_printgate").into());
+    let mut sims = Vec::new();
+    for m in models {
+        sims.push(start_sim(*m, time_scale).await);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config: Config = config_for(dir.path(), &sims);
+    config.safety = safety_config(sims.len());
+    let mut broker = BrokerConfig {
+        mode: BrokerMode::Embedded,
+        listen: "127.0.0.1:0".parse().expect("address"),
+        tls_listen: None,
+        users: vec![BrokerUser {
+            name: USER.into(),
+            password_hash: printgate::broker::auth::hash_password(PASSWORD).expect("hash"),
+            access: Access::Read,
+        }],
+        ..BrokerConfig::default()
+    };
+    broker.mdns.enabled = false;
+    broker.ssdp.enabled = false;
+    config.broker = broker;
+    let tg = TestGateway::start_with(sims, dir, config).await;
+    tg.wait_online().await;
+    tg
+}
+
+fn mqtt_port(tg: &TestGateway) -> u16 {
+    tg.running
+        .as_ref()
+        .and_then(|r| r.broker.as_ref())
+        .and_then(|b| b.mqtt_addr)
+        .expect("embedded broker listens")
+        .port()
+}
+
+/// The supervisor's view of the broker worker.
+fn worker_status(
+    tg: &TestGateway,
+) -> tokio::sync::watch::Receiver<printgate::broker::supervisor::WorkerStatus> {
+    tg.running
+        .as_ref()
+        .and_then(|r| r.broker.as_ref())
+        .and_then(|b| b.broker_worker.clone())
+        .expect("the broker runs in a worker process")
+}
+
+/// Child processes of this test process running `printgate broker-worker` (read from /proc,
+/// as `ps` would show them).
+fn worker_pids() -> Vec<u32> {
+    let me = std::process::id();
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …: comm may hold spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(me) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == b"broker-worker")
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The one broker worker of this gateway.
+fn the_worker() -> u32 {
+    let pids = worker_pids();
+    assert_eq!(
+        pids.len(),
+        1,
+        "expected one `printgate broker-worker` child process, found {pids:?}: with the broker \
+         inside the gateway process, a broker crash ends the relay control, the smoke input and \
+         the thermal watchdog with it"
+    );
+    pids[0]
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// A paho-mqtt subscriber in its own process, reporting what it sees line by line.
+struct Watcher {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// The last payload seen per topic, with the connection number it arrived on.
+    seen: BTreeMap<String, (u64, String)>,
+    connections: u64,
+}
+
+impl Watcher {
+    async fn start(port: u16) -> Watcher {
+        require_paho();
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/broker_fault_watcher.py"
+        );
+        let mut child = tokio::process::Command::new("python3")
+            .args([script, "127.0.0.1", &port.to_string(), USER, PASSWORD])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let stdout = child.stdout.take().expect("stdout");
+        Watcher {
+            child,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+            seen: BTreeMap::new(),
+            connections: 0,
+        }
+    }
+
+    /// Read events until `done` holds (bounded by [`WAIT`]).
+    async fn until(&mut self, what: &str, done: impl Fn(&Watcher) -> bool) {
+        let wait = async {
+            while !done(self) {
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .expect("watcher output")
+                    .unwrap_or_else(|| panic!("the paho watcher ended while waiting for {what}"));
+                let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+                match v["event"].as_str() {
+                    Some("connected") => self.connections = v["n"].as_u64().unwrap_or(0),
+                    Some("message") => {
+                        let topic = v["topic"].as_str().unwrap_or_default().to_string();
+                        let payload = v["payload"].as_str().unwrap_or_default().to_string();
+                        self.seen
+                            .insert(topic, (v["n"].as_u64().unwrap_or(0), payload));
+                    }
+                    Some("refused") => panic!("the broker refused the paho watcher: {line}"),
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("paho watcher: no {what} within {WAIT:?}"));
+    }
+
+    /// The payload of `topic` if it arrived on connection `n` or later.
+    fn on_connection(&self, topic: &str, n: u64) -> Option<&str> {
+        self.seen
+            .get(topic)
+            .filter(|(c, _)| *c >= n)
+            .map(|(_, p)| p.as_str())
+    }
+
+    async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+fn state_is_printing(payload: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(payload).is_ok_and(|v| v["gcode_state"] == "RUNNING")
+}
+
+/// A fresh rumqttc client: subscribes and collects the retained messages it is sent until it
+/// has each of `want` and at least one Home Assistant discovery config (bounded).
+async fn retained_on_a_fresh_client(port: u16, want: &[&str]) -> BTreeMap<String, String> {
+    let mut o = MqttOptions::new("fresh-after-restart", "127.0.0.1", port);
+    o.set_credentials(USER, PASSWORD);
+    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    let (client, mut events) = AsyncClient::new(o, 64);
+    client
+        .subscribe("printgate/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    client
+        .subscribe("homeassistant/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let mut got = BTreeMap::new();
+    let wait = async {
+        let discovery = |got: &BTreeMap<String, String>| {
+            got.keys()
+                .any(|t| t.starts_with("homeassistant/") && t.ends_with("/config"))
+        };
+        while !(want.iter().all(|t| got.contains_key(*t)) && discovery(&got)) {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
+                    got.insert(p.topic.clone(), String::from_utf8_lossy(&p.payload).into());
+                }
+                Ok(_) => {}
+                Err(e) => panic!("fresh client: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait).await.unwrap_or_else(|_| {
+        panic!(
+            "fresh client: retained {want:?} not all there, got {:?}",
+            got.keys()
+        )
+    });
+    got
+}
+
+/// The web UI answers while the broker is down: the health check, and the signed-in
+/// dashboard with the printers on it.
+async fn web_answers(tg: &TestGateway, browser: &Browser) {
+    let health = reqwest::Client::new()
+        .get(tg.url("/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("GET /healthz while the broker is down");
+    assert!(
+        health.status().is_success(),
+        "/healthz: {}",
+        health.status()
+    );
+    let page = browser
+        .http
+        .get(format!("{}/", browser.base))
+        .header("cookie", &browser.cookie)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("GET / while the broker is down");
+    assert!(page.status().is_success(), "GET /: {}", page.status());
+    let html = page.text().await.expect("dashboard");
+    assert!(
+        html.contains("printer 1"),
+        "the dashboard lists the printers"
+    );
+}
+
+/// The tests find "the" worker among this process's children: one gateway at a time.
+static ONE_GATEWAY_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const STATE_1: &str = "printgate/printer_1/state";
+const GATEWAY_AVAILABILITY: &str = "printgate/availability";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_worker_killed_while_printing_smoke_still_cuts_power_and_clients_get_the_state_back()
+{
+    let _one = ONE_GATEWAY_AT_A_TIME.lock().await;
+    let tg = gateway(&[Model::P1S], 1.0).await;
+    start_screen_print(&tg.sims[0], "benchy", 3600);
+    let port = mqtt_port(&tg);
+    let mut watcher = Watcher::start(port).await;
+    watcher
+        .until("printer 1 printing (connection 1)", |w| {
+            w.on_connection(STATE_1, 1).is_some_and(state_is_printing)
+        })
+        .await;
+
+    let browser = tg.browser().await;
+    let mut status = worker_status(&tg);
+    let worker = the_worker();
+    assert_eq!(status.borrow().pid, Some(worker));
+    let killed = Instant::now();
+    signal(worker, "KILL");
+    // The broker is gone (its process killed) at this instant: the safety room must not care.
+    let gpio = tg.sim_gpio();
+    let mut updates = tg.safety().subscribe();
+    let edge = Instant::now();
+    gpio.set_input_asserted(SMOKE_PIN, true)
+        .expect("smoke input");
+    wait_update(&mut updates, "smoke trip", |u| {
+        matches!(u, SafetyUpdate::Tripped { .. })
+    })
+    .await;
+    let off = gpio
+        .output_history()
+        .into_iter()
+        .find(|w| w.pin == 5 && !w.on && w.at >= edge)
+        .expect("relay 5 written off after the edge");
+    assert!(
+        off.at - edge <= SMOKE_TO_RELAY,
+        "smoke edge -> relay off took {:?} with the broker killed",
+        off.at - edge
+    );
+    web_answers(&tg, &browser).await;
+    wait_stops(&tg.sims[0], 1).await;
+
+    let replaced = tokio::time::timeout(WAIT, status.wait_for(|s| s.up && s.generation == 2))
+        .await
+        .expect("a new worker within WAIT")
+        .expect("supervisor running")
+        .clone();
+    eprintln!("SIGKILL -> new broker worker ready: {:?}", killed.elapsed());
+    assert_eq!(replaced.restarts, 1);
+    let why = replaced.last_failure.clone().unwrap_or_default();
+    assert!(why.contains("SIGKILL"), "{why}");
+    // paho reconnects by itself and gets the state again, from the new broker.
+    watcher
+        .until("printer 1 state after reconnecting", |w| {
+            w.connections >= 2 && w.on_connection(STATE_1, 2).is_some()
+        })
+        .await;
+    eprintln!(
+        "SIGKILL -> paho has the state again: {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        Some(the_worker()),
+        replaced.pid,
+        "the new worker serves the broker"
+    );
+    assert_ne!(replaced.pid, Some(worker));
+    let fresh = retained_on_a_fresh_client(port, &[STATE_1, GATEWAY_AVAILABILITY]).await;
+    assert_eq!(
+        fresh.get(GATEWAY_AVAILABILITY).map(String::as_str),
+        Some("online")
+    );
+    let state: serde_json::Value = serde_json::from_str(&fresh[STATE_1]).expect("state JSON");
+    assert_eq!(state["safety_tripped"], true, "{state}");
+    // A reconnect never starts a print (I1–I8): the only print is the one started on the screen.
+    assert!(starts(&tg.sims[0]).is_empty(), "{:?}", starts(&tg.sims[0]));
+    watcher.stop().await;
+    tg.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_worker_stalled_while_printing_is_replaced_and_the_watchdog_still_trips() {
+    // Time scale 10: the simulated runaway heats the idle nozzle by 20 °C per real second.
+    let _one = ONE_GATEWAY_AT_A_TIME.lock().await;
+    let tg = gateway(&[Model::P1S, Model::X1C], 10.0).await;
+    start_screen_print(&tg.sims[1], "long-part", 36_000);
+    let port = mqtt_port(&tg);
+    let mut watcher = Watcher::start(port).await;
+    let state_2 = "printgate/printer_2/state";
+    watcher
+        .until("printer 2 printing (connection 1)", |w| {
+            w.on_connection(state_2, 1).is_some_and(state_is_printing)
+        })
+        .await;
+
+    let browser = tg.browser().await;
+    let mut status = worker_status(&tg);
+    let worker = the_worker();
+    let stopped = Instant::now();
+    signal(worker, "STOP");
+    // The broker hangs (its process stopped): connections stay open and nothing answers.
+    let window = tg.gw().config.safety.watchdog.nozzle.runaway_window_secs;
+    let floor = tg.gw().config.safety.watchdog.nozzle.runaway_idle_floor_c;
+    let mut updates = tg.safety().subscribe();
+    let mut link = tg.gw().printers[0].link.subscribe();
+    tg.sims[0].knobs().set(|k| {
+        k.thermal_runaway = Some(SimHeater::Nozzle);
+        k.firmware_reports_overheat = false;
+    });
+    tokio::time::timeout(
+        WAIT,
+        link.wait_for(|s| {
+            s.state
+                .as_ref()
+                .and_then(|st| st.nozzle_temp)
+                .is_some_and(|t| t > floor)
+        }),
+    )
+    .await
+    .expect("nozzle above the idle floor")
+    .expect("link");
+    let above = Instant::now();
+    web_answers(&tg, &browser).await;
+    wait_update(&mut updates, "runaway trip", |u| {
+        matches!(u, SafetyUpdate::Tripped { .. })
+    })
+    .await;
+    assert!(
+        above.elapsed() <= Duration::from_secs_f64(window),
+        "tripped {:?} after crossing the floor, broker stalled",
+        above.elapsed()
+    );
+    eprintln!(
+        "SIGSTOP -> watchdog trip: {:?} (worker replaced by then: {})",
+        stopped.elapsed(),
+        status.borrow().generation > 1
+    );
+    assert_eq!(tg.sim_gpio().output_state(5), Some(false));
+    assert_eq!(
+        tg.sim_gpio().output_state(6),
+        Some(true),
+        "printer 2 keeps power"
+    );
+
+    // The stalled worker is found out, killed and replaced; paho comes back and sees printer 2
+    // still printing.
+    let replaced = tokio::time::timeout(WAIT, status.wait_for(|s| s.up && s.generation == 2))
+        .await
+        .expect("the stalled worker replaced within WAIT")
+        .expect("supervisor running")
+        .clone();
+    eprintln!(
+        "SIGSTOP -> new broker worker ready: {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(replaced.restarts, 1);
+    let why = replaced.last_failure.clone().unwrap_or_default();
+    assert!(why.contains("stopped answering"), "{why}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{worker}")).exists()
+            || std::fs::read_to_string(format!("/proc/{worker}/stat")).is_ok_and(|s| s
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))),
+        "the stalled worker {worker} was killed"
+    );
+    watcher
+        .until("printer 2 state after reconnecting", |w| {
+            w.connections >= 2 && w.on_connection(state_2, 2).is_some_and(state_is_printing)
+        })
+        .await;
+    eprintln!(
+        "SIGSTOP -> paho has the state again: {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        Some(the_worker()),
+        replaced.pid,
+        "the new worker serves the broker"
+    );
+    let fresh = retained_on_a_fresh_client(port, &[state_2, GATEWAY_AVAILABILITY]).await;
+    assert!(state_is_printing(&fresh[state_2]), "{}", fresh[state_2]);
+    for sim in &tg.sims {
+        assert!(starts(sim).is_empty(), "{:?}", starts(sim));
+    }
+    watcher.stop().await;
+    tg.shutdown().await;
+}
