@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 
+const SCRAPE_TOKEN: &str = "scrape-token-broker-fault";
 const USER: &str = "watcher";
 const PASSWORD: &str = "watch-it";
 
@@ -54,6 +55,8 @@ async fn gateway(models: &[Model], time_scale: f64) -> TestGateway {
     broker.mdns.enabled = false;
     broker.ssdp.enabled = false;
     config.broker = broker;
+    config.metrics.enabled = true;
+    config.metrics.token = Some(SCRAPE_TOKEN.into());
     let tg = TestGateway::start_with(sims, dir, config).await;
     tg.wait_online().await;
     tg
@@ -284,6 +287,26 @@ async fn web_answers(tg: &TestGateway, browser: &Browser) {
     );
 }
 
+/// The value of a series on `GET /metrics`.
+async fn metric(tg: &TestGateway, series: &str) -> Option<f64> {
+    let text = reqwest::Client::new()
+        .get(tg.url("/metrics"))
+        .bearer_auth(SCRAPE_TOKEN)
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// The tests find "the" worker among this process's children: one gateway at a time.
 static ONE_GATEWAY_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -352,6 +375,11 @@ async fn broker_worker_killed_while_printing_smoke_still_cuts_power_and_clients_
         "SIGKILL -> paho has the state again: {:?}",
         killed.elapsed()
     );
+    assert_eq!(
+        metric(&tg, "printgate_broker_worker_restarts_total").await,
+        Some(1.0)
+    );
+    assert_eq!(metric(&tg, "printgate_broker_worker_up").await, Some(1.0));
     assert_eq!(
         Some(the_worker()),
         replaced.pid,
@@ -477,4 +505,71 @@ async fn broker_worker_stalled_while_printing_is_replaced_and_the_watchdog_still
     }
     watcher.stop().await;
     tg.shutdown().await;
+}
+
+/// `printgate demo` as a user runs it: its broker worker is a child process, and when the
+/// gateway is killed with SIGKILL (no chance to clean up) the worker ends too (its stdin closes),
+/// leaving no broker behind on the loopback ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_leaves_no_broker_worker_behind() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_printgate"))
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("printgate demo runs");
+    // The demo prints its addresses once everything listens.
+    let stdout = demo.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let up = lines
+        .by_ref()
+        .take(200)
+        .any(|l| l.is_ok_and(|l| l.contains("MQTT broker on")));
+    assert!(up, "printgate demo did not say where its broker listens");
+    let children = |parent: u32| -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let worker = children(demo.id())
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .any(|a| a == b"broker-worker")
+        })
+        .expect("printgate demo runs its broker in a `printgate broker-worker` child");
+    demo.kill().expect("SIGKILL the gateway");
+    demo.wait().expect("reaped");
+    // The orphaned worker is not our child: watch /proc (bounded, 10 s).
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    };
+    let gone = (0..500).any(|_| {
+        let still = alive(worker);
+        if still {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        !still
+    });
+    assert!(
+        gone,
+        "broker worker {worker} still runs after its gateway was killed"
+    );
 }

@@ -311,9 +311,13 @@ pub async fn start(
         BrokerMode::Embedded => {
             let internal = match crate::broker::worker::executable() {
                 Some(exe) => {
-                    let (sup, task) =
-                        crate::broker::supervisor::start(&cfg.limits, exe, shutdown.clone())
-                            .await?;
+                    let (sup, task) = crate::broker::supervisor::start(
+                        &cfg.limits,
+                        exe,
+                        outbox.stats(),
+                        shutdown.clone(),
+                    )
+                    .await?;
                     tasks.spawn(task);
                     broker_worker = Some(sup.status);
                     sup.internal

@@ -1,6 +1,7 @@
 //! Counters of the MQTT side, read by the metrics endpoint: clients logged in through the front
-//! door, PUBLISH packets clients sent, logins refused, and what the gateway's own client
-//! published. Plain atomics; counting never blocks a session.
+//! door, PUBLISH packets clients sent, logins refused, what the gateway's own client
+//! published, and the broker worker process (up, restarts). Plain atomics; counting never
+//! blocks a session.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -12,6 +13,9 @@ pub struct BrokerStats {
     published: AtomicU64,
     connected: AtomicBool,
     connects: AtomicU64,
+    has_worker: AtomicBool,
+    worker_up: AtomicBool,
+    worker_restarts: AtomicU64,
 }
 
 /// One reading of every counter.
@@ -29,6 +33,10 @@ pub struct BrokerStatsSnapshot {
     pub connected: bool,
     /// Times the gateway's own client (re)connected.
     pub connects: u64,
+    /// The embedded broker's worker process: `Some(up)` when the broker runs in one.
+    pub worker_up: Option<bool>,
+    /// Broker workers started after the first one (crashed or hung ones replaced).
+    pub worker_restarts: u64,
 }
 
 impl BrokerStats {
@@ -56,6 +64,12 @@ impl BrokerStats {
             self.connected.store(false, Ordering::Relaxed);
         }
     }
+    /// The broker worker is running (`up`) after `restarts` restarts.
+    pub fn set_worker(&self, up: bool, restarts: u64) {
+        self.has_worker.store(true, Ordering::Relaxed);
+        self.worker_up.store(up, Ordering::Relaxed);
+        self.worker_restarts.store(restarts, Ordering::Relaxed);
+    }
     pub fn snapshot(&self) -> BrokerStatsSnapshot {
         BrokerStatsSnapshot {
             clients: self.clients.load(Ordering::Relaxed),
@@ -64,6 +78,11 @@ impl BrokerStats {
             published: self.published.load(Ordering::Relaxed),
             connected: self.connected.load(Ordering::Relaxed),
             connects: self.connects.load(Ordering::Relaxed),
+            worker_up: self
+                .has_worker
+                .load(Ordering::Relaxed)
+                .then(|| self.worker_up.load(Ordering::Relaxed)),
+            worker_restarts: self.worker_restarts.load(Ordering::Relaxed),
         }
     }
 }

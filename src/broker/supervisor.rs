@@ -30,10 +30,12 @@
 use crate::broker::config::BrokerLimits;
 use crate::broker::embedded::{self, InternalBroker};
 use crate::broker::packets;
+use crate::broker::stats::BrokerStats;
 use crate::broker::worker::{self, WorkerSpec};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -273,6 +275,7 @@ pub struct Supervisor {
 pub async fn start(
     limits: &BrokerLimits,
     exe: &Path,
+    stats: Arc<BrokerStats>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(
     Supervisor,
@@ -293,12 +296,13 @@ pub async fn start(
         last_failure: None,
         generation: 1,
     });
+    stats.set_worker(true, 0);
     let task = supervise(
         first,
         exe.to_path_buf(),
         spec_line,
         internal.clone(),
-        tx,
+        Report { status: tx, stats },
         shutdown,
     );
     Ok((
@@ -320,12 +324,31 @@ async fn stop(mut w: Worker) {
     }
 }
 
+/// Where the worker's status goes: the watch for the gateway, the counters for the metrics.
+struct Report {
+    status: watch::Sender<WorkerStatus>,
+    stats: Arc<BrokerStats>,
+}
+
+impl Report {
+    fn update(&self, f: impl FnOnce(&mut WorkerStatus)) {
+        self.status.send_modify(f);
+        let s = self.status.borrow();
+        self.stats.set_worker(s.up, s.restarts);
+    }
+}
+
+/// The back-off after `current`: doubled, at most [`MAX_BACKOFF`].
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(MAX_BACKOFF)
+}
+
 async fn supervise(
     first: Worker,
     exe: PathBuf,
     spec_line: String,
     internal: InternalBroker,
-    status: watch::Sender<WorkerStatus>,
+    report: Report,
     shutdown: CancellationToken,
 ) {
     let mut worker = first;
@@ -354,15 +377,15 @@ async fn supervise(
             backoff = FIRST_BACKOFF;
         }
         let old_pid = worker.pid;
-        status.send_modify(|s| {
+        report.update(|s| {
             s.pid = None;
             s.up = false;
             s.last_failure = Some(why.clone());
         });
         // Start a new one, retrying with the back-off until one is ready.
         loop {
-            let restarts = status.borrow().restarts + 1;
-            let next = (backoff * 2).min(MAX_BACKOFF);
+            let restarts = report.status.borrow().restarts + 1;
+            let next = next_backoff(backoff);
             tracing::warn!(
                 "the MQTT broker worker (pid {}) {why}; its MQTT clients were disconnected and reconnect by themselves. Restart {restarts} in {} ms (the next back-off, should this one fail too: {} ms); the safety path is not affected",
                 old_pid.map_or_else(|| "?".into(), |p| p.to_string()),
@@ -374,7 +397,7 @@ async fn supervise(
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = next;
-            status.send_modify(|s| s.restarts = restarts);
+            report.update(|s| s.restarts = restarts);
             match spawn_worker(&exe, &spec_line).await {
                 Ok(w) => {
                     tracing::info!(
@@ -382,7 +405,7 @@ async fn supervise(
                         restarts,
                         "a new MQTT broker worker is ready on the same loopback ports"
                     );
-                    status.send_modify(|s| {
+                    report.update(|s| {
                         s.pid = w.pid;
                         s.up = true;
                         s.generation += 1;
@@ -416,6 +439,19 @@ mod tests {
             assert_eq!(info.username.as_deref(), Some("internal"));
             assert_eq!(info.keep_alive, 10);
         }
+    }
+
+    #[test]
+    fn the_back_off_doubles_from_100_ms_up_to_30_s() {
+        let mut b = FIRST_BACKOFF;
+        let mut seen = vec![b];
+        for _ in 0..12 {
+            b = next_backoff(b);
+            seen.push(b);
+        }
+        assert_eq!(seen[..4], [100, 200, 400, 800].map(Duration::from_millis));
+        assert_eq!(*seen.last().unwrap(), MAX_BACKOFF);
+        assert!(seen.windows(2).all(|w| w[1] >= w[0]));
     }
 
     #[cfg(unix)]

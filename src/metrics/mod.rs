@@ -506,6 +506,18 @@ fn register_broker(reg: &mut Registry, gw: &Gateway) {
         "MQTT logins the embedded broker refused",
         c(b.refused_logins),
     );
+    if let Some(up) = b.worker_up {
+        reg.register(
+            "broker_worker_up",
+            "1 while the embedded broker's worker process runs and answers",
+            g(u64::from(up)),
+        );
+        reg.register(
+            "broker_worker_restarts",
+            "Embedded broker worker processes restarted after a crash or a hang",
+            c(b.worker_restarts),
+        );
+    }
 }
 
 fn register_database(reg: &mut Registry, gw: &Gateway) {
