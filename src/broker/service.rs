@@ -309,23 +309,41 @@ pub async fn start(
     let mut broker_worker = None;
     let target = match cfg.mode {
         BrokerMode::Embedded => {
-            let internal = match crate::broker::worker::executable() {
+            let supervised = match crate::broker::worker::executable() {
                 Some(exe) => {
-                    let (sup, task) = crate::broker::supervisor::start(
+                    match crate::broker::supervisor::start(
                         &cfg.limits,
                         exe,
                         outbox.stats(),
                         shutdown.clone(),
                     )
-                    .await?;
-                    tasks.spawn(task);
-                    broker_worker = Some(sup.status);
-                    sup.internal
+                    .await
+                    {
+                        Ok((sup, task)) => {
+                            tasks.spawn(task);
+                            broker_worker = Some(sup.status);
+                            Some(sup.internal)
+                        }
+                        Err(e) => {
+                            // The safety path must run even so: fall back to the broker on
+                            // threads, and say what that costs.
+                            tracing::error!(
+                                "{e:#}; the MQTT broker runs inside the gateway process instead, where a broker crash would end the gateway (relays wired normally-open then cut printer power)"
+                            );
+                            None
+                        }
+                    }
                 }
+                None => None,
+            };
+            let internal = match supervised {
+                Some(internal) => internal,
                 None => {
-                    tracing::info!(
-                        "the MQTT broker runs on threads of this process (no broker worker executable is set): a broker crash would end the process"
-                    );
+                    if crate::broker::worker::executable().is_none() {
+                        tracing::info!(
+                            "the MQTT broker runs on threads of this process (no broker worker executable is set): a broker crash would end the process"
+                        );
+                    }
                     crate::broker::embedded::start(&cfg.limits).await?
                 }
             };

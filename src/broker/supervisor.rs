@@ -23,6 +23,10 @@
 //!   after [`STOP_GRACE`] is killed. A worker whose gateway dies sees its stdin close and
 //!   exits too.
 //!
+//! - First start: when the first worker cannot start, [`start`] fails and the service runs
+//!   the broker on threads of the gateway instead (logged as an error, with what that costs):
+//!   a broken worker never keeps the safety path from starting.
+//!
 //! Limit: the ports are chosen once (free loopback ports at start). Should another program
 //! take one while no worker holds it, the new worker cannot listen, says so on stderr, and is
 //! retried with the back-off.
