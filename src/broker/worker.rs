@@ -12,7 +12,8 @@
 //! addresses, the internal user and password) to the worker's stdin — never on the command
 //! line, where `ps` would show the password — and keeps stdin open. The worker starts rumqttd,
 //! waits until both ports accept connections, prints [`READY`] on stdout, and exits when stdin
-//! closes (its parent stopped or died, however it died). Any panic in the worker ends the
+//! closes (its parent stopped or died, however it died). It ignores SIGINT and SIGTERM (Ctrl-C
+//! and `systemctl stop` reach the whole process group / cgroup): its gateway stops it. Any panic in the worker ends the
 //! worker process (debug builds too: a hook aborts), so a half-dead broker with a dead thread
 //! never keeps answering.
 
@@ -104,6 +105,15 @@ pub fn worker_main() -> i32 {
             0,
             0,
         );
+    }
+    // Ctrl-C in a terminal signals the whole process group and `systemctl stop` the whole
+    // cgroup: the gateway shuts down in order and then closes our stdin, which ends us. Dying
+    // first would only look like a crash to the supervisor.
+    #[cfg(unix)]
+    // SAFETY: installs SIG_IGN for two signals; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
     }
     // A panic on any thread (rumqttd's router, a link, a listener) ends the whole worker: the
     // gateway notices the exit and starts a fresh one.
