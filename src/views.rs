@@ -3,9 +3,11 @@
 //! and the MQTT state tree (`broker/topics.rs`), and never contains secrets. It lives below
 //! both web/ and broker/ so that neither borrows the other's types.
 
+use crate::jobs::filament::Rgba;
 use crate::jobs::model::{JobState, Millis};
 use crate::jobs::plate::PlateState;
 use crate::printer::Model;
+use crate::printer::state::{AmsKind, AmsUnit, FilamentSlots, Tray};
 use crate::printer::{GcodeState, PrinterCommand, PrinterSnapshot};
 use serde::Serialize;
 use std::time::Instant;
@@ -48,6 +50,9 @@ pub struct PrinterView {
     pub queue_paused: bool,
     /// The print controls that apply in the reported state (none while the printer is offline).
     pub controls: ControlsView,
+    /// AMS units, trays and external spools; `None` when the printer reports none (Klipper,
+    /// or no report yet).
+    pub filament: Option<FilamentView>,
 }
 
 /// Which print controls a card offers. Only those that make sense in the state the printer
@@ -101,6 +106,151 @@ pub fn control_not_applicable(cmd: &PrinterCommand, state: GcodeState) -> Option
             state.as_str()
         )),
         _ => None,
+    }
+}
+
+/// Where a printer's filament comes from, as people read it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FilamentView {
+    pub units: Vec<AmsUnitView>,
+    pub external: Vec<TrayView>,
+    /// Labels of the trays feeding a nozzle now (e.g. `AMS 1 slot 2`).
+    pub active: Vec<String>,
+}
+
+/// One AMS unit.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AmsUnitView {
+    /// As reported: 0–3, AMS HT 128–135.
+    pub id: u32,
+    /// `AMS 1`, `AMS lite`, `AMS HT 1`.
+    pub name: String,
+    /// 1 (dry) … 5 (wet), as Bambu's apps show it.
+    pub humidity_level: Option<u8>,
+    pub humidity_percent: Option<u8>,
+    pub temp_c: Option<f64>,
+    pub drying_minutes_left: Option<u32>,
+    pub trays: Vec<TrayView>,
+}
+
+/// One tray or external spool holder.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TrayView {
+    /// `AMS 1 slot 2`, `AMS HT 1`, `External spool`.
+    pub label: String,
+    /// The tray id `ams_mapping` uses (0–15, 128–135, 254/255).
+    pub mapping_id: Option<u32>,
+    pub loaded: bool,
+    /// e.g. `PLA`.
+    pub material: Option<String>,
+    /// e.g. `PLA Matte`.
+    pub sub_brand: Option<String>,
+    /// Bambu filament preset id, e.g. `GFA00`.
+    pub filament_id: Option<String>,
+    /// `#RRGGBB`, for a swatch.
+    pub color: Option<String>,
+    /// A plain word for the colour (`black`, `red`, `clear`).
+    pub color_name: Option<String>,
+    pub remain_percent: Option<u8>,
+    /// Feeding a nozzle now.
+    pub active: bool,
+    /// One line for people: `PLA Matte · black · 93 % left`, `empty`.
+    pub text: String,
+}
+
+fn unit_name(u: &AmsUnit, units: usize) -> String {
+    match u.kind {
+        AmsKind::AmsHt => format!("AMS HT {}", u.id.saturating_sub(127)),
+        AmsKind::AmsLite if units == 1 => "AMS lite".into(),
+        kind => format!("{} {}", kind.display_name(), u.id + 1),
+    }
+}
+
+fn external_label(t: &Tray, count: usize) -> String {
+    match (count, t.slot) {
+        (2.., 254) => "External spool (left nozzle)".into(),
+        (2.., 255) => "External spool (right nozzle)".into(),
+        _ => "External spool".into(),
+    }
+}
+
+fn tray_view(t: &Tray, label: String) -> TrayView {
+    let rgba = t.color.as_deref().and_then(Rgba::parse);
+    let text = if !t.loaded {
+        "empty".to_string()
+    } else if let Some(material) = t.sub_brand.as_ref().or(t.material.as_ref()) {
+        let mut parts = vec![material.clone()];
+        if let Some(c) = rgba {
+            parts.push(c.name().to_string());
+        }
+        if let Some(r) = t.remain_percent {
+            parts.push(format!("{r} % left"));
+        }
+        parts.join(" · ")
+    } else {
+        "a spool with no filament set — choose its filament on the printer's screen".into()
+    };
+    TrayView {
+        label,
+        mapping_id: t.mapping_id,
+        loaded: t.loaded,
+        material: t.material.clone(),
+        sub_brand: t.sub_brand.clone(),
+        filament_id: t.filament_id.clone(),
+        color: rgba.map(Rgba::css),
+        color_name: rgba.map(|c| c.name().to_string()),
+        remain_percent: t.remain_percent,
+        active: t.active,
+        text,
+    }
+}
+
+/// The filament view of a printer's slots.
+pub fn filament_view(slots: &FilamentSlots) -> FilamentView {
+    let count = slots.units.len();
+    let units: Vec<AmsUnitView> = slots
+        .units
+        .iter()
+        .map(|u| {
+            let name = unit_name(u, count);
+            AmsUnitView {
+                id: u.id,
+                trays: u
+                    .trays
+                    .iter()
+                    .map(|t| {
+                        let label = if u.kind == AmsKind::AmsHt {
+                            name.clone()
+                        } else {
+                            format!("{name} slot {}", t.slot + 1)
+                        };
+                        tray_view(t, label)
+                    })
+                    .collect(),
+                name,
+                humidity_level: u.humidity_level,
+                humidity_percent: u.humidity_percent,
+                temp_c: u.temp_c,
+                drying_minutes_left: u.drying_minutes_left,
+            }
+        })
+        .collect();
+    let external: Vec<TrayView> = slots
+        .external
+        .iter()
+        .map(|t| tray_view(t, external_label(t, slots.external.len())))
+        .collect();
+    let active = units
+        .iter()
+        .flat_map(|u| u.trays.iter())
+        .chain(external.iter())
+        .filter(|t| t.active)
+        .map(|t| t.label.clone())
+        .collect();
+    FilamentView {
+        units,
+        external,
+        active,
     }
 }
 
@@ -235,12 +385,87 @@ pub fn printer_view(
         thumbnail_url: None,
         queue_paused,
         controls: controls_offered(snap.link.is_online(), st.map(|s| s.gcode_state)),
+        filament: st.and_then(|s| s.filament.as_ref()).map(filament_view),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tray(unit: Option<u32>, slot: u32) -> Tray {
+        Tray {
+            unit,
+            slot,
+            mapping_id: Some(slot),
+            loaded: true,
+            material: Some("PLA".into()),
+            sub_brand: Some("PLA Matte".into()),
+            filament_id: Some("GFA01".into()),
+            color: Some("000000FF".into()),
+            remain_percent: Some(93),
+            active: false,
+        }
+    }
+
+    #[test]
+    fn trays_read_as_words() {
+        let mut empty = tray(Some(0), 1);
+        empty.loaded = false;
+        let mut unset = tray(Some(0), 2);
+        (unset.material, unset.sub_brand, unset.color) = (None, None, None);
+        let mut ext = tray(None, 254);
+        ext.active = true;
+        ext.sub_brand = None;
+        ext.remain_percent = None;
+        let slots = FilamentSlots {
+            units: vec![
+                AmsUnit {
+                    id: 0,
+                    kind: AmsKind::Ams,
+                    humidity_level: Some(2),
+                    humidity_percent: None,
+                    temp_c: None,
+                    drying_minutes_left: None,
+                    trays: vec![tray(Some(0), 0), empty, unset],
+                },
+                AmsUnit {
+                    id: 128,
+                    kind: AmsKind::AmsHt,
+                    humidity_level: None,
+                    humidity_percent: None,
+                    temp_c: None,
+                    drying_minutes_left: None,
+                    trays: vec![tray(Some(128), 0)],
+                },
+            ],
+            external: vec![ext],
+        };
+        let v = filament_view(&slots);
+        let lines: Vec<(&str, &str)> = v
+            .units
+            .iter()
+            .flat_map(|u| u.trays.iter())
+            .chain(v.external.iter())
+            .map(|t| (t.label.as_str(), t.text.as_str()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("AMS 1 slot 1", "PLA Matte · black · 93 % left"),
+                ("AMS 1 slot 2", "empty"),
+                (
+                    "AMS 1 slot 3",
+                    "a spool with no filament set — choose its filament on the printer's screen"
+                ),
+                ("AMS HT 1", "PLA Matte · black · 93 % left"),
+                ("External spool", "PLA · black"),
+            ]
+        );
+        assert_eq!(v.active, ["External spool"]);
+        assert_eq!(v.units[0].trays[0].color.as_deref(), Some("#000000"));
+        assert_eq!(v.units[1].name, "AMS HT 1");
+    }
 
     fn occupied() -> PlateView {
         plate_view(Some(&PlateState::Occupied), 0, 60_000)

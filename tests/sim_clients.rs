@@ -5,7 +5,8 @@
 //! hard-code) and drives every printer: connect, every typed getter, the full state, upload /
 //! list / download / delete over their FTPS, start, pause, resume, stop, G-code; and a discovery
 //! listener on UDP 2021 (as Bambu Studio and Home Assistant run one) hears every printer's
-//! SSDP NOTIFY.
+//! SSDP NOTIFY. bambulabs-api's AMS getters read the simulator's AMS trays, and printgate's
+//! report parser reads the document that library merged the same way (issue 21).
 //!
 //! Port 990 needs privileges, so the script runs in a network namespace of its own
 //! (`unshare --net --map-root-user`, with its loopback brought up): that works for root and,
@@ -103,4 +104,69 @@ fn third_party_clients_drive_every_model_unmodified() {
         MODELS.split(',').count(),
         "every printer heard on UDP 2021: {v}"
     );
+    for row in v["bambulabs_api"].as_array().into_iter().flatten() {
+        ams_getters_read_the_simulated_trays(row);
+    }
+}
+
+/// Issue 21: bambulabs-api's AMS getters (`ams_hub()`: units, their humidity and trays) read
+/// the simulator's AMS as the simulator means it, and printgate's own parser reads the same
+/// document (the one the library merged) the same way.
+fn ams_getters_read_the_simulated_trays(row: &serde_json::Value) {
+    use printgate::printer::Model;
+    use printgate::printer::bambu::report::printer_state;
+    let name = row["model"].as_str().unwrap_or_default();
+    let model = Model::parse(name).unwrap_or_else(|| panic!("model {name:?}"));
+    let ams = &row["ams"];
+    assert_eq!(
+        ams.as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["0".to_string()]),
+        "{name}: one AMS unit, id 0: {row}"
+    );
+    assert_eq!(
+        ams["0"]["humidity"], 4,
+        "{name}: the reported humidity level"
+    );
+    let defaults = printgate::sim::default_trays();
+    let library_trays = ams["0"]["trays"].as_object().cloned().unwrap_or_default();
+    // The library lists only trays with an `n` key: the P1/A1 shape has it, the newer
+    // models' captured shape does not (on a real X1C/P2S/H2D it lists no tray either).
+    let with_n = matches!(model, Model::P1P | Model::P1S | Model::A1 | Model::A1Mini);
+    assert_eq!(
+        library_trays.len(),
+        if with_n { 4 } else { 0 },
+        "{name}: {row}"
+    );
+    let ours = printer_state(&row["ams_dump"], model)
+        .filament
+        .unwrap_or_else(|| panic!("{name}: printgate read no AMS from {}", row["ams_dump"]));
+    let unit = ours.units.first().expect("a unit");
+    assert_eq!(unit.trays.len(), 4, "{name}");
+    for (slot, spool) in defaults.iter().enumerate() {
+        let spool = spool.as_ref().expect("default spools fill every slot");
+        let t = &unit.trays[slot];
+        assert_eq!(
+            (t.material.as_deref(), t.color.as_deref()),
+            (Some(spool.material.as_str()), Some(spool.color.as_str())),
+            "{name}: printgate's reading of slot {slot}"
+        );
+        if with_n {
+            let lib = &library_trays[&slot.to_string()];
+            assert_eq!(
+                (
+                    &lib["tray_type"],
+                    &lib["tray_color"],
+                    &lib["tray_sub_brands"]
+                ),
+                (
+                    &serde_json::json!(spool.material),
+                    &serde_json::json!(spool.color),
+                    &serde_json::json!(spool.sub_brand)
+                ),
+                "{name}: bambulabs-api's reading of slot {slot}"
+            );
+            assert_eq!(lib["tray_info_idx"], serde_json::json!(spool.preset));
+        }
+    }
 }

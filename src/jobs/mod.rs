@@ -1,9 +1,11 @@
-//! Jobs: stored print files (`files`, `threemf`), the job model, plate state and the plate-clear
+//! Jobs: stored print files (`files`, `threemf`), filament colours (`filament`), the job
+//! model, plate state and the plate-clear
 //! dispatcher (pure decision core in `dispatcher`, checked by the seeded simulation in
 //! `simulation`) and its effect runner (`runner`, the only place that turns decisions into
 //! uploads and publishes). Job persistence lives in `store::jobs`.
 
 pub mod dispatcher;
+pub mod filament;
 pub mod files;
 pub mod model;
 pub mod plate;

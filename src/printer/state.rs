@@ -115,6 +115,99 @@ pub struct PrinterState {
     pub firmware: Option<String>,
     /// A printer-side message for people (e.g. "Klipper is shutdown: …"); Klipper printers.
     pub status_message: Option<String>,
+    /// AMS units, their trays and the external spool; `None` while no report carried any.
+    pub filament: Option<FilamentSlots>,
+}
+
+/// Where filament can come from on a printer: its AMS units and external spool holders, as its
+/// reports describe them (Bambu `print.ams`, `print.vt_tray` / `print.vir_slot`).
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct FilamentSlots {
+    /// AMS units in report order.
+    pub units: Vec<AmsUnit>,
+    /// External spool holders (one; two on dual-nozzle models).
+    pub external: Vec<Tray>,
+}
+
+impl FilamentSlots {
+    /// Every tray, AMS trays first, then the external spools.
+    pub fn trays(&self) -> impl Iterator<Item = &Tray> {
+        self.units
+            .iter()
+            .flat_map(|u| u.trays.iter())
+            .chain(self.external.iter())
+    }
+    /// The trays feeding a nozzle now.
+    pub fn active(&self) -> impl Iterator<Item = &Tray> {
+        self.trays().filter(|t| t.active)
+    }
+}
+
+/// Which kind of AMS a unit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AmsKind {
+    /// AMS or AMS 2 Pro: four trays (unit ids 0–3).
+    Ams,
+    /// AMS lite of the A1 / A1 mini: four trays.
+    AmsLite,
+    /// AMS HT: one tray (unit ids 128–135).
+    AmsHt,
+}
+
+impl AmsKind {
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Self::Ams => "AMS",
+            Self::AmsLite => "AMS lite",
+            Self::AmsHt => "AMS HT",
+        }
+    }
+}
+
+/// One AMS unit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmsUnit {
+    /// The unit's `id` as reported: 0–3, AMS HT 128–135.
+    pub id: u32,
+    pub kind: AmsKind,
+    /// Humidity level as Bambu's apps show it: 1 (dry) … 5 (wet); the report's `humidity`
+    /// counts the other way round (5 = dry).
+    pub humidity_level: Option<u8>,
+    /// Relative humidity in percent (`humidity_raw`, newer AMS units only).
+    pub humidity_percent: Option<u8>,
+    /// Temperature inside the unit (°C) where it has a sensor.
+    pub temp_c: Option<f64>,
+    /// Minutes of drying left while the unit dries its filament.
+    pub drying_minutes_left: Option<u32>,
+    pub trays: Vec<Tray>,
+}
+
+/// One filament slot: an AMS tray or an external spool holder.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tray {
+    /// The AMS unit's id, `None` for an external spool.
+    pub unit: Option<u32>,
+    /// Slot within the unit (0–3), or the external spool's id (254 / 255).
+    pub slot: u32,
+    /// The tray id `ams_mapping` uses: `unit * 4 + slot` (0–15), the unit id for an AMS HT
+    /// (128–135), 254 / 255 for an external spool; `None` when the unit id fits no known
+    /// numbering.
+    pub mapping_id: Option<u32>,
+    /// A spool is in the slot.
+    pub loaded: bool,
+    /// Material (`tray_type`, e.g. `PLA`, `PETG`); `None` when empty or not set on the printer.
+    pub material: Option<String>,
+    /// Product line (`tray_sub_brands`, e.g. `PLA Matte`).
+    pub sub_brand: Option<String>,
+    /// Bambu filament preset id (`tray_info_idx`, e.g. `GFA00`).
+    pub filament_id: Option<String>,
+    /// Colour as `RRGGBBAA` hex, upper case.
+    pub color: Option<String>,
+    /// Filament left in percent, where the printer estimates it (`remain`; -1 = not estimated).
+    pub remain_percent: Option<u8>,
+    /// This tray feeds a nozzle now.
+    pub active: bool,
 }
 
 /// Health of the link to a printer, shown to the user as is.

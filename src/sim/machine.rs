@@ -85,6 +85,50 @@ pub struct Job {
     pub tray: Option<u32>,
 }
 
+/// A spool of filament in a simulated AMS tray or on the external holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimSpool {
+    /// Bambu filament preset id (`tray_info_idx`), e.g. `GFA00`.
+    pub preset: String,
+    /// `tray_type`, e.g. `PLA`.
+    pub material: String,
+    /// `tray_sub_brands`, e.g. `PLA Basic`.
+    pub sub_brand: String,
+    /// `RRGGBBAA`.
+    pub color: String,
+    /// Filament left in percent; -1 = not estimated (as the firmware reports it).
+    pub remain: i32,
+}
+
+impl SimSpool {
+    pub fn new(preset: &str, material: &str, sub_brand: &str, color: &str, remain: i32) -> Self {
+        Self {
+            preset: preset.into(),
+            material: material.into(),
+            sub_brand: sub_brand.into(),
+            color: color.into(),
+            remain,
+        }
+    }
+}
+
+/// What a freshly started simulator has in its AMS: four Bambu spools (preset ids, product
+/// lines and colours as Bambu sells them), partly used.
+pub fn default_trays() -> [Option<SimSpool>; 4] {
+    [
+        Some(SimSpool::new("GFA00", "PLA", "PLA Basic", "FFFFFFFF", 80)),
+        Some(SimSpool::new("GFA00", "PLA", "PLA Basic", "000000FF", 45)),
+        Some(SimSpool::new("GFA00", "PLA", "PLA Basic", "C12E1FFF", 100)),
+        Some(SimSpool::new("GFG02", "PETG", "PETG HF", "0A2989FF", 62)),
+    ]
+}
+
+/// The external spool holder's spool of a freshly started simulator (a generic PLA, as the
+/// captures show it).
+pub fn default_external_spool() -> Option<SimSpool> {
+    Some(SimSpool::new("GFL99", "PLA", "", "FFFFFFFF", 0))
+}
+
 /// Where an automatic `print_error` clear is pending.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct ErrorClear {
@@ -148,6 +192,10 @@ pub struct Machine {
     pub gcode_start_time: u64,
     /// AMS tray feeding the nozzle (global tray id), `None` = none (255 in reports).
     pub tray_now: Option<u32>,
+    /// The spools in the AMS's four trays (`None` = empty slot).
+    pub trays: [Option<SimSpool>; 4],
+    /// The spool on the external holder.
+    pub external_spool: Option<SimSpool>,
     /// Objects skipped in the current job (`skip_objects`, reported as `s_obj`).
     pub skipped_objects: Vec<i64>,
     /// AI detectors switched by `xcam.xcam_control_set` (unset = the model's default).
@@ -201,6 +249,8 @@ impl Machine {
             spd_lvl: 2,
             gcode_start_time: 0,
             tray_now: None,
+            trays: default_trays(),
+            external_spool: default_external_spool(),
             skipped_objects: Vec::new(),
             xcam: std::collections::BTreeMap::new(),
             job_counter: 0,

@@ -24,6 +24,7 @@ pub mod tls;
 
 pub use knobs::{AuthRefusal, Heater, KnobValues, RefusalStyle, SecondClientPolicy, SimKnobs};
 pub use log::{LoggedCommand, SimTruth};
+pub use machine::{SimSpool, default_external_spool, default_trays};
 pub use printer::{SimConfig, SimFleet, SimPrinter};
 pub use storage::SimStorage;
 pub use tls::SimIdentity;

@@ -12,7 +12,7 @@ use crate::printer::GcodeState;
 use crate::sim::ftps::{FtpsKnobs, FtpsServerHandle};
 use crate::sim::knobs::{KnobValues, SecondClientPolicy, SimKnobs};
 use crate::sim::log::{CommandLog, LoggedCommand, SimTruth};
-use crate::sim::machine::{CommandCtx, Machine};
+use crate::sim::machine::{CommandCtx, Machine, SimSpool};
 use crate::sim::reports::{self, ReportCtx};
 use crate::sim::storage::SimStorage;
 use crate::sim::tls::SimIdentity;
@@ -692,6 +692,26 @@ impl Hub {
         self.update_truth(&core, &knobs);
     }
 
+    fn set_spool(&self, slot: Option<usize>, spool: Option<SimSpool>) -> bool {
+        let knobs = self.knobs.get();
+        let mut core = lock(&self.core);
+        let placed = match slot {
+            Some(i) => match core.machine.trays.get_mut(i) {
+                Some(t) => {
+                    *t = spool;
+                    true
+                }
+                None => false,
+            },
+            None => {
+                core.machine.external_spool = spool;
+                true
+            }
+        };
+        self.update_truth(&core, &knobs);
+        placed
+    }
+
     fn regenerate_certificate(&self) -> anyhow::Result<String> {
         let id = SimIdentity::generate(&self.serial)?;
         let cfg = id.server_config(false)?;
@@ -1105,6 +1125,15 @@ impl SimPrinter {
     /// Open or close the front door; X1/H2/P2S pause a running job (0300_800F).
     pub fn set_door_open(&self, open: bool) {
         self.hub.set_door(open);
+    }
+    /// A person puts `spool` into AMS tray `slot` (0–3), or pulls the spool out (`None`); the
+    /// next report shows it. `false` if the AMS has no such slot.
+    pub fn load_tray(&self, slot: usize, spool: Option<SimSpool>) -> bool {
+        self.hub.set_spool(Some(slot), spool)
+    }
+    /// A person hangs `spool` on the external holder, or takes it off (`None`).
+    pub fn load_external_spool(&self, spool: Option<SimSpool>) {
+        self.hub.set_spool(None, spool);
     }
     /// New certificate for new connections; returns its fingerprint.
     pub fn regenerate_certificate(&self) -> anyhow::Result<String> {

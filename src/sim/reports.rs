@@ -3,7 +3,7 @@
 //! and the wire encoding (compact on P1/A1, 4-space pretty on X1/H2/P2S). Pure functions.
 
 use crate::config::Model;
-use crate::sim::machine::Machine;
+use crate::sim::machine::{Machine, SimSpool};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use std::net::Ipv4Addr;
@@ -53,34 +53,29 @@ fn nozzle_type(model: Model) -> &'static str {
     }
 }
 
-/// Filament of the simulated trays: (`tray_info_idx`, `tray_type`, colour RRGGBBAA).
-const TRAY_FILAMENTS: [(&str, &str, &str); 4] = [
-    ("GFA00", "PLA", "FFFFFFFF"),
-    ("GFA00", "PLA", "000000FF"),
-    ("GFA00", "PLA", "F72323FF"),
-    ("GFA00", "PLA", "0A2989FF"),
-];
-
-/// One filament slot (AMS tray, external spool `vt_tray` / `vir_slot`) in the P1 shape; the
-/// newer models' extra keys are added by [`shapes::conform`].
-fn tray(id: &str, filament: (&str, &str, &str), loaded: bool) -> Value {
-    let (idx, kind, color) = filament;
-    if !loaded {
-        return json!({"id": id});
-    }
+/// One filament slot (AMS tray, external spool `vt_tray` / `vir_slot`) in the P1 shape plus the
+/// `state` word of newer firmware (11 = spool present, read and steady; 0 = empty, as in the
+/// X1C capture); [`shapes::conform`](crate::sim::shapes::conform) drops what a model does not
+/// send and adds the keys it sends that are not modelled here. An empty slot is its `id` only
+/// (P1/A1 firmware).
+fn tray(id: &str, spool: Option<&SimSpool>) -> Value {
+    let Some(spool) = spool else {
+        return json!({"id": id, "state": 0});
+    };
     json!({
         "id": id,
-        "remain": -1,
+        "state": 11,
+        "remain": spool.remain,
         "k": 0.02,
         "n": 1,
         "cali_idx": -1,
         "tag_uid": "0000000000000000",
         "tray_id_name": "",
-        "tray_info_idx": idx,
-        "tray_type": kind,
-        "tray_sub_brands": "",
-        "tray_color": color,
-        "tray_weight": "0",
+        "tray_info_idx": spool.preset,
+        "tray_type": spool.material,
+        "tray_sub_brands": spool.sub_brand,
+        "tray_color": spool.color,
+        "tray_weight": "1000",
         "tray_diameter": "1.75",
         "tray_temp": "0",
         "tray_time": "0",
@@ -91,33 +86,68 @@ fn tray(id: &str, filament: (&str, &str, &str), loaded: bool) -> Value {
         "xcam_info": "000000000000000000000000",
         "tray_uuid": "00000000000000000000000000000000",
         "ctype": 0,
-        "cols": [color],
+        "cols": [spool.color],
     })
 }
 
-/// The `ams` object: one 4-tray unit (AMS on X1/P1/P2S/H2D, AMS lite on A1/A1 mini), every
-/// tray loaded with PLA; `tray_now` is the tray feeding the nozzle (255 = none).
-fn ams_object(m: &Machine) -> Value {
-    let trays: Vec<Value> = TRAY_FILAMENTS
+/// Hex bit set of the loaded trays (`tray_exist_bits`).
+fn exist_bits(m: &Machine) -> String {
+    let bits = m
+        .trays
         .iter()
         .enumerate()
-        .map(|(i, f)| tray(&i.to_string(), *f, true))
+        .filter(|(_, t)| t.is_some())
+        .fold(0u32, |acc, (i, _)| acc | (1 << i));
+    format!("{bits:x}")
+}
+
+/// The `ams` object: one 4-tray unit (AMS on X1/P1/P2S/H2D, AMS lite on A1/A1 mini) with the
+/// machine's spools; `tray_now` is the tray feeding the nozzle (255 = none).
+fn ams_object(m: &Machine) -> Value {
+    let trays: Vec<Value> = m
+        .trays
+        .iter()
+        .enumerate()
+        .map(|(i, t)| tray(&i.to_string(), t.as_ref()))
         .collect();
     let now = m.tray_now.map_or("255".to_string(), |t| t.to_string());
+    let bits = exist_bits(m);
     json!({
-        "ams": [{"id": "0", "humidity": "4", "temp": "24.6", "tray": trays}],
+        "ams": [{"id": "0", "humidity": "4", "humidity_raw": "23", "temp": "24.6",
+            "dry_time": 0, "tray": trays}],
         "ams_exist_bits": "1",
-        "tray_exist_bits": "f",
-        "tray_is_bbl_bits": "f",
+        "tray_exist_bits": bits,
+        "tray_is_bbl_bits": bits,
         "tray_tar": now,
         "tray_now": now,
         "tray_pre": now,
-        "tray_read_done_bits": "f",
+        "tray_read_done_bits": bits,
         "tray_reading_bits": "0",
         "version": 4,
         "insert_flag": true,
         "power_on_flag": false,
     })
+}
+
+/// The external spool holders' ids: `vt_tray`'s, and the `vir_slot` entries (P1/A1 report
+/// 254; X1C and P2S 255; the H2D one per nozzle, 254 left and 255 right, as captured).
+fn external_ids(model: Model) -> (&'static str, &'static [&'static str]) {
+    match model {
+        Model::P1P | Model::P1S | Model::A1 | Model::A1Mini => ("254", &["254"]),
+        Model::H2D | Model::Klipper => ("255", &["254", "255"]),
+        Model::X1C | Model::X1E | Model::P2S => ("255", &["255"]),
+    }
+}
+
+/// `device.extruder.info[].snow` of the nozzle the machine feeds: `unit << 8 | slot` of the
+/// feeding tray, 0xFFFF for none (0xFEFF for an idle second nozzle, as in the H2D capture).
+fn snow(m: &Machine, extruder: u32) -> u32 {
+    match (extruder, m.tray_now) {
+        (0, Some(t)) if t < 16 => ((t / 4) << 8) | (t % 4),
+        (0, Some(254)) => 0xFF00,
+        (0, _) => 0xFFFF,
+        _ => 0xFEFF,
+    }
 }
 
 /// AI detectors of the `xcam` object that `xcam.xcam_control_set` switches.
@@ -333,12 +363,14 @@ pub fn status_object(ctx: &ReportCtx) -> Map<String, Value> {
         json!({"status": "IDLE", "new_version_state": 2, "err_code": 0}),
     );
     o.insert("ams".into(), ams_object(m));
-    let spool = ("GFL99", "PLA", "FFFFFFFF");
-    o.insert("vt_tray".into(), tray("254", spool, true));
-    let mut slots = vec![tray("254", spool, true)];
-    if model == Model::H2D {
-        slots.push(tray("255", spool, true));
-    }
+    let (vt_id, vir_ids) = external_ids(model);
+    let external = m.external_spool.as_ref();
+    o.insert("vt_tray".into(), tray(vt_id, external));
+    // The spool hangs on the main (right) nozzle's holder; the H2D's left holder is empty.
+    let slots = vir_ids
+        .iter()
+        .map(|id| tray(id, external.filter(|_| *id == vt_id)))
+        .collect();
     o.insert("vir_slot".into(), Value::Array(slots));
     o.insert(
         "online".into(),
@@ -356,9 +388,12 @@ pub fn status_object(ctx: &ReportCtx) -> Map<String, Value> {
     if sends_packed_temps(model) {
         let stat: u32 = 0x4625_8008 & !(1 << 23) | (u32::from(m.door_open) << 23);
         o.insert("stat".into(), json!(format!("{stat:X}")));
-        let mut extruders = vec![json!({"id": 0, "temp": packed(m.nozzle_target, nozzle)})];
+        let mut extruders =
+            vec![json!({"id": 0, "temp": packed(m.nozzle_target, nozzle), "snow": snow(m, 0)})];
         if model == Model::H2D {
-            extruders.push(json!({"id": 1, "temp": packed(0.0, quantize(m.chamber))}));
+            extruders.push(
+                json!({"id": 1, "temp": packed(0.0, quantize(m.chamber)), "snow": snow(m, 1)}),
+            );
         }
         o.insert(
             "device".into(),

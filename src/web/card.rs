@@ -131,6 +131,7 @@ mod tests {
             thumbnail_url: None,
             queue_paused: false,
             controls: Default::default(),
+            filament: None,
         }
     }
 

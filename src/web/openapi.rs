@@ -7,7 +7,7 @@
 //! anonymous LAN clients, and anyone who can use the API can read it.
 
 use super::queue::{ApiOutcome, ApiTap, JobView, UploadRequest};
-use crate::views::{HmsView, PlateView, PrinterView};
+use crate::views::{AmsUnitView, FilamentView, HmsView, PlateView, PrinterView, TrayView};
 use axum::http::header;
 use axum::response::IntoResponse;
 use std::sync::OnceLock;
@@ -91,6 +91,9 @@ impl Modify for Security {
         PrinterView,
         PlateView,
         HmsView,
+        FilamentView,
+        AmsUnitView,
+        TrayView,
         JobView,
         super::settings::DiscoveredPrinter,
         super::printer_login::IssuedLogin,

@@ -230,6 +230,28 @@ def _bambulabs_api_case(row):
             getters["vt_tray"] = f"raises as on the real capture: {text}"
         hub = p.ams_hub()
         getters["ams_hub"] = sorted(hub.ams_hub.keys())
+        # The library's AMS getters, as its users read trays: unit -> slot -> filament. Its
+        # AMS keeps only trays with an `n` key, which the P1/A1 captures have and the newer
+        # models' do not (there it lists the unit with no trays, on a real printer too).
+        out["ams"] = {
+            str(uid): {
+                "humidity": ams.humidity,
+                "temperature": ams.temperature,
+                "trays": {
+                    str(slot): {"tray_type": t.tray_type, "tray_color": t.tray_color,
+                                "tray_sub_brands": t.tray_sub_brands, "tray_info_idx": t.tray_info_idx}
+                    for slot, t in ams.filament_trays.items()
+                },
+            }
+            for uid, ams in hub.ams_hub.items()
+        }
+        # The report document the library merged, for printgate's parser to read the same bytes.
+        pr = p.mqtt_dump().get("print", {})
+        dump = {k: pr[k] for k in ("ams", "vt_tray", "vir_slot") if k in pr}
+        extruder = pr.get("device", {}).get("extruder")
+        if extruder is not None:
+            dump["device"] = {"extruder": extruder}
+        out["ams_dump"] = {"print": dump}
         for k, v in getters.items():
             # None is the library's answer for "no firmware update offered".
             check(v is not None or k == "new_printer_firmware", f"{model}: {k}() returned None")

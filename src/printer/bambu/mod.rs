@@ -2,6 +2,7 @@
 //! (docs/bambu-protocol.md). [`BambuPrinter`] is the [`PrinterLink`] the rest of the gateway uses; the
 //! submodules are its parts: pure report/command/error logic and the I/O of the session.
 
+pub mod ams;
 pub mod backoff;
 pub mod camera;
 pub mod commands;

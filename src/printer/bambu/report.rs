@@ -308,7 +308,7 @@ pub fn deep_merge(doc: &mut Value, delta: Value) {
     }
 }
 
-fn as_f64(v: &Value) -> Option<f64> {
+pub(super) fn as_f64(v: &Value) -> Option<f64> {
     let f = match v {
         Value::Number(n) => n.as_f64()?,
         Value::String(s) => s.trim().parse().ok()?,
@@ -317,7 +317,7 @@ fn as_f64(v: &Value) -> Option<f64> {
     f.is_finite().then_some(f)
 }
 
-fn as_u64(v: &Value) -> Option<u64> {
+pub(super) fn as_u64(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64().or_else(|| {
             n.as_f64()
@@ -329,7 +329,7 @@ fn as_u64(v: &Value) -> Option<u64> {
     }
 }
 
-fn as_u32(v: &Value) -> Option<u32> {
+pub(super) fn as_u32(v: &Value) -> Option<u32> {
     as_u64(v).and_then(|n| u32::try_from(n).ok())
 }
 
@@ -501,6 +501,7 @@ pub fn printer_state(doc: &Value, model: Model) -> PrinterState {
         wifi_signal: get("wifi_signal").and_then(as_string),
         firmware: None,
         status_message: None,
+        filament: super::ams::filament_slots(p, model),
     }
 }
 
@@ -564,6 +565,12 @@ mod tests {
         assert_eq!(s.requires_signed_commands, None);
         assert_eq!(s.print_error, 0);
         assert!(s.hms.is_empty());
+        let f = s.filament.as_ref().expect("ams and vt_tray are reported");
+        assert!(f.units.is_empty(), "ams_exist_bits 0: no unit");
+        assert_eq!(f.external.len(), 1);
+        assert_eq!(f.external[0].material.as_deref(), Some("PLA"));
+        assert_eq!(f.external[0].color.as_deref(), Some("FFFFFFFF"));
+        assert_eq!(f.active().count(), 0);
 
         assert_eq!(
             m.ingest(START_3_7.as_bytes()),
@@ -856,6 +863,15 @@ mod tests {
                 Just("print_error".to_string()),
                 Just("fun".to_string()),
                 Just("lights_report".to_string()),
+                Just("ams".to_string()),
+                Just("tray".to_string()),
+                Just("tray_now".to_string()),
+                Just("tray_type".to_string()),
+                Just("state".to_string()),
+                Just("vt_tray".to_string()),
+                Just("vir_slot".to_string()),
+                Just("snow".to_string()),
+                Just("id".to_string()),
                 "[a-z_]{1,6}",
             ];
             prop_oneof![

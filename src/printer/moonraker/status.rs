@@ -190,6 +190,7 @@ impl KlipperStatus {
             wifi_signal: None,
             firmware: None,
             status_message: message,
+            filament: None,
         }
     }
 }
