@@ -7,8 +7,10 @@
 //! answers, a paho-mqtt client that was connected reconnects by itself and gets the printers'
 //! state again, a fresh client finds the retained state, Home Assistant discovery and the
 //! gateway's availability on the new broker, and the restart starts no print. And with
-//! `printgate demo` as a separate process: a SIGKILLed gateway leaves no worker behind, and
-//! Ctrl-C (SIGINT to the whole process group) stops both without being taken for a crash.
+//! `printgate demo` as a separate process: a panic on a worker thread (debug-build fault hook)
+//! ends that worker, which is replaced and serves the retained state again; a SIGKILLed gateway
+//! leaves no worker behind; Ctrl-C (SIGINT to the whole process group) stops both without being
+//! taken for a crash.
 
 mod common;
 
@@ -513,9 +515,35 @@ async fn broker_worker_stalled_while_printing_is_replaced_and_the_watchdog_still
 /// foreground job is), with stderr captured; returns it and its broker worker's pid once it
 /// says where its broker listens.
 fn start_demo(dir: &std::path::Path) -> (std::process::Child, u32) {
+    let (demo, _) = start_demo_with(dir, &[]);
+    let parent = demo.id();
+    let worker = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .any(|a| a == b"broker-worker")
+        })
+        .expect("printgate demo runs its broker in a `printgate broker-worker` child");
+    (demo, worker)
+}
+
+/// [`start_demo`] with extra environment variables; also returns the demo's stdout lines up to
+/// its broker line (the web address is among them).
+fn start_demo_with(
+    dir: &std::path::Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (std::process::Child, Vec<String>) {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_printgate"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_printgate"));
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut demo = command
         .args([
             "demo",
             "--listen",
@@ -534,26 +562,22 @@ fn start_demo(dir: &std::path::Path) -> (std::process::Child, u32) {
     // The demo prints its addresses once everything listens.
     let stdout = demo.stdout.take().expect("stdout");
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let up = lines
-        .by_ref()
-        .take(200)
-        .any(|l| l.is_ok_and(|l| l.contains("MQTT broker on")));
-    assert!(up, "printgate demo did not say where its broker listens");
+    let mut said = Vec::new();
+    for line in lines.by_ref().take(200) {
+        let Ok(line) = line else { break };
+        let done = line.contains("MQTT broker on");
+        said.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        said.last().is_some_and(|l| l.contains("MQTT broker on")),
+        "printgate demo did not say where its broker listens: {said:?}"
+    );
     // Keep reading stdout so the demo never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    let parent = demo.id();
-    let worker = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse::<u32>().ok())
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .unwrap_or_default()
-                .split(|b| *b == 0)
-                .any(|a| a == b"broker-worker")
-        })
-        .expect("printgate demo runs its broker in a `printgate broker-worker` child");
-    (demo, worker)
+    (demo, said)
 }
 
 /// Whether `pid` is gone (or a zombie), watched in /proc for at most 10 s: it is not our child.
@@ -634,4 +658,106 @@ fn signal_group(group: u32, sig: &str) {
         .expect("kill runs")
         .success();
     assert!(ok, "kill -{sig} -- -{group} failed");
+}
+
+/// A panic on a thread of the broker worker (debug builds abort on it as release builds do):
+/// the worker ends, a new one starts, the gateway keeps serving its web page, and MQTT clients
+/// find the gateway's retained state on the new broker. The fault hook makes exactly one
+/// worker panic ([`printgate::broker::worker::PANIC_ONCE_ENV`]).
+#[test]
+fn a_panicking_broker_thread_costs_a_restart_not_the_gateway() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = dir.path().join("panicked-once");
+    let (mut demo, said) = start_demo_with(
+        &dir.path().join("data"),
+        &[(
+            printgate::broker::worker::PANIC_ONCE_ENV,
+            marker.as_os_str(),
+        )],
+    );
+    // The gateway's log, line by line, until the replacement worker is ready (bounded).
+    let stderr = demo.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + WAIT;
+    let mut log: Vec<String> = Vec::new();
+    while !log
+        .iter()
+        .any(|l| l.contains("a new MQTT broker worker is ready"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => log.push(l),
+            Err(_) => panic!("no replacement worker within {WAIT:?}:\n{}", log.join("\n")),
+        }
+    }
+    let log = log.join("\n");
+    assert!(marker.exists(), "the fault hook ran");
+    let first: u32 = log
+        .split("MQTT broker worker (pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the log names the worker that ended:\n{log}"));
+    assert!(
+        log.contains(&format!("MQTT broker worker (pid {first}) ended"))
+            && log.contains("SIGABRT: it panicked")
+            && log.contains("Restart 1 in 100 ms"),
+        "the restart is told in words:\n{log}"
+    );
+    assert!(
+        ends_within(first, Duration::ZERO),
+        "the panicked worker is gone"
+    );
+    // The web page answers; MQTT clients get the retained state from the new broker.
+    let web = said
+        .iter()
+        .find_map(|l| l.split("open ").nth(1)?.split_whitespace().next())
+        .expect("the demo's web address")
+        .to_string();
+    let mqtt_port: u16 = said
+        .last()
+        .and_then(|l| l.split("MQTT broker on 127.0.0.1:").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("the demo's MQTT port");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let health = reqwest::get(format!("{web}/healthz"))
+            .await
+            .expect("web answers");
+        assert!(health.status().is_success());
+        let mut o = MqttOptions::new("after-panic", "127.0.0.1", mqtt_port);
+        o.set_credentials("demo", "demo");
+        let (client, mut events) = AsyncClient::new(o, 16);
+        client
+            .subscribe(GATEWAY_AVAILABILITY, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let online = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Ok(Event::Incoming(Packet::Publish(p))) = events.poll().await
+                    && p.retain
+                {
+                    return p.payload;
+                }
+            }
+        })
+        .await
+        .expect("retained availability from the new broker");
+        assert_eq!(&online[..], b"online");
+    });
+    signal_group(demo.id(), "INT");
+    let status = demo.wait().expect("the demo exits");
+    assert!(status.success(), "{status:?}");
 }

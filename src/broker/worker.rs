@@ -171,10 +171,35 @@ pub fn worker_main() -> i32 {
             return 1;
         }
     }
+    #[cfg(debug_assertions)]
+    panic_once_if_asked();
     // Run until the parent closes stdin (it stopped us, or it is gone).
     let mut rest = Vec::new();
     let _ = stdin.lock().read_to_end(&mut rest);
     0
+}
+
+/// Debug builds only, the fault hook of `tests/broker_fault.rs`: with this variable set to a
+/// file path that does not exist yet, the worker creates the file and a thread of it panics
+/// right after the ready line (so exactly one worker panics, as a rumqttd thread would).
+#[cfg(debug_assertions)]
+pub const PANIC_ONCE_ENV: &str = "PRINTGATE_TEST_BROKER_WORKER_PANIC_ONCE";
+
+#[cfg(debug_assertions)]
+fn panic_once_if_asked() {
+    let Some(marker) = std::env::var_os(PANIC_ONCE_ENV) else {
+        return;
+    };
+    let first = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+        .is_ok();
+    if first {
+        let _ = std::thread::Builder::new()
+            .name("fault-hook".into())
+            .spawn(|| panic!("{PANIC_ONCE_ENV} asked this broker worker to panic once"));
+    }
 }
 
 /// Poll until `addr` accepts a TCP connection (bounded by `timeout`).
