@@ -123,6 +123,37 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// The newest `limit` events of one kind, of every printer, oldest first (e.g. every
+    /// `gcode_state` change, from which the history derives each print the gateway saw).
+    pub fn events_of_kind(
+        &self,
+        kind: EventKind,
+        limit: usize,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let conn = self.conn();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = conn.prepare_cached(
+            "SELECT e.id, p.name, e.at_ms, e.kind, e.detail
+             FROM printer_events e JOIN printers p ON p.id = e.printer_id
+             WHERE e.kind = ?1
+             ORDER BY e.at_ms DESC, e.id DESC
+             LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![kind.as_str(), limit], |r| {
+            let detail: String = r.get(4)?;
+            Ok(EventRow {
+                id: r.get(0)?,
+                printer: r.get(1)?,
+                at_ms: r.get(2)?,
+                kind: r.get(3)?,
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+            })
+        })?;
+        let mut rows = rows.collect::<Result<Vec<_>, _>>()?;
+        rows.reverse();
+        Ok(rows)
+    }
+
     /// Forget events older than `older_than_ms` and, per printer, all but the newest
     /// `keep_per_printer`, so the history cannot fill a Pi's SD card. Returns how many went.
     pub fn prune_events(

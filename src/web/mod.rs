@@ -9,11 +9,13 @@ pub mod event_text;
 pub mod fleet;
 pub mod form_answer;
 pub mod gpio_cli;
+pub mod history;
 pub mod live;
 pub mod octoprint;
 pub mod openapi;
 pub mod printer_login;
 pub mod printer_page;
+pub mod prints;
 pub mod queue;
 pub mod safety_api;
 pub mod safety_page;
@@ -48,6 +50,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(queue::routes(gw.files.limits().max_file_bytes))
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
         .merge(printer_page::routes())
+        .merge(history::routes())
         .merge(fleet::routes())
         .merge(printer_login::routes())
         .merge(settings::routes())

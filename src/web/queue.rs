@@ -6,7 +6,6 @@
 
 use super::actor::Actor;
 use super::auth::CurrentUser;
-use super::event_text::{LocalTime, event_sentence, job_event_sentence, local_time};
 use super::form_answer::{self, FormOutcome};
 use super::{ApiError, render};
 use crate::app::Gateway;
@@ -59,7 +58,6 @@ pub fn routes(max_upload: u64) -> Router<Arc<Gateway>> {
         .route("/api/v1/jobs/{id}/{action}", post(api_job_action))
         .route("/queue/{action}", post(queue_action_form))
         .route("/api/v1/queue/{action}", post(api_queue_action))
-        .route("/history", get(history_page))
         .route("/upload", get(upload_page))
 }
 
@@ -1067,83 +1065,6 @@ pub(crate) async fn api_queue_action(
         notices: notices.into_iter().map(|n| n.message).collect(),
         plate: None,
     }))
-}
-
-// ---------------------------------------------------------------- history
-
-pub struct HistoryRow {
-    pub at: LocalTime,
-    pub printer: String,
-    /// What happened, as a sentence (web::event_text).
-    pub what: String,
-}
-
-#[derive(Template)]
-#[template(path = "history.html")]
-struct HistoryPage {
-    rows: Vec<HistoryRow>,
-    jobs: Vec<JobView>,
-    csrf: String,
-}
-
-fn fmt_ms(ms: i64) -> LocalTime {
-    local_time(ms, &chrono::Local)
-}
-
-async fn history_page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Response {
-    let mut rows: Vec<(i64, HistoryRow)> = Vec::new();
-    if let Ok(events) = gw.store.recent_events(None, 200) {
-        for e in events {
-            rows.push((
-                e.at_ms,
-                HistoryRow {
-                    at: fmt_ms(e.at_ms),
-                    what: event_sentence(&e.kind, &e.detail, gw.hms_text),
-                    printer: e.printer,
-                },
-            ));
-        }
-    }
-    let ended = gw
-        .store
-        .jobs_in_states(&[
-            JobState::Finished,
-            JobState::Failed,
-            JobState::Cancelled,
-            JobState::Unconfirmed,
-            JobState::Expired,
-        ])
-        .unwrap_or_default();
-    for j in &ended {
-        if let Ok(evs) = gw.store.job_events(j.id) {
-            for e in evs {
-                let at = i64::try_from(e.at).unwrap_or(i64::MAX);
-                rows.push((
-                    at,
-                    HistoryRow {
-                        at: fmt_ms(at),
-                        printer: e.printer.unwrap_or_default(),
-                        what: job_event_sentence(
-                            j.id,
-                            &j.name,
-                            &e.what,
-                            &e.actor,
-                            e.outcome.as_deref(),
-                        ),
-                    },
-                ));
-            }
-        }
-    }
-    rows.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
-    rows.truncate(300);
-    let mut jobs: Vec<JobView> = ended.iter().map(JobView::from_job).collect();
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
-    render(&HistoryPage {
-        rows: rows.into_iter().map(|(_, r)| r).collect(),
-        jobs,
-        csrf: user.csrf_token().to_string(),
-    })
 }
 
 #[cfg(test)]
