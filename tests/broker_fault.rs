@@ -693,7 +693,7 @@ fn a_panicking_broker_thread_costs_a_restart_not_the_gateway() {
     let mut log: Vec<String> = Vec::new();
     while !log
         .iter()
-        .any(|l| l.contains("a new MQTT broker worker is ready"))
+        .any(|l| l.contains("a new MQTT broker worker is ready on the same loopback ports"))
     {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {

@@ -193,9 +193,10 @@ pub async fn run(
     outbox.set_retained(target.tree.gateway_availability(), ONLINE.into());
     let mut backoff = Duration::from_millis(500);
     let mut epoch = 0u64;
-    // The broker worker generation this client last connected to.
-    let mut connected_generation = 0u64;
     let mut broker_worker = target.broker_worker.clone();
+    // The broker worker generation this client last connected to (at first: the one running
+    // now, so only a worker started later cuts a back-off short).
+    let mut connected_generation = broker_worker.as_ref().map_or(0, |w| w.borrow().generation);
     loop {
         let (client, mut eventloop) = AsyncClient::new(options(&target), 64);
         let mut up = false;
