@@ -69,7 +69,7 @@ fn template(dir: &Path) -> PathBuf {
         })
         .unwrap();
     store
-        .create_job(
+        .create_job_with_filaments(
             &NewJob {
                 idempotency_key: "upload-1".into(),
                 target: Target::Printer("Garage P1S".into()),
@@ -80,6 +80,7 @@ fn template(dir: &Path) -> PathBuf {
                 deadline: None,
                 created_by: "test".into(),
             },
+            Some(r##"[{"id":1,"material":"PLA","color":"#FFFFFF","used_g":12.3,"used_m":4.1}]"##),
             1_760_000_200_000,
         )
         .unwrap();

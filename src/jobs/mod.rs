@@ -1,4 +1,5 @@
-//! Jobs: stored print files (`files`, `threemf`), filament colours (`filament`), the job
+//! Jobs: stored print files (`files`, `threemf`), filament colours and plate
+//! requirements (`filament`), the job
 //! model, plate state and the plate-clear
 //! dispatcher (pure decision core in `dispatcher`, checked by the seeded simulation in
 //! `simulation`) and its effect runner (`runner`, the only place that turns decisions into

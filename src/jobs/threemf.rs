@@ -547,6 +547,12 @@ pub fn inspect<R: Read + Seek>(
             detail: format!("Metadata/plate_{}.gcode is empty", empty.index),
         });
     }
+    // Every plate's filament list must be usable: a later start maps it to the AMS trays.
+    for plate in &plates {
+        crate::jobs::filament::requirements(plate).map_err(|e| FileError::Damaged {
+            detail: e.to_string(),
+        })?;
+    }
     Ok(ThreeMfInfo {
         plates,
         slicer_version: parsed.slicer_version,

@@ -263,6 +263,18 @@ const CLEAR_ATTEMPT: &str = "tap_id = NULL, decided_at_ms = NULL, window_deadlin
 impl Store {
     /// Create a job, or return the existing one with the same idempotency key (`false`) (I7).
     pub fn create_job(&self, new: &NewJob, now: Millis) -> Result<(Job, bool), StoreError> {
+        self.create_job_with_filaments(new, None, now)
+    }
+
+    /// [`Store::create_job`] that also records, in the same transaction, the filaments the
+    /// job's plate needs (table `job_filaments`: a JSON array written by `jobs::filament`;
+    /// `None` = not read). An existing job keeps what it has.
+    pub fn create_job_with_filaments(
+        &self,
+        new: &NewJob,
+        filaments_json: Option<&str>,
+        now: Millis,
+    ) -> Result<(Job, bool), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let existing: Option<JobId> = tx
@@ -305,11 +317,35 @@ impl Store {
             ],
         )?;
         let id = tx.last_insert_rowid();
+        if let Some(json) = filaments_json {
+            tx.execute(
+                "INSERT INTO job_filaments (job_id, filaments_json) VALUES (?1, ?2)",
+                params![id, json],
+            )?;
+        }
         event_row(&tx, Some(id), target, now, &new.created_by, "queued", None)?;
         let job =
             load_job(&tx, id)?.ok_or_else(|| StoreError::Other(format!("job {id} vanished")))?;
         tx.commit()?;
         Ok((job, true))
+    }
+
+    /// The recorded filament lists (`job_filaments`) of these jobs; jobs without one are
+    /// absent from the answer.
+    pub fn job_filaments(
+        &self,
+        ids: &[JobId],
+    ) -> Result<std::collections::HashMap<JobId, String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT filaments_json FROM job_filaments WHERE job_id = ?1")?;
+        let mut out = std::collections::HashMap::new();
+        for id in ids {
+            if let Some(json) = stmt.query_row([id], |r| r.get::<_, String>(0)).optional()? {
+                out.insert(*id, json);
+            }
+        }
+        Ok(out)
     }
 
     /// A fresh subtask id (1..=2^31-1, never used by another job) for "start again".

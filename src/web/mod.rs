@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod form_answer;
 pub mod gpio_cli;
 pub mod history;
+pub mod job_filaments;
 pub mod live;
 pub mod octoprint;
 pub mod openapi;

@@ -92,6 +92,7 @@ impl Modify for Security {
         PlateView,
         HmsView,
         FilamentView,
+        super::job_filaments::FilamentNeedView,
         AmsUnitView,
         TrayView,
         JobView,

@@ -81,6 +81,9 @@ pub struct JobView {
     pub can_start_again: bool,
     /// From the start being sent to the job's end (ended jobs only), e.g. `1 h 05 min`.
     pub duration: Option<String>,
+    /// The filaments the job's plate needs, read from its 3MF at upload; `None` = not
+    /// recorded (plain G-code, or queued before printgate read them).
+    pub filaments: Option<Vec<super::job_filaments::FilamentNeedView>>,
 }
 
 impl JobView {
@@ -117,6 +120,7 @@ impl JobView {
                     .map(|m| super::card::fmt_minutes(u32::try_from(m).ok())),
                 _ => None,
             },
+            filaments: None,
         }
     }
 }
@@ -126,7 +130,15 @@ pub fn queue_views(gw: &Gateway) -> Vec<JobView> {
     let state = gw.dispatcher.state();
     let mut jobs: Vec<&Job> = state.jobs.values().collect();
     jobs.sort_by_key(|j| (j.position, j.id));
-    let mut views: Vec<JobView> = jobs.into_iter().map(JobView::from_job).collect();
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    let mut needs = super::job_filaments::needs_of(gw, &ids);
+    let mut views: Vec<JobView> = jobs
+        .into_iter()
+        .map(|j| JobView {
+            filaments: needs.remove(&j.id),
+            ..JobView::from_job(j)
+        })
+        .collect();
     offer_only_moves_that_move(&mut views);
     views
 }
@@ -375,7 +387,11 @@ pub(super) async fn queue_upload(
     let outcome = match result {
         Ok(new) => gw
             .store
-            .create_job(&new, gw.dispatcher.now())
+            .create_job_with_filaments(
+                &new,
+                super::job_filaments::recorded(&stored, new.plate).as_deref(),
+                gw.dispatcher.now(),
+            )
             .map_err(|e| ApiError::internal(format!("the job could not be saved: {e}"))),
         Err(e) => Err(e),
     };
@@ -622,7 +638,11 @@ pub(crate) async fn api_upload(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(JobView::from_job(&job))).into_response())
+    let view = JobView {
+        filaments: super::job_filaments::needs_of(&gw, &[job.id]).remove(&job.id),
+        ..JobView::from_job(&job)
+    };
+    Ok((status, Json(view)).into_response())
 }
 
 /// Jobs still in the queue or needing a person, in queue order.
@@ -1096,6 +1116,7 @@ mod tests {
             can_cancel: false,
             can_start_again: false,
             duration: None,
+            filaments: None,
         };
         // A printing job first (not movable), then three waiting ones.
         let mut v = vec![view(1, false), view(2, true), view(3, true), view(4, true)];
