@@ -352,6 +352,10 @@ async fn broker_worker_killed_while_printing_smoke_still_cuts_power_and_clients_
         .into_iter()
         .find(|w| w.pin == 5 && !w.on && w.at >= edge)
         .expect("relay 5 written off after the edge");
+    eprintln!(
+        "smoke edge -> relay off, broker just killed: {:?}",
+        off.at - edge
+    );
     assert!(
         off.at - edge <= SMOKE_TO_RELAY,
         "smoke edge -> relay off took {:?} with the broker killed",
