@@ -90,9 +90,7 @@ struct HistoryPage {
 fn print_row(p: &Print) -> PrintRow {
     let started_by = match &p.job {
         Some(j) => format!("printgate job {}", j.id),
-        None if p.joined_midway => {
-            "already printing when printgate first saw the printer".into()
-        }
+        None if p.joined_midway => "already printing when printgate first saw the printer".into(),
         None => "at the printer or by another app".into(),
     };
     let tapped = p

@@ -139,30 +139,80 @@ async fn emergency_stop(
     ))
 }
 
-#[derive(Deserialize)]
+/// The reset form: the trip it confirms, and what to do right after the reset, on the same
+/// confirmed screen (switch power back on for some printers, resume the queue).
+#[derive(Debug, Default, PartialEq)]
 struct ResetForm {
-    trip_id: i64,
-    confirm: Option<String>,
+    trip_id: Option<i64>,
+    confirmed: bool,
+    power_on: Vec<String>,
+    resume_queue: bool,
 }
 
-async fn reset(
-    State(gw): State<Arc<Gateway>>,
-    actor: Actor,
-    Form(form): Form<ResetForm>,
-) -> Response {
+impl ResetForm {
+    /// From the posted `application/x-www-form-urlencoded` body (`power_on` may repeat).
+    fn parse(body: &[u8]) -> ResetForm {
+        let mut f = ResetForm::default();
+        for (k, v) in form_urlencoded::parse(body) {
+            match k.as_ref() {
+                "trip_id" => f.trip_id = v.trim().parse().ok(),
+                "confirm" => f.confirmed = v == "yes",
+                "power_on" if !v.is_empty() && !f.power_on.contains(&v.to_string()) => {
+                    f.power_on.push(v.into_owned())
+                }
+                "resume_queue" => f.resume_queue = v == "yes",
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
+/// Reset the trip and, only if the reset succeeded, do the chosen recovery steps; the answer
+/// says what each step did. Power comes back only for the printers ticked, never for one that
+/// reports printing (that needs the Printer power table's explicit "even though it is
+/// printing"); resuming the queue starts nothing by itself (every start still needs its own
+/// Plate clear tap).
+async fn reset(State(gw): State<Arc<Gateway>>, actor: Actor, body: axum::body::Bytes) -> Response {
     let Some(h) = gw.safety.as_ref() else {
         return not_running();
     };
-    if form.confirm.as_deref() != Some("yes") {
+    let form = ResetForm::parse(&body);
+    if !form.confirmed {
         return back("Reset was not confirmed; the trip stays latched");
     }
-    match h.reset(&actor.0, form.trip_id).await {
-        Ok(n) => back(&format!(
-            "{n} trip(s) reset by {}. Relays stay off until someone switches power on; the queue stays paused until resumed.",
-            actor.0
-        )),
-        Err(e) => back(&e.to_string()),
+    let Some(trip_id) = form.trip_id else {
+        return back(
+            "The reset did not say which trip it confirms; reload the Safety page and try again",
+        );
+    };
+    let n = match h.reset(&actor.0, trip_id).await {
+        Ok(n) => n,
+        Err(e) => return back(&format!("{e}. Nothing else was changed.")),
+    };
+    let mut said = vec![format!("{n} trip(s) reset by {}", actor.0)];
+    for printer in &form.power_on {
+        said.push(match h.set_power(printer, true, false, &actor.0) {
+            Ok(_) => format!("power of {printer} switched on"),
+            Err(e) => format!("power of {printer} stays off: {e}"),
+        });
     }
+    if form.power_on.is_empty() {
+        said.push("relays stay off until someone switches power on".into());
+    }
+    if form.resume_queue {
+        let resumed = gw
+            .dispatcher
+            .submit(crate::jobs::dispatcher::Event::ResumeQueue { printer: None })
+            .await;
+        said.push(match resumed {
+            Ok(_) => "queue resumed (each print still needs its own Plate clear tap)".into(),
+            Err(e) => format!("the queue stays paused: {e}"),
+        });
+    } else {
+        said.push("the queue stays paused until resumed".into());
+    }
+    back(&format!("{}.", said.join("; ")))
 }
 
 #[derive(Deserialize)]
@@ -252,6 +302,27 @@ fn reading_sentence(r: &PrinterReading) -> String {
 #[cfg(test)]
 mod reading_tests {
     use super::*;
+
+    #[test]
+    fn the_reset_form_reads_repeated_printers_and_ignores_junk() {
+        let f = ResetForm::parse(
+            b"csrf=x&trip_id=7&confirm=yes&power_on=printer+1&power_on=p%262&power_on=printer+1&power_on=&resume_queue=yes",
+        );
+        assert_eq!(
+            f,
+            ResetForm {
+                trip_id: Some(7),
+                confirmed: true,
+                power_on: vec!["printer 1".into(), "p&2".into()],
+                resume_queue: true,
+            }
+        );
+        assert_eq!(
+            ResetForm::parse(b"trip_id=x&confirm=no"),
+            ResetForm::default()
+        );
+        assert_eq!(ResetForm::parse(&[0xff, b'=', 0xfe]), ResetForm::default());
+    }
 
     #[test]
     fn trip_readings_read_as_sentences() {
