@@ -61,6 +61,19 @@ pub struct EventRow {
     pub detail: serde_json::Value,
 }
 
+/// One row of `SELECT e.id, p.name, e.at_ms, e.kind, e.detail`.
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    let detail: String = r.get(4)?;
+    Ok(EventRow {
+        id: r.get(0)?,
+        printer: r.get(1)?,
+        at_ms: r.get(2)?,
+        kind: r.get(3)?,
+        // The column is CHECKed to be valid JSON; keep the text if it ever is not.
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+    })
+}
+
 impl Store {
     /// Append an event for the printer called `printer`; returns the event id.
     pub fn record_event(
@@ -109,17 +122,7 @@ impl Store {
              ORDER BY e.at_ms DESC, e.id DESC
              LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![printer_id, limit], |r| {
-            let detail: String = r.get(4)?;
-            Ok(EventRow {
-                id: r.get(0)?,
-                printer: r.get(1)?,
-                at_ms: r.get(2)?,
-                kind: r.get(3)?,
-                // The column is CHECKed to be valid JSON; keep the text if it ever is not.
-                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
-            })
-        })?;
+        let rows = stmt.query_map(params![printer_id, limit], event_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
@@ -139,16 +142,7 @@ impl Store {
              ORDER BY e.at_ms DESC, e.id DESC
              LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![kind.as_str(), limit], |r| {
-            let detail: String = r.get(4)?;
-            Ok(EventRow {
-                id: r.get(0)?,
-                printer: r.get(1)?,
-                at_ms: r.get(2)?,
-                kind: r.get(3)?,
-                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
-            })
-        })?;
+        let rows = stmt.query_map(params![kind.as_str(), limit], event_row)?;
         let mut rows = rows.collect::<Result<Vec<_>, _>>()?;
         rows.reverse();
         Ok(rows)
