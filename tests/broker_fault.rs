@@ -518,8 +518,8 @@ async fn broker_worker_stalled_while_printing_is_replaced_and_the_watchdog_still
 /// `printgate demo` as a user runs it, in a process group of its own (as a terminal's
 /// foreground job is), with stderr captured; returns it and its broker worker's pid once it
 /// says where its broker listens.
-fn start_demo(dir: &std::path::Path) -> (std::process::Child, u32) {
-    let (demo, _) = start_demo_with(dir, &[]);
+fn start_demo(dir: &std::path::Path) -> (std::process::Child, u32, GroupGuard) {
+    let (demo, _, guard) = start_demo_with(dir, &[]);
     let parent = demo.id();
     let worker = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
         .unwrap_or_default()
@@ -532,7 +532,22 @@ fn start_demo(dir: &std::path::Path) -> (std::process::Child, u32) {
                 .any(|a| a == b"broker-worker")
         })
         .expect("printgate demo runs its broker in a `printgate broker-worker` child");
-    (demo, worker)
+    (demo, worker, guard)
+}
+
+/// Kills a demo's whole process group (the gateway and its worker) when dropped, so a failing
+/// test leaves nothing running; after a clean exit the group is gone and this does nothing.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-KILL")
+            .arg("--")
+            .arg(format!("-{}", self.0))
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 /// [`start_demo`] with extra environment variables; also returns the demo's stdout lines up to
@@ -540,7 +555,7 @@ fn start_demo(dir: &std::path::Path) -> (std::process::Child, u32) {
 fn start_demo_with(
     dir: &std::path::Path,
     env: &[(&str, &std::ffi::OsStr)],
-) -> (std::process::Child, Vec<String>) {
+) -> (std::process::Child, Vec<String>, GroupGuard) {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let mut command = Command::new(env!("CARGO_BIN_EXE_printgate"));
@@ -563,6 +578,7 @@ fn start_demo_with(
         .process_group(0)
         .spawn()
         .expect("printgate demo runs");
+    let guard = GroupGuard(demo.id());
     // The demo prints its addresses once everything listens.
     let stdout = demo.stdout.take().expect("stdout");
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
@@ -581,7 +597,7 @@ fn start_demo_with(
     );
     // Keep reading stdout so the demo never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (demo, said)
+    (demo, said, guard)
 }
 
 /// Whether `pid` is gone (or a zombie), watched in /proc for at most 10 s: it is not our child.
@@ -614,7 +630,7 @@ fn ends_within(pid: u32, limit: Duration) -> bool {
 #[test]
 fn a_killed_gateway_leaves_no_broker_worker_behind() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut demo, worker) = start_demo(dir.path());
+    let (mut demo, worker, _guard) = start_demo(dir.path());
     demo.kill().expect("SIGKILL the gateway");
     demo.wait().expect("reaped");
     assert!(
@@ -628,7 +644,7 @@ fn a_killed_gateway_leaves_no_broker_worker_behind() {
 #[test]
 fn ctrl_c_stops_the_gateway_and_its_worker_without_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (demo, worker) = start_demo(dir.path());
+    let (demo, worker, _guard) = start_demo(dir.path());
     // Ctrl-C and `systemctl stop` reach the worker too; it leaves stopping to its gateway. (Its
     // not dying is a non-event: checked after a bounded 0.5 s; before the fix it died at once.)
     signal(worker, "INT");
@@ -673,7 +689,7 @@ fn a_panicking_broker_thread_costs_a_restart_not_the_gateway() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().expect("temp dir");
     let marker = dir.path().join("panicked-once");
-    let (mut demo, said) = start_demo_with(
+    let (mut demo, said, _guard) = start_demo_with(
         &dir.path().join("data"),
         &[(
             printgate::broker::worker::PANIC_ONCE_ENV,
