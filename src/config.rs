@@ -48,6 +48,10 @@ pub struct PrinterConfig {
     /// FTPS port (990 on real printers).
     #[serde(default = "default_ftps_port")]
     pub ftps_port: u16,
+    /// Chamber-camera port of a P1P/P1S/A1/A1 mini (6000 on real printers; `printgate sim`
+    /// lists its simulators' in the `camera_port` column).
+    #[serde(default = "default_camera_port")]
+    pub camera_port: u16,
     /// Moonraker only: `instance_name` of the printer's `[mqtt]` section in moonraker.conf.
     #[serde(default)]
     pub instance_name: String,
@@ -72,6 +76,7 @@ impl Default for PrinterConfig {
             tls: TlsMode::Pin,
             mqtt_port: default_mqtt_port(),
             ftps_port: default_ftps_port(),
+            camera_port: default_camera_port(),
             instance_name: String::new(),
             http_port: default_moonraker_http_port(),
             api_key: None,
@@ -108,6 +113,9 @@ fn default_mqtt_port() -> u16 {
 }
 fn default_ftps_port() -> u16 {
     990
+}
+fn default_camera_port() -> u16 {
+    6000
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -1294,6 +1302,7 @@ fn check_printer(r: &PrinterRef<'_>, errs: &mut Vec<ConfigError>) {
     for (name, port, default) in [
         ("mqtt_port", p.mqtt_port, 8883),
         ("ftps_port", p.ftps_port, 990),
+        ("camera_port", p.camera_port, 6000),
     ] {
         if port == 0 {
             errs.push(ConfigError::new(

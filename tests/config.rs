@@ -76,6 +76,7 @@ fn good_config_loads_with_defaults() {
     assert_eq!(config.printers[1].model, Model::P1S);
     assert_eq!(config.printers[0].mqtt_port, 8883);
     assert_eq!(config.printers[0].ftps_port, 990);
+    assert_eq!(config.printers[0].camera_port, 6000);
     assert_eq!(config.dispatch.plate_clear_ttl_secs, 1800);
     assert_eq!(config.link.keepalive_secs, 30);
     assert!(Path::new(&case.data_dir()).is_dir(), "data_dir is created");
@@ -148,7 +149,7 @@ fn unknown_keys_are_named_with_the_valid_ones() {
         vec![
             "colour: unknown key; valid keys at the top level: data_dir, web, link, dispatch, printers, safety, alerts, broker, metrics",
             "web.port: unknown key; valid keys in [web]: listen, secure_cookies, max_upload_mb",
-            "printers[1].hostname: unknown key; valid keys in [[printers]]: name, kind, model, serial, host, access_code, tls, mqtt_port, ftps_port, instance_name, http_port, api_key (did you mean host?)",
+            "printers[1].hostname: unknown key; valid keys in [[printers]]: name, kind, model, serial, host, access_code, tls, mqtt_port, ftps_port, camera_port, instance_name, http_port, api_key (did you mean host?)",
             "printers[1].host: missing; every [[printers]] needs name, model, serial, host and access_code (add host = …)",
         ]
     );
@@ -416,6 +417,15 @@ fn port_zero_is_refused() {
             "printers[1].mqtt_port = 0: port 0 cannot be used; leave the key out to use the printer's standard port 8883"
         ]
     );
+    assert_eq!(
+        case.errors_with(
+            "access_code = \"Zq8Wn2Lx\"",
+            "access_code = \"Zq8Wn2Lx\"\ncamera_port = 0"
+        ),
+        vec![
+            "printers[1].camera_port = 0: port 0 cannot be used; leave the key out to use the printer's standard port 6000"
+        ]
+    );
 }
 
 #[test]
@@ -486,7 +496,7 @@ nozzle = 0.4
             "printers[0].model = \"X9\": unknown printer model; use one of X1C, X1E, P1P, P1S, A1, A1MINI, P2S, H2D (Bambu Lab), or KLIPPER with kind = \"moonraker\"",
             "printers[0].name = \"Shop: X1C\": ':' is not allowed; printer names may use only letters, digits, spaces, '-' and '_' (1–32 characters, no space at either end) because they appear in URLs and MQTT topics",
             "printers[0].access_code = <3 hidden characters>: the LAN access code has exactly 8 characters, this one has 3; copy it from the printer's screen (LAN Only / Access Code)",
-            "printers[1].nozzle: unknown key; valid keys in [[printers]]: name, kind, model, serial, host, access_code, tls, mqtt_port, ftps_port, instance_name, http_port, api_key",
+            "printers[1].nozzle: unknown key; valid keys in [[printers]]: name, kind, model, serial, host, access_code, tls, mqtt_port, ftps_port, camera_port, instance_name, http_port, api_key",
             "printers[1].serial = \"00M09A123456789\": this serial starts with 00M, which is a X1C serial, but model = \"A1\" (A1 serials start with 039); correct the model or the serial",
             "printers[1].host = \"http://printer\": not an IP address or host name; write just the printer's address, e.g. \"192.168.1.50\" or \"x1c.local\" (no http://, port or path)",
             "printers[1].ftps_port = 0: port 0 cannot be used; leave the key out to use the printer's standard port 990",

@@ -212,7 +212,8 @@ pub fn load_average() -> String {
 // printgate sim in its own process, printgate hash-password
 // ---------------------------------------------------------------------------------------------
 
-/// One line of `printgate sim`: `name model serial host mqtt_port ftps_port access_code fingerprint`.
+/// One line of `printgate sim`:
+/// `name model serial host mqtt_port ftps_port camera_port access_code fingerprint`.
 #[derive(Debug, Clone)]
 pub struct SimPrinter {
     pub name: String,
@@ -243,7 +244,18 @@ impl SimPrinter {
 
 pub fn parse_sim_line(line: &str) -> Option<SimPrinter> {
     let f: Vec<&str> = line.split_whitespace().collect();
-    let [name, model, serial, host, mqtt, ftps, code, _fingerprint] = f.as_slice() else {
+    let [
+        name,
+        model,
+        serial,
+        host,
+        mqtt,
+        ftps,
+        _camera,
+        code,
+        _fingerprint,
+    ] = f.as_slice()
+    else {
         return None;
     };
     Some(SimPrinter {

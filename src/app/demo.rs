@@ -72,6 +72,9 @@ pub async fn start_simulators(
             tls: TlsMode::Pin,
             mqtt_port: sim.mqtt_port(),
             ftps_port: sim.ftps_port(),
+            camera_port: sim
+                .camera_port()
+                .unwrap_or(crate::sim::camera::STANDARD_CAMERA_PORT),
             ..PrinterConfig::default()
         });
         sims.push(sim);

@@ -14,6 +14,8 @@ pub struct PrinterEntry {
     pub name: String,
     pub model: Model,
     pub link: Arc<dyn PrinterLink>,
+    /// Its camera, shared by every viewer (one upstream connection).
+    pub camera: crate::camera::CameraHub,
 }
 
 /// Everything the running parts share.

@@ -4,7 +4,9 @@
 //! side, and everything stops on one cancellation token.
 
 use super::gateway::{Gateway, PrinterEntry};
+use crate::camera;
 use crate::config::{self, Config};
+use crate::printer::bambu::camera::{CameraError, CameraKind};
 use crate::printer::{self, PrinterLink};
 use crate::store::{DATABASE_FILE, Store};
 use crate::{admission, alerts, broker, jobs, notify, safety, web};
@@ -37,6 +39,32 @@ async fn record_printer_events(
             }
         }
         prev = next;
+    }
+}
+
+/// Where a Bambu printer's camera is read: the chamber image on its `camera_port` with the
+/// MQTT session's TLS config (same pin); RTSPS models and a TLS setup error say why not.
+fn camera_target(
+    pc: &config::PrinterConfig,
+    bambu: &Arc<printer::bambu::BambuPrinter>,
+) -> camera::CameraTarget {
+    match CameraKind::of(pc.model) {
+        CameraKind::ChamberImage => match bambu.tls_config() {
+            Ok(tls) => {
+                let link = bambu.clone();
+                camera::CameraTarget::ChamberImage(camera::ChamberTarget {
+                    host: pc.host.clone(),
+                    port: pc.camera_port,
+                    serial: pc.serial.clone(),
+                    access_code: pc.access_code.clone(),
+                    tls,
+                    signed_in: Arc::new(move || link.is_connected()),
+                })
+            }
+            Err(e) => camera::CameraTarget::Unavailable(CameraError::Tls(e)),
+        },
+        CameraKind::Rtsps => camera::CameraTarget::Unavailable(CameraError::RtspsNotSupported),
+        CameraKind::None => camera::CameraTarget::Unavailable(CameraError::NoCamera),
     }
 }
 
@@ -245,26 +273,39 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let mut printers = Vec::new();
     let (broker_endpoint, endpoint_rx) = tokio::sync::watch::channel(None);
     for pc in &config.printers {
-        let link: Arc<dyn PrinterLink> = match pc.kind {
-            config::PrinterKind::Bambu => printer::bambu::BambuPrinter::spawn(
-                pc.clone(),
-                config.link.clone(),
-                store.clone(),
-                seq.clone(),
-                shutdown.child_token(),
-            ),
-            config::PrinterKind::Moonraker => printer::moonraker::MoonrakerPrinter::spawn(
-                pc.clone(),
-                config.link.clone(),
-                endpoint_rx.clone(),
-                seq.clone(),
-                shutdown.child_token(),
+        let (link, camera): (Arc<dyn PrinterLink>, _) = match pc.kind {
+            config::PrinterKind::Bambu => {
+                let bambu = printer::bambu::BambuPrinter::spawn(
+                    pc.clone(),
+                    config.link.clone(),
+                    store.clone(),
+                    seq.clone(),
+                    shutdown.child_token(),
+                );
+                let camera = camera_target(pc, &bambu);
+                (bambu, camera)
+            }
+            config::PrinterKind::Moonraker => (
+                printer::moonraker::MoonrakerPrinter::spawn(
+                    pc.clone(),
+                    config.link.clone(),
+                    endpoint_rx.clone(),
+                    seq.clone(),
+                    shutdown.child_token(),
+                ),
+                camera::CameraTarget::Unavailable(CameraError::NoCamera),
             ),
         };
         printers.push(PrinterEntry {
             name: pc.name.clone(),
             model: pc.model,
             link,
+            camera: camera::CameraHub::new(
+                &pc.name,
+                camera,
+                camera::HubTimings::default(),
+                shutdown.child_token(),
+            ),
         });
     }
     let files = Arc::new(jobs::files::FileStore::new(

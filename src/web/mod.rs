@@ -4,6 +4,7 @@
 pub mod actor;
 pub mod assets;
 pub mod auth;
+pub mod camera;
 pub mod card;
 pub mod event_text;
 pub mod fleet;
@@ -52,6 +53,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(octoprint::routes(gw.files.limits().max_file_bytes))
         .merge(printer_page::routes())
         .merge(history::routes())
+        .merge(camera::routes())
         .merge(fleet::routes())
         .merge(printer_login::routes())
         .merge(settings::routes())

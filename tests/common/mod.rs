@@ -55,6 +55,7 @@ pub fn printer_config(name: &str, sim: &SimPrinter) -> PrinterConfig {
         tls: TlsMode::Pin,
         mqtt_port: sim.mqtt_port(),
         ftps_port: sim.ftps_port(),
+        camera_port: sim.camera_port().unwrap_or(6000),
         ..PrinterConfig::default()
     }
 }

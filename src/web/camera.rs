@@ -1,0 +1,98 @@
+//! `GET /printers/<name>/snapshot.jpg`: a current picture of the printer's plate from its
+//! shared camera hub (src/camera/), behind the sign-in like every page. No picture is answered
+//! in words: 404 when the printer has no camera printgate reads (with what to do), 503 with
+//! `Retry-After` while the camera is busy, refusing or still connecting.
+
+use super::auth::CurrentUser;
+use crate::app::Gateway;
+use crate::camera::{CameraHub, Frame, SnapshotError};
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a snapshot request waits for the camera's next frame (a P1/A1 sends one every
+/// 1–2 s; the connect and TLS handshake come first when nobody was watching).
+pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(8);
+
+pub fn routes() -> Router<Arc<Gateway>> {
+    Router::new().route("/printers/{name}/snapshot.jpg", get(snapshot))
+}
+
+/// The camera hub of printer `name`, if there is such a printer.
+pub(super) fn hub<'a>(gw: &'a Gateway, name: &str) -> Option<&'a CameraHub> {
+    gw.printers
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| &p.camera)
+}
+
+async fn snapshot(
+    State(gw): State<Arc<Gateway>>,
+    _user: CurrentUser,
+    Path(name): Path<String>,
+) -> Response {
+    let Some(hub) = hub(&gw, &name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("there is no printer called {name:?}"),
+        )
+            .into_response();
+    };
+    match hub.snapshot(SNAPSHOT_WAIT).await {
+        Ok(frame) => jpeg_answer(&frame),
+        Err(e) => error_answer(&name, &e),
+    }
+}
+
+fn jpeg_answer(frame: &Frame) -> Response {
+    let mut resp = (
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        frame.jpeg.clone(),
+    )
+        .into_response();
+    let taken = chrono::DateTime::<chrono::Utc>::from(frame.received_at)
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    if let Ok(v) = HeaderValue::from_str(&taken) {
+        resp.headers_mut().insert(header::LAST_MODIFIED, v);
+    }
+    resp
+}
+
+/// The HTTP status of a snapshot that did not come.
+pub(super) fn status_of(e: &SnapshotError) -> StatusCode {
+    match e {
+        SnapshotError::NoCamera(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn error_answer(printer: &str, e: &SnapshotError) -> Response {
+    let status = status_of(e);
+    let retry = match e {
+        SnapshotError::Busy { retry_in } | SnapshotError::Failing { retry_in, .. } => {
+            Some(retry_in.as_secs().max(1))
+        }
+        SnapshotError::NoPictureYet(_) => Some(2),
+        _ => None,
+    };
+    let mut resp = (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        format!("no picture from the camera of {printer}: {e}\n"),
+    )
+        .into_response();
+    if let Some(s) = retry
+        && let Ok(v) = HeaderValue::from_str(&s.to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}

@@ -1,0 +1,194 @@
+//! Issue 18: `GET /printers/<name>/snapshot.jpg` on the real gateway against simulated
+//! printers on ephemeral loopback ports: the picture (read back with jpeg-decoder, not ours),
+//! one upstream connection at the printer for ten viewers, and every "no picture" said in words
+//! with its status. The last test starts `printgate sim` as a user does and configures the
+//! gateway from its printer table's `camera_port` column.
+
+mod common;
+
+use common::{Browser, TestGateway};
+use printgate::config::{Config, Model, TlsMode};
+use printgate::printer::bambu::camera::CameraStream;
+use printgate::printer::bambu::tls::{MemoryPinStore, PrinterTls};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn decodes(jpeg: &[u8]) -> bool {
+    jpeg_decoder::Decoder::new(jpeg).decode().is_ok()
+}
+
+async fn get(b: &Browser, path: &str) -> reqwest::Response {
+    b.http
+        .get(format!("{}{path}", b.base))
+        .header("cookie", &b.cookie)
+        .send()
+        .await
+        .expect("the gateway answers")
+}
+
+#[tokio::test]
+async fn snapshot_route_serves_the_plate_to_ten_viewers_over_one_camera_connection() {
+    let tg = TestGateway::start(&[Model::P1S, Model::X1C, Model::A1], 1.0).await;
+    tg.wait_online().await;
+    let b = tg.browser().await;
+    let path = "/printers/printer%201/snapshot.jpg";
+
+    // Not signed in: no picture.
+    let anon = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(tg.url(path))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(anon.status(), 200, "the camera is behind the sign-in");
+    assert_ne!(
+        anon.headers().get("content-type").map(|v| v.as_bytes()),
+        Some(&b"image/jpeg"[..])
+    );
+    assert_eq!(tg.sims[0].camera().unwrap().connections(), 0);
+
+    let answers = futures::future::join_all((0..10).map(|_| get(&b, path))).await;
+    for r in answers {
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "image/jpeg");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        assert!(r.headers().contains_key("last-modified"));
+        let body = r.bytes().await.unwrap();
+        assert!(decodes(&body), "a JPEG jpeg-decoder reads");
+    }
+    let cam = tg.sims[0].camera().unwrap();
+    assert_eq!(
+        cam.connections(),
+        1,
+        "ten viewers, one connection at the printer"
+    );
+    assert_eq!(cam.streams_served(), 1);
+
+    // An RTSPS model: 404 in words.
+    let r = get(&b, "/printers/printer%202/snapshot.jpg").await;
+    assert_eq!(r.status(), 404);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("not supported yet"), "{text}");
+    assert!(text.contains("RTSPS"), "{text}");
+
+    // No such printer.
+    let r = get(&b, "/printers/nobody/snapshot.jpg").await;
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("no printer called"));
+
+    // Another client holds the A1's one camera slot: 503 camera busy, asked once.
+    let a1 = &tg.sims[2];
+    let addr: SocketAddr = format!("{}:{}", a1.host(), a1.camera_port().unwrap())
+        .parse()
+        .unwrap();
+    let tls = PrinterTls::new(a1.serial(), TlsMode::Pin, Arc::new(MemoryPinStore::new()))
+        .unwrap()
+        .client_config();
+    let mut studio = CameraStream::connect(addr, a1.serial(), tls, &a1.access_code())
+        .await
+        .unwrap();
+    studio
+        .next_frame()
+        .await
+        .expect("the other client is served");
+    for _ in 0..3 {
+        let r = get(&b, "/printers/printer%203/snapshot.jpg").await;
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("retry-after"));
+        let text = r.text().await.unwrap();
+        assert!(text.contains("camera busy"), "{text}");
+    }
+    assert_eq!(
+        a1.camera().unwrap().connections(),
+        2,
+        "the other client and one attempt of printgate's"
+    );
+    studio
+        .next_frame()
+        .await
+        .expect("the other client keeps its stream");
+    tg.shutdown().await;
+}
+
+/// `printgate sim` in its own process; killed when dropped.
+struct SimProcess(std::process::Child);
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_sim_process() -> (SimProcess, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_printgate"))
+        .args(["sim", "--printers", "1", "--models", "P1S", "--no-ssdp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("printgate sim starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let proc = SimProcess(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("printgate sim printed its printer table within 60 s");
+        if !line.starts_with('#') && !line.trim().is_empty() {
+            return (proc, line);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_camera_port_printed_by_printgate_sim_configures_the_gateway() {
+    let (_sim, row) = start_sim_process();
+    let f: Vec<&str> = row.split(' ').collect();
+    let [name, model, serial, host, mqtt, ftps, camera, code, _fp] = f.as_slice() else {
+        panic!("name model serial host mqtt ftps camera code fp: {row}");
+    };
+    assert_ne!(*camera, "-", "a P1S has a chamber camera: {row}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("printgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {data:?}\n\n[web]\nlisten = \"127.0.0.1:0\"\n\n[broker]\nmode = \"off\"\n\n\
+             [[printers]]\nname = {name:?}\nmodel = {model:?}\nserial = {serial:?}\nhost = {host:?}\n\
+             access_code = {code:?}\nmqtt_port = {mqtt}\nftps_port = {ftps}\ncamera_port = {camera}\n",
+            data = dir.path().join("data"),
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&path).expect("the config loads");
+    assert_eq!(config.printers[0].camera_port.to_string(), *camera);
+    let shutdown = CancellationToken::new();
+    let running = printgate::start(config, shutdown.clone())
+        .await
+        .expect("gateway starts");
+    let b = Browser::sign_in(running.web_addr, &running.gateway.store).await;
+    let r = get(&b, &format!("/printers/{}/snapshot.jpg", urlencode(name))).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert!(decodes(&r.bytes().await.unwrap()));
+    running.shutdown().await;
+}
+
+fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
