@@ -21,7 +21,8 @@
 //! nothing overflows sideways.
 //!
 //! `every_page_fits_a_phone_and_passes_axe`: every page (dashboard with a finished and a running
-//! print and a waiting job, printer page, history, upload, safety, the four settings pages,
+//! print and a waiting job, printer page, the Plate clear confirmation with its camera
+//! picture, history, upload, safety, the four settings pages,
 //! sign-in) at 390×844 and 1366×900 in light and dark mode: no horizontal overflow, and axe-core
 //! (pinned, installed by `.ci/run` into `target/axe`) finds no serious or critical violation.
 //! Screenshots of each go to `target/test-output/`.
@@ -1218,6 +1219,8 @@ async fn every_page_fits_a_phone_and_passes_axe() {
     let pages = [
         ("dashboard", "/"),
         ("printer", "/printers/printer%201"),
+        // The finished print is still on printer 1's plate: the camera's picture shows it.
+        ("plate-clear", "/printers/printer%201/plate-clear"),
         ("history", "/history"),
         ("upload", "/upload"),
         ("safety", "/safety"),

@@ -192,3 +192,130 @@ fn urlencode(s: &str) -> String {
         .collect::<String>()
         .replace('+', "%20")
 }
+
+/// Share of strongly orange pixels (the printed object) in the simulated plate region.
+fn object_share(jpeg: &[u8]) -> f64 {
+    let mut d = jpeg_decoder::Decoder::new(jpeg);
+    let px = d.decode().expect("a JPEG jpeg-decoder can read");
+    let w = u32::from(d.info().expect("info").width);
+    let (x0, y0, rw, rh) = printgate::sim::camera::PLATE_REGION;
+    let mut hits = 0u32;
+    for y in y0..y0 + rh {
+        for x in x0..x0 + rw {
+            let i = ((y * w + x) * 3) as usize;
+            let (r, b) = (i32::from(px[i]), i32::from(px[i + 2]));
+            if r - b > 100 && r > 150 {
+                hits += 1;
+            }
+        }
+    }
+    f64::from(hits) / f64::from(rw * rh)
+}
+
+/// The picture and caption of a Plate clear confirmation page.
+fn page_picture(html: &str) -> Option<(Vec<u8>, String)> {
+    use base64::Engine;
+    let marker = "src=\"data:image/jpeg;base64,";
+    let at = html.find(marker)? + marker.len();
+    let b64 = &html[at..at + html[at..].find('"')?];
+    let jpeg = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64 picture");
+    let cap_at = html.find("<figcaption>")? + "<figcaption>".len();
+    let caption = html[cap_at..cap_at + html[cap_at..].find("</figcaption>")?].to_string();
+    Some((jpeg, caption))
+}
+
+#[tokio::test]
+async fn the_plate_clear_confirmation_shows_a_fresh_picture_or_says_why_not_and_still_confirms() {
+    let tg = TestGateway::start(&[Model::P1S, Model::X1C, Model::A1], 600.0).await;
+    tg.wait_online().await;
+    let b = tg.browser().await;
+    let page = |p: &'static str| {
+        let b = &b;
+        async move {
+            let r = get(b, &format!("/printers/{p}/plate-clear")).await;
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+
+    // Empty plate.
+    let html = page("printer%201").await;
+    let (jpeg, caption) = page_picture(&html).expect("a picture on the page");
+    assert!(
+        object_share(&jpeg) < 0.01,
+        "empty plate: {}",
+        object_share(&jpeg)
+    );
+    assert!(caption.contains("taken "), "{caption}");
+    assert!(caption.contains("ago, when this page opened"), "{caption}");
+
+    // A print finishes on the printer: the confirmation shows the object still on the plate.
+    common::start_screen_print(&tg.sims[0], "cube", 600);
+    tg.sims[0]
+        .wait_truth(Duration::from_secs(30), |t| {
+            t.gcode_state == printgate::printer::GcodeState::Finish
+        })
+        .await
+        .expect("print finishes");
+    let mut share = 0.0;
+    for _ in 0..20 {
+        let html = page("printer%201").await;
+        let (jpeg, caption) = page_picture(&html).expect("a picture");
+        share = object_share(&jpeg);
+        assert!(caption.contains("taken "), "{caption}");
+        if share > 0.2 {
+            break;
+        }
+        // The previous picture was younger than 2 s; a newer frame comes within a second.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        share > 0.2,
+        "the finished object is on the picture: {share}"
+    );
+
+    // No camera printgate reads (X1C): the page says so and the tap works the same.
+    let html = page("printer%202").await;
+    assert!(page_picture(&html).is_none());
+    assert!(html.contains("No camera picture:"), "{html}");
+    assert!(html.contains("not supported yet"), "{html}");
+    assert!(html.contains("you can confirm without a picture"), "{html}");
+    let tap_at = html.find("name=\"tap_id\" value=\"").unwrap() + "name=\"tap_id\" value=\"".len();
+    let tap_id = &html[tap_at..tap_at + html[tap_at..].find('"').unwrap()];
+    let r = b
+        .post_form(
+            "/printers/printer%202/plate-clear",
+            &[("confirm", "yes"), ("tap_id", tap_id)],
+        )
+        .await;
+    let notice = common::redirect_notice(&r);
+    assert!(notice.contains("marked clear"), "{notice}");
+
+    // A busy camera (A1): the page opens at once, says "camera busy" and keeps its form.
+    let a1 = &tg.sims[2];
+    let addr: SocketAddr = format!("{}:{}", a1.host(), a1.camera_port().unwrap())
+        .parse()
+        .unwrap();
+    let tls = PrinterTls::new(a1.serial(), TlsMode::Pin, Arc::new(MemoryPinStore::new()))
+        .unwrap()
+        .client_config();
+    let mut studio = CameraStream::connect(addr, a1.serial(), tls, &a1.access_code())
+        .await
+        .unwrap();
+    studio
+        .next_frame()
+        .await
+        .expect("the other client is served");
+    let opened = Instant::now();
+    let html = page("printer%203").await;
+    assert!(
+        opened.elapsed() < Duration::from_secs(5),
+        "the page never waits long for the camera: {:?}",
+        opened.elapsed()
+    );
+    assert!(html.contains("No camera picture: camera busy"), "{html}");
+    assert!(html.contains("name=\"confirm\""), "the form is there");
+    tg.shutdown().await;
+}

@@ -2,6 +2,10 @@
 //! shared camera hub (src/camera/), behind the sign-in like every page. No picture is answered
 //! in words: 404 when the printer has no camera printgate reads (with what to do), 503 with
 //! `Retry-After` while the camera is busy, refusing or still connecting.
+//!
+//! The Plate clear confirmation (src/web/queue.rs) takes its picture here too
+//! ([`confirmation_picture`]): fresh when the page opens, shown with its age, and never in the
+//! way of the tap — without a picture the page says why and the form works the same.
 
 use super::auth::CurrentUser;
 use crate::app::Gateway;
@@ -17,6 +21,55 @@ use std::time::Duration;
 /// How long a snapshot request waits for the camera's next frame (a P1/A1 sends one every
 /// 1–2 s; the connect and TLS handshake come first when nobody was watching).
 pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(8);
+
+/// How long the Plate clear confirmation waits for a picture before it opens without one (an
+/// open upstream answers at once; a first connection to a P1/A1 takes a second or two).
+pub const CONFIRMATION_WAIT: Duration = Duration::from_secs(3);
+
+/// The camera's picture on the Plate clear confirmation.
+pub struct PlatePicture {
+    /// `data:image/jpeg;base64,…`: the page shows exactly the frame its caption describes.
+    pub data_uri: String,
+    /// "taken 3 s ago".
+    pub age: String,
+    pub taken: super::event_text::LocalTime,
+}
+
+/// "taken 3 s ago" for a picture `age` old.
+pub fn age_text(age: Duration) -> String {
+    match age.as_secs() {
+        0 => "taken less than a second ago".to_string(),
+        s @ 1..=119 => format!("taken {s} s ago"),
+        s => format!("taken {} min ago", s / 60),
+    }
+}
+
+/// A fresh picture of `printer`'s plate for its Plate clear confirmation, or why there is none
+/// (a sentence for the page).
+pub(super) async fn confirmation_picture(
+    gw: &Gateway,
+    printer: &str,
+) -> Result<PlatePicture, String> {
+    use base64::Engine;
+    let hub = hub(gw, printer).ok_or_else(|| format!("there is no printer called {printer:?}"))?;
+    let frame = hub
+        .snapshot(CONFIRMATION_WAIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ms = frame
+        .received_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    Ok(PlatePicture {
+        data_uri: format!(
+            "data:image/jpeg;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(&frame.jpeg)
+        ),
+        age: age_text(frame.age()),
+        taken: super::event_text::local_time(ms, &chrono::Local),
+    })
+}
 
 pub fn routes() -> Router<Arc<Gateway>> {
     Router::new().route("/printers/{name}/snapshot.jpg", get(snapshot))
@@ -95,4 +148,19 @@ fn error_answer(printer: &str, e: &SnapshotError) -> Response {
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_as_people_say_them() {
+        assert_eq!(
+            age_text(Duration::from_millis(400)),
+            "taken less than a second ago"
+        );
+        assert_eq!(age_text(Duration::from_millis(3400)), "taken 3 s ago");
+        assert_eq!(age_text(Duration::from_secs(150)), "taken 2 min ago");
+    }
 }

@@ -664,6 +664,8 @@ struct PlateClearPage {
     printer: String,
     tap_id: String,
     csrf: String,
+    /// The camera's picture when the page opened, or why there is none.
+    picture: Result<super::camera::PlatePicture, String>,
 }
 
 async fn plate_clear_page(
@@ -678,10 +680,14 @@ async fn plate_clear_page(
         )
             .into_response();
     }
+    // Bounded (web::camera::CONFIRMATION_WAIT); without a picture the page says why and the
+    // confirmation works the same: the camera never blocks or replaces the person's tap.
+    let picture = super::camera::confirmation_picture(&gw, &name).await;
     render(&PlateClearPage {
         printer: name,
         tap_id: new_id(),
         csrf: user.csrf_token().to_string(),
+        picture,
     })
 }
 
