@@ -25,6 +25,7 @@ pub mod safety_page;
 pub mod settings;
 pub mod settings_notifications;
 pub mod settings_users;
+pub mod upload;
 
 use crate::app::Gateway;
 use crate::views::{self, PrinterView};

@@ -6,7 +6,8 @@
 //! it holds no secrets, but a gateway that switches mains power need not describe itself to
 //! anonymous LAN clients, and anyone who can use the API can read it.
 
-use super::queue::{ApiOutcome, ApiTap, JobView, UploadRequest};
+use super::queue::{ApiOutcome, ApiTap, JobView};
+use super::upload::UploadRequest;
 use crate::views::{AmsUnitView, FilamentView, HmsView, PlateView, PrinterView, TrayView};
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -64,7 +65,7 @@ impl Modify for Security {
         super::api_printers,
         openapi_json,
         super::queue::api_jobs,
-        super::queue::api_upload,
+        super::upload::api_upload,
         super::queue::api_plate_clear,
         super::queue::api_job_action,
         super::queue::api_queue_action,

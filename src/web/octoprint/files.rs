@@ -14,7 +14,7 @@ use crate::app::Gateway;
 use crate::jobs::files::{job_name_of, sanitize_display_name};
 use crate::jobs::model::{Job, JobState};
 use crate::jobs::threemf::{FileInfo, FileKind};
-use crate::web::queue::{queue_upload, read_upload, upload_body_limit};
+use crate::web::upload::{queue_upload, read_upload, upload_body_limit};
 use axum::body::Body;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{StatusCode, header};
