@@ -279,6 +279,7 @@ fn start_request(name: &str, id: u32) -> StartRequest {
         md5: String::new(),
         bed_type: "textured_plate".into(),
         use_ams: false,
+        ams_mapping: None,
     }
 }
 

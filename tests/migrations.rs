@@ -100,7 +100,8 @@ fn template(dir: &Path) -> PathBuf {
          INSERT INTO api_tokens (user_id, name, token_hash, default_printer, created_at_ms) VALUES (1, 'slicer', 't-hash', 'Garage P1S', 1760000400000);
          INSERT INTO setup_code (id, code_hash, created_at_ms) VALUES (1, 'code-hash', 1760000400000);
          INSERT INTO alert_targets (name, kind, url, token, created_by, created_at_ms) VALUES ('phone', 'ntfy', 'https://ntfy.lan/printgate', NULL, 'alice', 1760000400000);
-         INSERT INTO octoprint_files (job_id, folder, name, uploaded_at_ms) SELECT id, 'parts', 'benchy.3mf', 1760000200000 FROM jobs;",
+         INSERT INTO octoprint_files (job_id, folder, name, uploaded_at_ms) SELECT id, 'parts', 'benchy.3mf', 1760000200000 FROM jobs;
+         INSERT INTO job_start_mappings (job_id, mapping_json) SELECT id, '{\"model\":\"P1S\",\"use_ams\":true,\"assignments\":[]}' FROM jobs;",
     )
     .unwrap();
     path

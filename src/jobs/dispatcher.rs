@@ -24,10 +24,11 @@
 //! the runner reports [`PublishOutcome::NotConnected`] or [`PublishOutcome::FailedBeforeSend`]
 //! without sending anything (I3).
 
+use super::ams_mapping::{Mapping, Trays, map};
 use super::model::{Job, JobId, JobState, Millis, StartAttempt, Target};
 use super::plate::{PlateState, Tap, meaningful_id, observed_activity};
 use crate::config::DispatchConfig;
-use crate::printer::{ControlState, GcodeState, PrinterSnapshot};
+use crate::printer::{ControlState, GcodeState, Model, PrinterSnapshot};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
@@ -101,6 +102,8 @@ pub struct ReportSummary {
     /// HMS 0500_0500_0001_0007 (unsigned command refused) is present.
     pub verification_failed: bool,
     pub control: ControlState,
+    /// The filament slots the printer reports (`None`: no `ams` / `vt_tray` seen yet).
+    pub trays: Option<Trays>,
 }
 
 impl ReportSummary {
@@ -136,6 +139,7 @@ impl ReportSummary {
                 .iter()
                 .any(|h| (h.attr, h.code) == HMS_VERIFICATION_FAILED),
             control: snap.control,
+            trays: state.filament.as_ref().map(Trays::from_slots),
         }
     }
 
@@ -477,6 +481,16 @@ pub enum Action {
         tap: Tap,
         decided_at: Millis,
         window_deadline: Millis,
+        /// The trays the start uses, committed with it ([`super::ams_mapping::map`]).
+        mapping: Option<Mapping>,
+    },
+    /// The job cannot start on its printer now (the filament it needs is not loaded): the
+    /// reason is recorded on the job for the queue row and its events.
+    HoldJob {
+        job: JobId,
+        printer: String,
+        reason: String,
+        at: Millis,
     },
     /// Committed right before the `Publish` effect: from here on the outcome may be unknown.
     MarkPublishing {
@@ -565,6 +579,8 @@ pub enum Action {
         file_sha256: String,
         epoch: u64,
         deadline: Millis,
+        /// The committed mapping of the start attempt, sent exactly so (I6).
+        mapping: Option<Mapping>,
         /// Echoed in [`Event::PublishResult`].
         ticket: EffectTicket,
     },
@@ -1510,14 +1526,66 @@ impl Ctx {
             if job.start_again_at.is_some_and(|t| tap.at <= t) {
                 continue; // "start again" needs a tap recorded after it
             }
+            let mapping = match self.filament_mapping(&job, &printer) {
+                Ok(m) => m,
+                Err(missing) => {
+                    self.hold_for_filament(&job, &printer, &tap, &missing);
+                    continue;
+                }
+            };
             self.emit(Action::ConsumeTapAndMarkStarting {
                 job: job.id,
                 printer,
                 tap,
                 decided_at: now,
                 window_deadline: now.saturating_add(self.s.timings.start_window_ms),
+                mapping,
             });
         }
+    }
+
+    /// The trays `job` would use on `printer` now: `Ok(None)` when the job's filaments are not
+    /// known (or the printer is not a Bambu printer), `Err` with what to load where when the
+    /// loaded filament does not satisfy them.
+    fn filament_mapping(&self, job: &Job, printer: &str) -> Result<Option<Mapping>, String> {
+        let Some(p) = self.s.printers.get(printer) else {
+            return Ok(None);
+        };
+        filament_mapping_for(job, p)
+    }
+
+    /// A start that the loaded filament cannot serve is not made: the job says why, the tap is
+    /// voided (the person loads the filament, checks the plate again and taps again: nothing
+    /// starts by itself while someone is loading the AMS) and people are told.
+    fn hold_for_filament(&mut self, job: &Job, printer: &str, tap: &Tap, missing: &str) {
+        let now = self.now;
+        let reason = format!(
+            "not started: {printer} does not have the filament job {:?} needs: {missing}; then tap Plate clear again",
+            job.name
+        );
+        if job.target == Target::AnyCompatible {
+            // Another compatible printer may have the filament loaded.
+            self.emit(Action::Unassign {
+                job: job.id,
+                reason: reason.clone(),
+                stage_failed: false,
+                at: now,
+            });
+        } else if job.message.as_deref() != Some(reason.as_str()) {
+            self.emit(Action::HoldJob {
+                job: job.id,
+                printer: printer.to_string(),
+                reason: reason.clone(),
+                at: now,
+            });
+        }
+        self.emit(Action::ExpireTap {
+            printer: printer.to_string(),
+            tap_id: tap.tap_id.clone(),
+            reason: reason.clone(),
+            at: now,
+        });
+        self.notify(Some(printer), Some(job.id), reason);
     }
 
     fn publish_or_refresh(&mut self) {
@@ -1553,6 +1621,26 @@ impl Ctx {
                 continue;
             };
             let epoch = p.epoch.unwrap_or_default();
+            let last_pushall_at = p.last_pushall_at;
+            let changed = a.mapping.as_ref().and_then(|m| {
+                match p.report.as_ref().and_then(|r| r.trays.as_ref()) {
+                    Some(trays) => m.changed_since(trays),
+                    None => Some("the printer no longer reports its filament slots".into()),
+                }
+            });
+            if self.fresh(&printer)
+                && let Some(changed) = changed
+            {
+                self.emit(Action::ReturnToQueued {
+                    job: j.id,
+                    restore_tap: false,
+                    reason: format!(
+                        "not started: the filament changed after the start was decided ({changed}); nothing was sent; check the printer, then tap Plate clear again"
+                    ),
+                    at: now,
+                });
+                continue;
+            }
             if self.fresh(&printer) {
                 self.emit(Action::MarkPublishing {
                     job: j.id,
@@ -1569,10 +1657,11 @@ impl Ctx {
                     file_sha256: j.file_sha256.clone(),
                     epoch,
                     deadline: a.window_deadline,
+                    mapping: a.mapping.clone(),
                     ticket: self.s.next_ticket(),
                 });
             } else {
-                let due = match p.last_pushall_at {
+                let due = match last_pushall_at {
                     None => true,
                     Some(last) => {
                         last < a.decided_at
@@ -1683,6 +1772,26 @@ impl Ctx {
                 .get(printer)
                 .is_some_and(|p| p.plate.valid_tap(self.now, self.ttl()).is_some())
     }
+}
+
+/// The trays `job` would use on printer `p` with what it reports now (see
+/// [`Ctx::filament_mapping`]); the queue page shows the same answer.
+pub fn filament_mapping_for(job: &Job, p: &PrinterRuntime) -> Result<Option<Mapping>, String> {
+    let Some(needs) = job.filaments.as_ref().filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
+    let Some(model) = Model::from_model_code(&p.model_code) else {
+        return Ok(None);
+    };
+    let Some(trays) = p.report.as_ref().and_then(|r| r.trays.as_ref()) else {
+        return Err(format!(
+            "{} has not reported its filament slots yet",
+            p.name
+        ));
+    };
+    map(needs, trays, model)
+        .map(Some)
+        .map_err(|u| u.to_string())
 }
 
 /// In-memory effect of one action (the store's effect of database actions must match).
@@ -1818,6 +1927,7 @@ fn apply_fields(s: &mut DispatchState, action: &Action) {
             tap,
             decided_at,
             window_deadline,
+            mapping,
         } => {
             if let Some(p) = s.printers.get_mut(printer) {
                 p.plate = PlateState::Occupied;
@@ -1836,7 +1946,16 @@ fn apply_fields(s: &mut DispatchState, action: &Action) {
                     sequence_id: None,
                     published_at: None,
                     id_echoed_at: None,
+                    mapping: mapping.clone(),
                 });
+            }
+        }
+        HoldJob {
+            job, reason, at, ..
+        } => {
+            if let Some(j) = s.jobs.get_mut(job) {
+                j.message = Some(reason.clone());
+                j.updated_at = *at;
             }
         }
         MarkPublishing { job, epoch, at } => {
@@ -2120,6 +2239,7 @@ mod tests {
             start_again_at: None,
             start: None,
             message: None,
+            filaments: None,
         }
     }
 
@@ -2630,5 +2750,192 @@ mod tests {
         assert!(h.tap("t1").is_empty());
         assert!(!h.ev(Event::JobQueued(Box::new(job(1)))).is_empty());
         assert!(h.ev(Event::JobQueued(Box::new(job(1)))).is_empty());
+    }
+
+    // ---------------------------------------------------------------- filament (issue 21)
+
+    use crate::jobs::ams_mapping::{Need, SlotSeen, TrayRef};
+
+    /// AMS unit 0 of a P1S holding these spools (material, RRGGBBAA), `None` = empty slot.
+    fn ams_trays(spools: [Option<(&str, &str)>; 4]) -> Trays {
+        Trays {
+            has_ams: true,
+            slots: spools
+                .iter()
+                .enumerate()
+                .map(|(i, s)| SlotSeen {
+                    tray: TrayRef::Ams {
+                        unit: 0,
+                        slot: i as u32,
+                    },
+                    loaded: s.is_some(),
+                    material: s.map(|s| s.0.to_string()),
+                    color: s.map(|s| s.1.to_string()),
+                })
+                .collect(),
+        }
+    }
+
+    const ONLY_PLA: [Option<(&str, &str)>; 4] = [
+        Some(("PLA", "FFFFFFFF")),
+        Some(("PLA", "000000FF")),
+        None,
+        None,
+    ];
+    const PETG_IN_SLOT_3: [Option<(&str, &str)>; 4] = [
+        Some(("PLA", "FFFFFFFF")),
+        Some(("PLA", "000000FF")),
+        Some(("PETG", "101010FF")),
+        None,
+    ];
+
+    impl H {
+        fn report_trays(&mut self, trays: Trays) -> Vec<Action> {
+            let r = ReportSummary {
+                link_online: true,
+                connection_epoch: 1,
+                have_full_report: true,
+                full_report_at: Some(self.now),
+                gcode_state: GcodeState::Idle,
+                subtask_id: Some("0".into()),
+                gcode_file: Some(String::new()),
+                control: ControlState::Ok,
+                trays: Some(trays),
+                ..ReportSummary::default()
+            };
+            self.ev(Event::PrinterReport {
+                printer: "p".into(),
+                report: r,
+            })
+        }
+    }
+
+    fn petg_job() -> Job {
+        Job {
+            filaments: Some(vec![Need {
+                id: 1,
+                material: "PETG".into(),
+                color: "#000000".into(),
+            }]),
+            ..job(1)
+        }
+    }
+
+    fn started(log: &[Action]) -> usize {
+        count(log, |a| {
+            matches!(
+                a,
+                Action::ConsumeTapAndMarkStarting { .. } | Action::Publish { .. }
+            )
+        })
+    }
+
+    #[test]
+    fn a_petg_job_never_starts_with_only_pla_loaded() {
+        let mut h = H::new();
+        h.report_trays(ams_trays(ONLY_PLA));
+        h.ev(Event::JobQueued(Box::new(petg_job())));
+        h.stage_complete(1);
+        let tapped = h.tap("t1");
+        assert_eq!(started(&h.log), 0, "{tapped:?}");
+        let want = "not started: p does not have the filament job \"job 1\" needs: load PETG (black) in any AMS slot; then tap Plate clear again";
+        assert_eq!(h.job().message.as_deref(), Some(want));
+        assert!(
+            tapped
+                .iter()
+                .any(|a| matches!(a, Action::Notify { message, .. } if message == want)),
+            "the person who tapped is told why"
+        );
+        assert!(
+            tapped
+                .iter()
+                .any(|a| matches!(a, Action::ExpireTap { tap_id, .. } if tap_id == "t1")),
+            "the tap is voided: nothing starts by itself while someone loads the AMS"
+        );
+        assert_eq!(h.s.printers["p"].plate, PlateState::Unknown);
+        // Reports, ticks and a re-submitted tap change nothing.
+        for _ in 0..5 {
+            h.at(1_000).report_trays(ams_trays(ONLY_PLA));
+            h.ev(Event::Tick);
+        }
+        h.tap("t1");
+        assert_eq!(started(&h.log), 0);
+        assert_eq!(count(&h.log, |a| matches!(a, Action::HoldJob { .. })), 1);
+        // A new tap with still only PLA loaded: still held, said once more.
+        h.at(1_000).tap("t2");
+        assert_eq!(started(&h.log), 0);
+    }
+
+    #[test]
+    fn loading_petg_and_tapping_starts_with_the_committed_mapping() {
+        let mut h = H::new();
+        h.report_trays(ams_trays(ONLY_PLA));
+        h.ev(Event::JobQueued(Box::new(petg_job())));
+        h.stage_complete(1);
+        h.tap("t1");
+        // PETG goes into slot 3; nothing starts until a new tap.
+        h.at(1_000).report_trays(ams_trays(PETG_IN_SLOT_3));
+        assert_eq!(started(&h.log), 0);
+        let actions = h.at(1_000).tap("t2");
+        let decided = actions.iter().find_map(|a| match a {
+            Action::ConsumeTapAndMarkStarting { mapping, .. } => Some(mapping.clone()),
+            _ => None,
+        });
+        let mapping = decided.flatten().expect("started with a mapping");
+        assert!(mapping.use_ams);
+        assert_eq!(mapping.ams_mapping(), [2]);
+        assert_eq!(mapping.ams_mapping2(), [(0, 2)]);
+        let published = actions.iter().find_map(|a| match a {
+            Action::Publish { mapping, .. } => Some(mapping.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            published,
+            Some(Some(mapping.clone())),
+            "the publish carries exactly the committed mapping"
+        );
+        assert_eq!(
+            h.job().start.as_ref().and_then(|a| a.mapping.clone()),
+            Some(mapping)
+        );
+    }
+
+    #[test]
+    fn a_tray_change_between_decision_and_publish_sends_nothing() {
+        let mut h = H::new();
+        h.report_trays(ams_trays(PETG_IN_SLOT_3));
+        h.ev(Event::JobQueued(Box::new(petg_job())));
+        h.stage_complete(1);
+        // The last full report is too old to publish on: the decision waits for a pushall.
+        h.at(DispatchTimings::default().report_max_age_ms + 1);
+        h.tap("t1");
+        assert_eq!(h.job().state, JobState::Starting);
+        assert_eq!(count(&h.log, |a| matches!(a, Action::Publish { .. })), 0);
+        // The fresh report shows the PETG spool pulled out.
+        h.report_trays(ams_trays(ONLY_PLA));
+        assert_eq!(count(&h.log, |a| matches!(a, Action::Publish { .. })), 0);
+        assert_eq!(h.job().state, JobState::Queued);
+        assert!(
+            h.job()
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("AMS 1 slot 3 no longer holds PETG")),
+            "{:?}",
+            h.job().message
+        );
+    }
+
+    #[test]
+    fn jobs_without_a_filament_list_start_as_before() {
+        let mut h = H::new();
+        h.report_trays(ams_trays(ONLY_PLA));
+        h.ev(Event::JobQueued(Box::new(job(1))));
+        h.stage_complete(1);
+        let actions = h.tap("t1");
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::ConsumeTapAndMarkStarting { mapping: None, .. }))
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! `starting → queued` only while nothing has been published (I3); after a publish whose outcome
 //! is unknown a job can only become `printing`, `failed` or `unconfirmed` (I2).
 
+use super::ams_mapping::{Mapping, Need};
 use super::plate::Tap;
 pub use crate::printer::model::{
     MAX_SUBTASK_ID, gcode_remote_name_for, remote_name_for, subtask_id_in_remote_name,
@@ -149,6 +150,9 @@ pub struct StartAttempt {
     pub published_at: Option<Millis>,
     /// In memory only: our subtask id was echoed while the printer was still idle (phase B).
     pub id_echoed_at: Option<Millis>,
+    /// The trays this start uses, decided and committed with it and sent exactly so (I6);
+    /// `None` = no filament list known for the job (sent as `use_ams: false`, no mapping).
+    pub mapping: Option<Mapping>,
 }
 
 impl StartAttempt {
@@ -192,6 +196,9 @@ pub struct Job {
     pub start: Option<StartAttempt>,
     /// Why the job failed / was returned / how it ended, for people.
     pub message: Option<String>,
+    /// The filaments its plate needs, from the 3MF at upload (`job_filaments`); `None` = not
+    /// known (plain G-code, a job queued before filament lists were read).
+    pub filaments: Option<Vec<Need>>,
 }
 
 impl Job {

@@ -13,6 +13,7 @@
 //!   only end `printing` or `unconfirmed` (I2) — never be sent again;
 //! - `Notify`: broadcast to the pages and logged.
 
+use super::ams_mapping::Mapping;
 use super::dispatcher::{
     Action, DispatchState, DispatchTimings, EffectTicket, Event, PublishOutcome, ReportSummary,
     decide,
@@ -20,7 +21,8 @@ use super::dispatcher::{
 use super::files::FileStore;
 use super::model::{JobId, Millis};
 use crate::printer::{
-    CommandOutcome, LinkError, PrinterCommand, PrinterLink, PrinterSnapshot, StartRequest,
+    AmsMappingFields, CommandOutcome, LinkError, PrinterCommand, PrinterLink, PrinterSnapshot,
+    StartRequest,
 };
 use crate::store::Store;
 use serde::Serialize;
@@ -377,6 +379,7 @@ impl Runner {
                 file_sha256,
                 epoch,
                 deadline,
+                mapping,
                 ticket,
             } => {
                 let outcome = self
@@ -389,6 +392,7 @@ impl Runner {
                         file_sha256,
                         epoch,
                         deadline,
+                        mapping,
                     })
                     .await;
                 Some(Event::PublishResult {
@@ -464,6 +468,17 @@ impl Runner {
         if let Some(reason) = not_startable_now(&report, now, self.report_max_age_ms) {
             return PublishOutcome::FailedBeforeSend(reason);
         }
+        if let Some(m) = &plan.mapping {
+            let changed = match &report.trays {
+                Some(trays) => m.changed_since(trays),
+                None => Some("the printer no longer reports its filament slots".into()),
+            };
+            if let Some(changed) = changed {
+                return PublishOutcome::FailedBeforeSend(format!(
+                    "the filament changed after the start was decided: {changed}"
+                ));
+            }
+        }
         let bed_type = self
             .files
             .info(&plan.file_sha256)
@@ -484,7 +499,17 @@ impl Runner {
             subtask_id: plan.subtask_id,
             md5: String::new(),
             bed_type,
-            use_ams: false,
+            // Exactly the committed mapping (I6); no mapping known = the external spool, as
+            // before filament lists were read.
+            use_ams: plan.mapping.as_ref().is_some_and(|m| m.use_ams),
+            ams_mapping: plan
+                .mapping
+                .as_ref()
+                .filter(|m| m.sends_mapping_fields())
+                .map(|m| AmsMappingFields {
+                    flat: m.ams_mapping(),
+                    pairs: m.ams_mapping2(),
+                }),
         };
         let budget = Duration::from_millis(plan.deadline.saturating_sub(now));
         match tokio::time::timeout(budget, link.send(PrinterCommand::Start(request))).await {
@@ -522,6 +547,7 @@ struct PublishPlan {
     file_sha256: String,
     epoch: u64,
     deadline: Millis,
+    mapping: Option<Mapping>,
 }
 
 /// Why a printer must not receive a start at this instant (I4), or `None`.

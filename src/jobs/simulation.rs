@@ -1148,6 +1148,7 @@ impl Sim {
                                 file_sha256: j.file_sha256.clone(),
                                 epoch: report.connection_epoch,
                                 deadline: self.now + 1,
+                                mapping: j.start.as_ref().and_then(|a| a.mapping.clone()),
                                 ticket: self.state.next_ticket(),
                             });
                         }
@@ -1187,6 +1188,7 @@ impl Sim {
                             file_sha256: j.file_sha256.clone(),
                             epoch,
                             deadline: s.window_deadline,
+                            mapping: s.mapping.clone(),
                             ticket: self.state.next_ticket(),
                         });
                     } else {
@@ -1521,6 +1523,7 @@ impl Sim {
             blocking_hms: p.blocking_hms,
             verification_failed: false,
             control: ControlState::Ok,
+            trays: None,
         };
         p.history.push(r.clone());
         if p.history.len() > 6 {
@@ -2026,6 +2029,7 @@ mod tests {
             start_again_at: None,
             start: None,
             message: None,
+            filaments: None,
         }
     }
 
@@ -2083,6 +2087,7 @@ mod tests {
             file_sha256: "f".into(),
             epoch: 1,
             deadline: at + 60_000,
+            mapping: None,
             ticket: 1,
         }
     }
@@ -2127,6 +2132,7 @@ mod tests {
                         tap: tap.clone(),
                         decided_at: 1_500,
                         window_deadline: 61_500,
+                        mapping: None,
                     },
                     Action::MarkPublishing {
                         job: 1,
@@ -2228,6 +2234,7 @@ mod tests {
                     tap: tap.clone(),
                     decided_at: 20_000,
                     window_deadline: 80_000,
+                    mapping: None,
                 },
                 Action::MarkPublishing {
                     job: 1,
@@ -2270,6 +2277,7 @@ mod tests {
                 tap,
                 decided_at: 1_300,
                 window_deadline: 61_300,
+                mapping: None,
             }],
             1_300,
         );

@@ -36,6 +36,17 @@ pub struct StartRequest {
     /// Build plate type from the 3MF, or "auto".
     pub bed_type: String,
     pub use_ams: bool,
+    /// `ams_mapping` and `ams_mapping2` to send, `None` = no mapping fields.
+    pub ams_mapping: Option<AmsMappingFields>,
+}
+
+/// The tray mapping fields of a start (docs/bambu-protocol.md §4.2), position = filament id − 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmsMappingFields {
+    /// `ams_mapping`: global tray ids, `-1` = unused filament or external spool.
+    pub flat: Vec<i64>,
+    /// `ams_mapping2`: `(ams_id, slot_id)`, `(255, 255)` = unused.
+    pub pairs: Vec<(u32, u32)>,
 }
 
 /// A command for one printer. Every command is published at most once, on a connection that is

@@ -6,10 +6,12 @@
 //! exactly one start, a published job never returns to the queue).
 
 use super::{Store, StoreError};
+use crate::jobs::ams_mapping::{Mapping, Need};
 use crate::jobs::dispatcher::{
     Action, ActionKind, DispatchState, DispatchTimings, PrinterRuntime, RECENT_TAPS,
     start_again_message,
 };
+use crate::jobs::filament::FilamentRequirement;
 use crate::jobs::model::{
     Job, JobId, JobState, MAX_SUBTASK_ID, Millis, NewJob, StartAttempt, Target,
 };
@@ -98,12 +100,14 @@ const JOB_COLUMNS: &str = "j.id, j.idempotency_key, j.target_printer, j.model_co
     j.plate, j.name, j.position, j.deadline_ms, j.created_by, j.created_at_ms, j.updated_at_ms, \
     j.state, j.assigned_printer, j.subtask_id, j.stage_failures, j.start_again_at_ms, j.tap_id, \
     j.decided_at_ms, j.window_deadline_ms, j.publish_attempted_at_ms, j.publish_epoch, \
-    j.sequence_id, j.published_at_ms, j.message, t.tapped_by, t.tapped_at_ms";
+    j.sequence_id, j.published_at_ms, j.message, t.tapped_by, t.tapped_at_ms, m.mapping_json, \
+    f.filaments_json";
 
 /// state, tap id, tapped by, tapped at.
 type PlateRow = (String, Option<String>, Option<String>, Option<i64>);
 
-const JOB_FROM: &str = "FROM jobs j LEFT JOIN plate_taps t ON t.tap_id = j.tap_id";
+const JOB_FROM: &str = "FROM jobs j LEFT JOIN plate_taps t ON t.tap_id = j.tap_id \
+    LEFT JOIN job_filaments f ON f.job_id = j.id LEFT JOIN job_start_mappings m ON m.job_id = j.id";
 
 fn ms(v: Option<i64>) -> Option<Millis> {
     v.and_then(|v| u64::try_from(v).ok())
@@ -147,6 +151,11 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
             sequence_id: r.get(22)?,
             published_at: ms(r.get(23)?),
             id_echoed_at: None,
+            // A mapping this build cannot read is treated as none: the start it belonged to is
+            // over or unconfirmed (recovery) by the time a newer format could appear.
+            mapping: r
+                .get::<_, Option<String>>(27)?
+                .and_then(|json| serde_json::from_str(&json).ok()),
         }),
         _ => None,
     };
@@ -170,6 +179,10 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         start_again_at: ms(r.get(16)?),
         start,
         message: r.get(24)?,
+        filaments: r
+            .get::<_, Option<String>>(28)?
+            .and_then(|json| serde_json::from_str::<Vec<FilamentRequirement>>(&json).ok())
+            .map(|list| list.iter().map(Need::from).collect()),
     })
 }
 
@@ -450,6 +463,7 @@ impl Store {
             now,
             plate_clear_ttl_ms,
             window_deadline,
+            None,
         )?;
         tx.commit()?;
         Ok(())
@@ -752,6 +766,7 @@ fn allocate_subtask_id_tx(tx: &Transaction<'_>, now: Millis) -> rusqlite::Result
     Err(rusqlite::Error::QueryReturnedNoRows)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_job_in(
     tx: &Transaction<'_>,
     job: JobId,
@@ -760,6 +775,7 @@ fn start_job_in(
     now: Millis,
     ttl_ms: Millis,
     window_deadline: Millis,
+    mapping: Option<&Mapping>,
 ) -> Result<(), StartConflict> {
     type TapRow = (String, Option<JobId>, Option<i64>, Option<String>, i64);
     let tap: Option<TapRow> = tx
@@ -828,6 +844,10 @@ fn start_job_in(
         now,
         Some("reserved by a starting job"),
     )?;
+    let mapping_json = mapping
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StartConflict::Db(format!("the tray mapping cannot be stored: {e}")))?;
     tx.execute(
         "UPDATE jobs SET state = 'starting', assigned_printer = ?2, tap_id = ?3, decided_at_ms = ?4,
              window_deadline_ms = ?5, publish_attempted_at_ms = NULL, publish_epoch = NULL,
@@ -835,6 +855,21 @@ fn start_job_in(
          WHERE id = ?1",
         params![job, printer, tap_id, sql_ms(now), sql_ms(window_deadline)],
     )?;
+    // The row belongs to this attempt only: an earlier attempt's mapping never survives it.
+    tx.execute("DELETE FROM job_start_mappings WHERE job_id = ?1", [job])?;
+    if let Some(json) = mapping_json {
+        tx.execute(
+            "INSERT INTO job_start_mappings (job_id, mapping_json) VALUES (?1, ?2)",
+            params![job, json],
+        )?;
+    }
+    let outcome = match mapping {
+        Some(m) => format!(
+            "consumed plate-clear tap {tap_id}; filament: {}",
+            m.describe()
+        ),
+        None => format!("consumed plate-clear tap {tap_id}"),
+    };
     event_row(
         tx,
         Some(job),
@@ -842,7 +877,7 @@ fn start_job_in(
         now,
         "dispatcher",
         "starting",
-        Some(&format!("consumed plate-clear tap {tap_id}")),
+        Some(&outcome),
     )?;
     Ok(())
 }
@@ -1028,6 +1063,7 @@ fn apply_in(
             tap,
             decided_at,
             window_deadline,
+            mapping,
         } => start_job_in(
             tx,
             *job,
@@ -1036,7 +1072,32 @@ fn apply_in(
             *decided_at,
             timings.plate_clear_ttl_ms,
             *window_deadline,
+            mapping.as_ref(),
         )?,
+        HoldJob {
+            job,
+            printer,
+            reason,
+            at,
+        } => {
+            guarded(
+                tx,
+                *job,
+                "hold",
+                "UPDATE jobs SET message = ?2, updated_at_ms = ?3
+                 WHERE id = ?1 AND state IN ('queued', 'staged')",
+                &[job, reason, &sql_ms(*at)],
+            )?;
+            event_row(
+                tx,
+                Some(*job),
+                Some(printer),
+                *at,
+                dispatcher,
+                "held",
+                Some(reason),
+            )?;
+        }
         MarkPublishing { job, epoch, at } => {
             guarded(
                 tx,
@@ -1608,6 +1669,7 @@ mod tests {
                 },
                 decided_at: T0 + 20,
                 window_deadline: T0 + 60_000,
+                mapping: None,
             },
             &DispatchTimings::default(),
         );

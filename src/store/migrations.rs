@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/008_alert_targets.sql"),
     include_str!("migrations/009_octoprint_files.sql"),
     include_str!("migrations/010_job_filaments.sql"),
+    include_str!("migrations/011_start_mapping.sql"),
 ];
 
 /// The schema version this build writes (= number of known migrations).

@@ -105,10 +105,11 @@ pub fn get_version(ids: &SequenceIds) -> Built {
 
 /// `print.project_file` exactly as §4.2: `url` `ftp://<name>`, `param`
 /// `Metadata/plate_<n>.gcode`, the subtask id as project/task/subtask id (strings),
-/// `profile_id` `"0"`, booleans as JSON booleans. No AMS mapping fields (not supported yet).
+/// `profile_id` `"0"`, booleans as JSON booleans; `ams_mapping` / `ams_mapping2` only when the
+/// request carries them.
 pub fn project_file(ids: &SequenceIds, req: &StartRequest, opts: PrintOptions) -> Built {
     let id = req.subtask_id.to_string();
-    section(
+    let mut built = section(
         "print",
         ids.next_id(),
         "project_file",
@@ -130,7 +131,23 @@ pub fn project_file(ids: &SequenceIds, req: &StartRequest, opts: PrintOptions) -
             "layer_inspect": opts.layer_inspect,
             "use_ams": req.use_ams,
         }),
-    )
+    );
+    if let (Some(m), Some(body)) = (
+        &req.ams_mapping,
+        built
+            .payload
+            .get_mut("print")
+            .and_then(Value::as_object_mut),
+    ) {
+        body.insert("ams_mapping".into(), json!(m.flat));
+        let pairs: Vec<Value> = m
+            .pairs
+            .iter()
+            .map(|(ams_id, slot_id)| json!({ "ams_id": ams_id, "slot_id": slot_id }))
+            .collect();
+        body.insert("ams_mapping2".into(), Value::Array(pairs));
+    }
+    built
 }
 
 /// `print.pause` with `param:""`.
@@ -202,6 +219,7 @@ mod tests {
             md5: String::new(),
             bed_type: "textured_plate".into(),
             use_ams: false,
+            ams_mapping: None,
         }
     }
 
@@ -237,6 +255,24 @@ mod tests {
         assert_eq!(p["param"], "Metadata/plate_3.gcode");
         assert_eq!(p["use_ams"], true);
         assert_eq!(p["md5"], "ABCDEF");
+        assert!(p.get("ams_mapping").is_none() && p.get("ams_mapping2").is_none());
+    }
+
+    #[test]
+    fn mapping_fields_have_studios_shape() {
+        let ids = SequenceIds::new(21_010);
+        let mut req = start();
+        req.use_ams = true;
+        req.ams_mapping = Some(crate::printer::AmsMappingFields {
+            flat: vec![3, -1, 128],
+            pairs: vec![(0, 3), (255, 255), (128, 0)],
+        });
+        let p = project_file(&ids, &req, PrintOptions::default()).payload;
+        assert_eq!(p["print"]["ams_mapping"], json!([3, -1, 128]));
+        assert_eq!(
+            p["print"]["ams_mapping2"],
+            json!([{"ams_id":0,"slot_id":3},{"ams_id":255,"slot_id":255},{"ams_id":128,"slot_id":0}])
+        );
     }
 
     #[test]

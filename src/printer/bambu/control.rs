@@ -133,6 +133,7 @@ mod tests {
             md5: String::new(),
             bed_type: "auto".into(),
             use_ams: false,
+            ams_mapping: None,
         })
     }
 
