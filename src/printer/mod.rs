@@ -138,6 +138,11 @@ pub trait PrinterLink: Send + Sync {
     fn subscribe(&self) -> watch::Receiver<PrinterSnapshot>;
     /// Publish one command now, or fail without queuing anything.
     fn send(&self, cmd: PrinterCommand) -> BoxFuture<'_, Result<CommandOutcome, LinkError>>;
+    /// The printer's own report payloads as they arrive on printgate's one session (Bambu
+    /// printers; what a virtual printer mirrors). `None` for links that have none.
+    fn report_feed(&self) -> Option<tokio::sync::broadcast::Receiver<bytes::Bytes>> {
+        None
+    }
     /// Upload a local file to the printer's storage root under `remote_name`, verified by size.
     fn upload(
         &self,

@@ -1,5 +1,6 @@
 //! The simulated printer's MQTT 3.1.1 server over TLS 1.2 (docs/bambu-protocol.md §2, §12): a small server
-//! of our own on rumqttc's packet codec so that every packet can be faulted (withheld PUBACK,
+//! of our own on rumqttc's packet codec (framing shared with the virtual printers in
+//! `printer/bambu/mqtt_wire.rs`) so that every packet can be faulted (withheld PUBACK,
 //! kicked clients, dropped subscriptions, half-open silence).
 //!
 //! Behaviour: CONNECT `bblp` + access code → CONNACK 0, else 5 (knob 4); SUBSCRIBE to the exact
@@ -7,12 +8,13 @@
 //! silence; the request topic or a wildcard → TCP dropped (knob: allowed); QoS 1 PUBLISH → PUBACK;
 //! PINGREQ → PINGRESP; the model's client limit with a knob for what a further client gets.
 
+use crate::printer::bambu::mqtt_wire::{self, Framed, read_packet, send};
 use crate::sim::printer::{Admission, Hub};
 use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
-use rumqttc::mqttbytes::{Error as CodecError, QoS};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,10 +23,6 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-/// Largest packet accepted from a client (requests are small; 1 MiB is generous).
-pub const MAX_INCOMING_PACKET: usize = 1024 * 1024;
-/// Largest packet we send (pretty full reports are tens of KB).
-pub const MAX_OUTGOING_PACKET: usize = 16 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accept connections while the printer is reachable; close the port while it is not (power
@@ -261,14 +259,14 @@ impl Session {
         reports: &mut Option<broadcast::Receiver<Bytes>>,
     ) -> Next {
         loop {
-            match Packet::read(buf, MAX_INCOMING_PACKET) {
-                Ok(p) => {
+            match mqtt_wire::take_packet(buf) {
+                Framed::Packet(p) => {
                     if matches!(self.handle(p, wr, reports).await, Next::Close) {
                         return Next::Close;
                     }
                 }
-                Err(CodecError::InsufficientBytes(_)) => return Next::Continue,
-                Err(e) => {
+                Framed::Incomplete => return Next::Continue,
+                Framed::Bad(e) => {
                     tracing::debug!(conn = self.id, error = %e, "simulator dropped a client sending a bad packet");
                     return Next::Close;
                 }
@@ -343,29 +341,4 @@ async fn recv_opt(
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-async fn read_packet<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    buf: &mut BytesMut,
-) -> std::io::Result<Option<Packet>> {
-    loop {
-        match Packet::read(buf, MAX_INCOMING_PACKET) {
-            Ok(p) => return Ok(Some(p)),
-            Err(CodecError::InsufficientBytes(_)) => {}
-            Err(_) => return Ok(None),
-        }
-        if rd.read_buf(buf).await? == 0 {
-            return Ok(None);
-        }
-    }
-}
-
-async fn send<W: AsyncWrite + Unpin>(wr: &mut W, packet: Packet) -> std::io::Result<()> {
-    let mut out = BytesMut::with_capacity(packet.size());
-    packet
-        .write(&mut out, MAX_OUTGOING_PACKET)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    wr.write_all(&out).await?;
-    wr.flush().await
 }

@@ -9,7 +9,9 @@ pub mod commands;
 pub mod control;
 pub mod errors;
 pub mod ftps;
+pub mod mqtt_wire;
 pub mod report;
+pub mod request_json;
 pub mod session;
 pub mod tls;
 
@@ -145,6 +147,10 @@ impl PrinterLink for BambuPrinter {
 
     fn send(&self, cmd: PrinterCommand) -> BoxFuture<'_, Result<CommandOutcome, LinkError>> {
         Box::pin(self.send_cmd(cmd))
+    }
+
+    fn report_feed(&self) -> Option<tokio::sync::broadcast::Receiver<bytes::Bytes>> {
+        Some(self.shared.reports.subscribe())
     }
 
     fn upload(

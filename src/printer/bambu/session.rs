@@ -64,13 +64,20 @@ pub(crate) struct Shared {
     pub live: AtomicU64,
     /// Cuts a backoff short (re-pairing, new access code).
     pub retry: Notify,
+    /// Every payload the printer published on its report topic, as it arrived (the virtual
+    /// printers mirror them; nobody listening is fine).
+    pub reports: tokio::sync::broadcast::Sender<bytes::Bytes>,
 }
+
+/// Report payloads a slow reader may fall behind by before it sees `Lagged`.
+const REPORT_FEED_CAPACITY: usize = 256;
 
 impl Shared {
     pub fn new() -> Self {
         Self {
             live: AtomicU64::new(0),
             retry: Notify::new(),
+            reports: tokio::sync::broadcast::channel(REPORT_FEED_CAPACITY).0,
         }
     }
 }
@@ -700,6 +707,12 @@ impl LinkTask {
     }
 
     fn on_report(&mut self, conn: &mut Conn, payload: &[u8]) {
+        if self.shared.reports.receiver_count() > 0 {
+            let _ = self
+                .shared
+                .reports
+                .send(bytes::Bytes::copy_from_slice(payload));
+        }
         let now = Instant::now();
         conn.last_rx = now;
         conn.nudged_at = None;
