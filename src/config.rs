@@ -61,6 +61,12 @@ pub struct PrinterConfig {
     /// Moonraker only: Moonraker API key, when its `[authorization]` requires one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// Bambu only: serve this printer to the LAN as a virtual printer (off by default).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::virtual_printer::config::VirtualPrinterConfig::is_default"
+    )]
+    pub virtual_printer: crate::virtual_printer::config::VirtualPrinterConfig,
 }
 
 impl Default for PrinterConfig {
@@ -80,6 +86,7 @@ impl Default for PrinterConfig {
             instance_name: String::new(),
             http_port: default_moonraker_http_port(),
             api_key: None,
+            virtual_printer: Default::default(),
         }
     }
 }
@@ -1244,6 +1251,22 @@ fn check_printers(printers: &[PrinterRef<'_>], errs: &mut Vec<ConfigError>) {
             ));
         }
     }
+    let virtual_printers: Vec<_> = printers
+        .iter()
+        .map(|r| (r.index, &r.printer.virtual_printer))
+        .collect();
+    for (i, message) in crate::virtual_printer::config::listen_conflicts(&virtual_printers) {
+        let listen = printers
+            .iter()
+            .find(|r| r.index == i)
+            .map(|r| r.printer.virtual_printer.listen.to_string())
+            .unwrap_or_default();
+        errs.push(ConfigError::new(
+            format!("printers[{i}].virtual_printer.listen"),
+            render(&toml::Value::String(listen)),
+            message,
+        ));
+    }
 }
 
 /// Longest printer name accepted.
@@ -1319,6 +1342,13 @@ fn check_moonraker_printer(r: &PrinterRef<'_>, errs: &mut Vec<ConfigError>) {
     let p = r.printer;
     let key = |k: &str| format!("printers[{}].{k}", r.index);
     let quoted = |s: &str| render(&toml::Value::String(s.to_string()));
+    if p.virtual_printer.enabled {
+        errs.push(ConfigError::new(
+            key("virtual_printer.enabled"),
+            "true",
+            "virtual printers speak the Bambu LAN protocol and serve Bambu printers only; remove [printers.virtual_printer] from this Moonraker printer",
+        ));
+    }
     if p.model != Model::Klipper {
         errs.push(ConfigError::new(
             key("model"),

@@ -11,6 +11,7 @@ pub mod backup;
 pub mod broker;
 pub mod camera;
 pub mod config;
+pub mod controls;
 pub mod doctor;
 pub mod jobs;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod safety;
 pub mod sim;
 pub mod store;
 pub mod views;
+pub mod virtual_printer;
 pub mod web;
 
 pub use app::{Gateway, PrinterEntry, RunningGateway, broker_printers, start};

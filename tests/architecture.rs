@@ -21,45 +21,87 @@ struct Wall {
 const WALLS: &[Wall] = &[
     Wall {
         from: "jobs",
-        to: &["web", "broker", "views", "app"],
+        to: &[
+            "web",
+            "broker",
+            "views",
+            "app",
+            "virtual_printer",
+            "controls",
+        ],
         why: "the dispatcher knows no transport: jobs decides starts (I1-I4) without a web \
               page or an MQTT session; transports call jobs, never the other way",
     },
     Wall {
         from: "printer",
-        to: &["jobs", "web", "broker", "safety", "views", "app"],
+        to: &[
+            "jobs",
+            "web",
+            "broker",
+            "safety",
+            "views",
+            "app",
+            "virtual_printer",
+            "controls",
+        ],
         why: "a printer link reports state and carries commands; it never decides to start \
               (that is jobs) and knows nobody who reads its state",
     },
     Wall {
         from: "store",
-        to: &["jobs", "web", "broker", "views", "app"],
+        to: &[
+            "jobs",
+            "web",
+            "broker",
+            "views",
+            "app",
+            "virtual_printer",
+            "controls",
+        ],
         why: "storage holds rows, not rules: what an action means for the rows lives in jobs/, \
               and no store code knows a page or a topic",
     },
     Wall {
         from: "sim",
         to: &[
-            "jobs", "store", "web", "broker", "safety", "alerts", "notify", "views", "app",
+            "jobs",
+            "store",
+            "web",
+            "broker",
+            "safety",
+            "alerts",
+            "notify",
+            "views",
+            "app",
+            "virtual_printer",
+            "controls",
         ],
         why: "the simulator speaks only printer protocols (MQTT, FTPS, SSDP, Moonraker); \
               the demo that wires it to a gateway belongs to app/",
     },
     Wall {
         from: "safety",
-        to: &["web", "broker", "app"],
+        to: &["web", "broker", "app", "virtual_printer", "controls"],
         why: "the trip path never waits on a page or a topic (I5): the safety HTTP API is a \
               web adapter in web/, and the benchmark wiring lives in app/",
     },
     Wall {
         from: "broker",
-        to: &["web", "app"],
+        to: &["web", "app", "virtual_printer"],
         why: "the MQTT tree and the web page render one printer read model that lives below \
               both (src/views.rs); the broker never borrows a web type",
     },
     Wall {
         from: "views",
-        to: &["web", "broker", "store", "safety", "app"],
+        to: &[
+            "web",
+            "broker",
+            "store",
+            "safety",
+            "app",
+            "virtual_printer",
+            "controls",
+        ],
         why: "the printer read model is pure: computed from a snapshot and a plate, it knows \
               neither the page nor the topic that shows it, nor any storage",
     },
@@ -77,15 +119,38 @@ const WALLS: &[Wall] = &[
     Wall {
         from: "camera",
         to: &[
-            "jobs", "store", "web", "broker", "safety", "views", "sim", "app",
+            "jobs",
+            "store",
+            "web",
+            "broker",
+            "safety",
+            "views",
+            "sim",
+            "app",
+            "virtual_printer",
+            "controls",
         ],
         why: "a camera only shows a picture: the hub reads printer cameras for pages and \
               history, and never taps, starts or blocks a print, nor knows who shows it",
     },
     Wall {
         from: "config",
-        to: &["web", "jobs", "store", "sim", "app"],
+        to: &["web", "jobs", "store", "sim", "app", "controls"],
         why: "config only assembles and validates each room's own section",
+    },
+    Wall {
+        from: "virtual_printer",
+        to: &["web", "broker", "sim", "safety", "alerts"],
+        why: "a virtual printer is a door like the web page and the broker: its clients' \
+              requests take printgate's own paths (controls.rs, the dispatcher), it borrows no \
+              web or broker type, and it serves the printer protocol without the simulator \
+              (shared framing lives in printer/bambu/mqtt_wire.rs)",
+    },
+    Wall {
+        from: "controls",
+        to: &["web", "broker", "virtual_printer", "sim", "safety"],
+        why: "the one path of pause, resume, stop and the light knows no door it is called \
+              from: the web page, the OctoPrint API and the virtual printers all call it",
     },
 ];
 

@@ -149,7 +149,7 @@ fn unknown_keys_are_named_with_the_valid_ones() {
         vec![
             "colour: unknown key; valid keys at the top level: data_dir, web, link, dispatch, printers, safety, alerts, broker, metrics",
             "web.port: unknown key; valid keys in [web]: listen, secure_cookies, max_upload_mb",
-            "printers[1].hostname: unknown key; valid keys in [[printers]]: name, kind, model, serial, host, access_code, tls, mqtt_port, ftps_port, camera_port, instance_name, http_port, api_key (did you mean host?)",
+            "printers[1].hostname: unknown key; valid keys in [[printers]]: name, kind, model, serial, host, access_code, tls, mqtt_port, ftps_port, camera_port, instance_name, http_port, api_key, virtual_printer (did you mean host?)",
             "printers[1].host: missing; every [[printers]] needs name, model, serial, host and access_code (add host = …)",
         ]
     );
@@ -496,7 +496,7 @@ nozzle = 0.4
             "printers[0].model = \"X9\": unknown printer model; use one of X1C, X1E, P1P, P1S, A1, A1MINI, P2S, H2D (Bambu Lab), or KLIPPER with kind = \"moonraker\"",
             "printers[0].name = \"Shop: X1C\": ':' is not allowed; printer names may use only letters, digits, spaces, '-' and '_' (1–32 characters, no space at either end) because they appear in URLs and MQTT topics",
             "printers[0].access_code = <3 hidden characters>: the LAN access code has exactly 8 characters, this one has 3; copy it from the printer's screen (LAN Only / Access Code)",
-            "printers[1].nozzle: unknown key; valid keys in [[printers]]: name, kind, model, serial, host, access_code, tls, mqtt_port, ftps_port, camera_port, instance_name, http_port, api_key",
+            "printers[1].nozzle: unknown key; valid keys in [[printers]]: name, kind, model, serial, host, access_code, tls, mqtt_port, ftps_port, camera_port, instance_name, http_port, api_key, virtual_printer",
             "printers[1].serial = \"00M09A123456789\": this serial starts with 00M, which is a X1C serial, but model = \"A1\" (A1 serials start with 039); correct the model or the serial",
             "printers[1].host = \"http://printer\": not an IP address or host name; write just the printer's address, e.g. \"192.168.1.50\" or \"x1c.local\" (no http://, port or path)",
             "printers[1].ftps_port = 0: port 0 cannot be used; leave the key out to use the printer's standard port 990",
@@ -719,6 +719,43 @@ fn broker_listeners_can_be_switched_off() {
     assert!(
         errs.iter()
             .any(|e| e.starts_with("broker.tls_listen") && e.contains("\"off\" for no listener")),
+        "{errs:?}"
+    );
+}
+
+/// Issue 19: `[printers.virtual_printer]` is off unless enabled; two virtual printers cannot
+/// share one address and port (slicers expect 8883 on each), and a Moonraker printer has none.
+#[test]
+fn virtual_printers_are_off_unless_enabled_and_need_an_address_each() {
+    let case = Case::new();
+    let config = Config::parse_toml(&case.good_with("[web]", "[web]"), ORIGIN).unwrap();
+    assert!(config.printers.iter().all(|p| !p.virtual_printer.enabled));
+    let x1c_on = "access_code = \"S3cr3t!9\"\n\n[printers.virtual_printer]\nenabled = true\n";
+    let text = case.good_with("access_code = \"S3cr3t!9\"", x1c_on);
+    let config = Config::parse_toml(&text, ORIGIN).unwrap();
+    assert!(config.printers[0].virtual_printer.enabled);
+    assert_eq!(
+        config.printers[0].virtual_printer.listen.to_string(),
+        "0.0.0.0:8883"
+    );
+    let both = text.replace(
+        "access_code = \"Zq8Wn2Lx\"",
+        "access_code = \"Zq8Wn2Lx\"\n\n[printers.virtual_printer]\nenabled = true\nlisten = \"192.168.1.9:8883\"\n",
+    );
+    assert_eq!(
+        case.errors(&both),
+        [
+            "printers[1].virtual_printer.listen = \"192.168.1.9:8883\": printers[0] already serves its virtual printer on 192.168.1.9:8883; give each virtual printer its own address (slicers expect port 8883 on every printer)"
+        ]
+    );
+    let typo = case.good_with(
+        "access_code = \"S3cr3t!9\"",
+        "access_code = \"S3cr3t!9\"\n\n[printers.virtual_printer]\nenable = true\n",
+    );
+    let errs = case.errors(&typo);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("printers[0].virtual_printer.enable: unknown key"),
         "{errs:?}"
     );
 }

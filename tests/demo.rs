@@ -45,6 +45,17 @@ fn demo_serves_four_printers_that_print() {
             break rest.split_whitespace().next().expect("url").to_string();
         }
     };
+    // Then one line per Bambu printer's virtual printer: address, serial, access code.
+    let mut virtual_lines = Vec::new();
+    while virtual_lines.len() < 3 {
+        let line = lines
+            .next()
+            .expect("demo printed its virtual printers")
+            .expect("utf-8");
+        if line.contains("virtual printer of") {
+            virtual_lines.push(line);
+        }
+    }
     std::thread::spawn(move || for _ in lines {});
 
     // The demo's API key (printed on its console) works for scripts and slicers.
@@ -64,6 +75,20 @@ fn demo_serves_four_printers_that_print() {
         "Workbench Voron",
     ] {
         assert!(page.contains(name), "{name} on the page");
+    }
+
+    // The API lists the virtual printers the console printed, on loopback.
+    let vps: serde_json::Value = get("/api/v1/virtual-printers").json().expect("json");
+    let vps = vps.as_array().expect("array");
+    assert_eq!(vps.len(), 3, "{vps:?}");
+    for (vp, line) in vps.iter().zip(&virtual_lines) {
+        assert_eq!(vp["host"], "127.0.0.1", "{vp}");
+        for key in ["printer", "serial", "access_code"] {
+            let v = vp[key].as_str().expect(key);
+            assert!(line.contains(v), "{key} {v} printed in {line:?}");
+        }
+        let port = vp["mqtt_port"].as_u64().expect("port");
+        assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
     }
 
     // Each printer is seen printing and then finished, through the gateway's own view.

@@ -2,7 +2,7 @@
 //! printer (Moonraker connecting to the gateway's broker with a login the gateway issued) and
 //! the real gateway in one process, with a temporary data directory unless one is given.
 //! Everything listens on the address the user chose for the web page (loopback by default);
-//! the simulators on 127.0.0.1.
+//! the simulators and each Bambu printer's virtual printer on 127.0.0.1.
 
 use crate::config::{Config, DispatchConfig, LinkConfig, Model, PrinterConfig, TlsMode, WebConfig};
 use crate::sim::fixtures::{Fixture3mf, build_3mf};
@@ -75,6 +75,10 @@ pub async fn start_simulators(
             camera_port: sim
                 .camera_port()
                 .unwrap_or(crate::sim::camera::STANDARD_CAMERA_PORT),
+            // Each Bambu printer is also served as a virtual printer, on loopback only.
+            virtual_printer: crate::virtual_printer::config::VirtualPrinterConfig::on(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+            ),
             ..PrinterConfig::default()
         });
         sims.push(sim);
@@ -256,6 +260,12 @@ pub async fn run(
             sim.host(),
             sim.mqtt_port(),
             sim.access_code()
+        );
+    }
+    for vp in running.gateway.virtual_printers.get().into_iter().flatten() {
+        println!(
+            "  virtual printer of {} on {}:{} serial {} access code {} (MQTT over TLS, user bblp; point a Bambu LAN tool at it; no uploads yet)",
+            vp.printer, vp.host, vp.mqtt_port, vp.serial, vp.access_code
         );
     }
     println!(

@@ -41,4 +41,6 @@ pub struct Gateway {
     pub fleet: std::sync::OnceLock<Arc<crate::broker::fleet::FleetView>>,
     /// Web request and MQTT counters for `GET /metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The virtual printers served (empty unless configured), once they listen.
+    pub virtual_printers: std::sync::OnceLock<Vec<crate::virtual_printer::VirtualPrinterInfo>>,
 }

@@ -9,7 +9,7 @@ use crate::config::{self, Config};
 use crate::printer::bambu::camera::{CameraError, CameraKind};
 use crate::printer::{self, PrinterLink};
 use crate::store::{DATABASE_FILE, Store};
-use crate::{admission, alerts, broker, jobs, notify, safety, web};
+use crate::{admission, alerts, broker, jobs, notify, safety, virtual_printer, web};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::task::JoinSet;
@@ -308,6 +308,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             ),
         });
     }
+    let mirror_feeds = virtual_printer::take_feeds(&printers, &config.printers);
     let files = Arc::new(jobs::files::FileStore::new(
         &config.data_dir,
         store.clone(),
@@ -368,6 +369,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         broker_endpoint,
         metrics: Arc::default(),
         fleet: std::sync::OnceLock::new(),
+        virtual_printers: std::sync::OnceLock::new(),
     });
     let listener = admission::listen(gateway.config.web.listen)?;
     let web_addr = listener.local_addr()?;
@@ -399,6 +401,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     ));
     tracing::info!("web interface on http://{web_addr}");
     let broker = start_broker(&gateway, web_addr, &shutdown, &mut tasks).await?;
+    let virtual_printers =
+        virtual_printer::start(&gateway, mirror_feeds, &shutdown, &mut tasks).await?;
+    let _ = gateway.virtual_printers.set(virtual_printers);
     notify::gateway_ready(&gateway, &mut tasks, shutdown.clone())?;
     Ok(RunningGateway {
         web_addr,

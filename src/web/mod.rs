@@ -21,6 +21,7 @@ pub mod prints;
 pub mod queue;
 pub mod safety_api;
 pub mod safety_page;
+pub mod virtual_printers;
 
 pub mod settings;
 pub mod settings_notifications;
@@ -62,6 +63,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(settings_users::routes())
         .merge(safety_page::routes())
         .merge(crate::web::safety_api::routes())
+        .merge(virtual_printers::routes())
         .merge(assets::routes());
     // ---- auth (src/web/auth.rs): add routes above this line. Every route added before
     // `auth::protect` needs a signed-in user or an API token, except auth::PUBLIC_PATHS;

@@ -1,5 +1,5 @@
 //! One printer's page: its card, controls (pause, resume, stop behind a confirmation, chamber
-//! light) and its event history. Controls go straight to the printer's link — none of them can
+//! light) and its event history. Controls take the one path of `controls.rs` — none of them can
 //! start a print — and every one is recorded in the printer's history with who did it.
 
 use super::actor::Actor;
@@ -9,9 +9,10 @@ use super::event_text::{LocalTime, event_sentence, local_time};
 use super::form_answer::{FormOutcome, NoticeQuery, answer};
 use super::{ApiError, render};
 use crate::app::Gateway;
-use crate::printer::{GcodeState, LinkError, PrinterCommand, PrinterSnapshot};
+use crate::controls::ControlError;
+use crate::printer::{GcodeState, PrinterCommand, PrinterSnapshot};
 use crate::store::EventKind;
-use crate::views::{PrinterView, control_not_applicable};
+use crate::views::PrinterView;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -24,8 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// A person's control action on a printer, in the history.
-pub const PRINTER_CONTROL: EventKind = EventKind::new("printer_control");
+/// A person's control action on a printer, in the history (recorded by `controls`).
+pub const PRINTER_CONTROL: EventKind = crate::controls::PRINTER_CONTROL;
 
 pub fn routes() -> Router<Arc<Gateway>> {
     Router::new()
@@ -140,63 +141,25 @@ pub(super) async fn control(
     confirmed: bool,
 ) -> Result<String, ApiError> {
     let cmd = command_for(action)?;
-    let Some(p) = gw.printers.iter().find(|p| p.name == name) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_printer",
-            format!("there is no printer called {name:?}"),
-        ));
-    };
-    if cmd == PrinterCommand::Stop && !confirmed {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "confirmation_required",
-            "stopping cancels the print for good; confirm it (form field confirm=yes)",
-        ));
-    }
-    let mut reports = p.link.subscribe();
-    let reported = {
-        let snap = reports.borrow_and_update();
-        snap.link
-            .is_online()
-            .then(|| snap.state.as_ref().map(|s| s.gcode_state))
-            .flatten()
-    };
-    if let Some(why) = reported.and_then(|s| control_not_applicable(&cmd, s)) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_applicable",
-            format!("{name} {why}; nothing was sent"),
-        ));
-    }
-    let result = p.link.send(cmd.clone()).await;
-    let outcome = match &result {
-        Ok(_) => "sent".to_string(),
-        Err(e) => e.to_string(),
-    };
-    let at = chrono::Utc::now().timestamp_millis();
-    let detail = json!({ "action": action, "by": user, "outcome": outcome });
-    if let Err(e) = gw.store.record_event(name, PRINTER_CONTROL, &detail, at) {
-        tracing::warn!("could not record a printer control: {e}");
-    }
-    match result {
-        Ok(_) => Ok(effect(&mut reports, reported, &cmd, action, name).await),
-        Err(LinkError::Unsupported(why)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unsupported_action",
-            format!("{name}: {why}; nothing was sent"),
-        )),
-        Err(LinkError::NotConnected) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "printer_offline",
-            format!(
-                "{name} is not connected; nothing was sent (commands are never queued for later)"
-            ),
-        )),
-        Err(e) => Err(ApiError::unavailable(format!(
-            "{action} may not have reached {name}: {e}"
-        ))),
-    }
+    let sent = crate::controls::send(gw, name, cmd.clone(), action, user, confirmed)
+        .await
+        .map_err(|e| {
+            let (status, code) = match &e {
+                ControlError::UnknownPrinter(_) => (StatusCode::NOT_FOUND, "unknown_printer"),
+                ControlError::ConfirmationRequired => {
+                    (StatusCode::BAD_REQUEST, "confirmation_required")
+                }
+                ControlError::NotApplicable(_) => (StatusCode::CONFLICT, "not_applicable"),
+                ControlError::Unsupported(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "unsupported_action")
+                }
+                ControlError::Offline(_) => (StatusCode::CONFLICT, "printer_offline"),
+                ControlError::MaybeNotSent(m) => return ApiError::unavailable(m.clone()),
+            };
+            ApiError::new(status, code, e.to_string())
+        })?;
+    let mut reports = sent.reports;
+    Ok(effect(&mut reports, sent.before, &cmd, action, name).await)
 }
 
 /// How long a page waits for the printer to report that a pause, resume or stop took effect.

@@ -1,0 +1,106 @@
+//! `[printers.virtual_printer]`: whether printgate serves this Bambu printer to the LAN as a
+//! virtual printer, and where. Off unless `enabled = true` (issue 19 is landing in slices; see
+//! the README for what a virtual printer does today).
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// The standard MQTT-over-TLS port of a Bambu printer.
+pub const STANDARD_MQTT_PORT: u16 = 8883;
+
+/// One printer's virtual printer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualPrinterConfig {
+    /// Serve the virtual printer (default off).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Address and port of its MQTT-over-TLS server. Slicers and Home Assistant expect port
+    /// 8883, so several virtual printers need one address each; port 0 picks a free port
+    /// (tests and `printgate demo`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], STANDARD_MQTT_PORT))
+}
+
+impl Default for VirtualPrinterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: default_listen(),
+        }
+    }
+}
+
+impl VirtualPrinterConfig {
+    /// On, listening on `listen` (tests and the demo).
+    pub fn on(listen: SocketAddr) -> Self {
+        Self {
+            enabled: true,
+            listen,
+        }
+    }
+
+    /// For `skip_serializing_if`: nothing to write while it is off and at its default.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Problems across printers: two virtual printers on one fixed address and port. Each item is
+/// (index of the later printer, message).
+pub fn listen_conflicts(configs: &[(usize, &VirtualPrinterConfig)]) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, (i, c)) in configs.iter().enumerate() {
+        if !c.enabled || c.listen.port() == 0 {
+            continue;
+        }
+        let clash = configs[..n].iter().find(|(_, o)| {
+            o.enabled
+                && o.listen.port() == c.listen.port()
+                && (o.listen.ip() == c.listen.ip()
+                    || o.listen.ip().is_unspecified()
+                    || c.listen.ip().is_unspecified())
+        });
+        if let Some((j, _)) = clash {
+            out.push((
+                *i,
+                format!(
+                    "printers[{j}] already serves its virtual printer on {}; give each virtual printer its own address (slicers expect port {STANDARD_MQTT_PORT} on every printer)",
+                    c.listen
+                ),
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_by_default_and_on_the_standard_port() {
+        let c: VirtualPrinterConfig = toml::from_str("").expect("parses");
+        assert!(!c.enabled);
+        assert_eq!(c.listen.port(), 8883);
+        assert!(c.is_default());
+    }
+
+    #[test]
+    fn two_on_one_address_clash_but_ephemeral_ports_do_not() {
+        let a = VirtualPrinterConfig::on("0.0.0.0:8883".parse().unwrap());
+        let b = VirtualPrinterConfig::on("192.168.1.9:8883".parse().unwrap());
+        let c = VirtualPrinterConfig::on("127.0.0.1:0".parse().unwrap());
+        let d = VirtualPrinterConfig::on("127.0.0.1:0".parse().unwrap());
+        let found = listen_conflicts(&[(0, &a), (1, &b), (2, &c), (3, &d)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, 1);
+        assert!(found[0].1.contains("printers[0]"), "{}", found[0].1);
+        let off = VirtualPrinterConfig::default();
+        assert!(listen_conflicts(&[(0, &off), (1, &b)]).is_empty());
+    }
+}

@@ -1,0 +1,122 @@
+//! Virtual printers (issue 19, first slice; off unless `[printers.virtual_printer] enabled`):
+//! printgate serves a configured Bambu printer to the LAN as a Bambu printer of its own, so
+//! that slicers, Home Assistant and displays point at printgate while the real printer keeps
+//! one session only, printgate's. Each virtual printer has its own serial and access code
+//! (`identity.rs`), a certificate signed by printgate's CA, and an MQTT-over-TLS server
+//! (`server.rs`) whose report topic mirrors the real printer (`mirror.rs`) and whose request
+//! topic goes through printgate's rules (`requests.rs`, `controls.rs`): a `project_file` is
+//! never a start.
+//!
+//! Not served yet: FTPS uploads, SSDP announcements, the slicers' detect/bind handshake.
+
+pub mod config;
+pub mod identity;
+pub mod login_limit;
+pub mod mirror;
+pub mod requests;
+pub mod server;
+
+use crate::app::Gateway;
+use bytes::Bytes;
+use serde::Serialize;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// What a person (or a tool's setup) needs to reach one virtual printer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct VirtualPrinterInfo {
+    /// The gateway's printer it stands for.
+    pub printer: String,
+    /// The virtual printer's own serial (tools subscribe to `device/<serial>/report`).
+    pub serial: String,
+    /// Its LAN access code (MQTT user `bblp`).
+    pub access_code: String,
+    /// The address it listens on (`0.0.0.0`: every address of the gateway).
+    pub host: String,
+    /// Its MQTT-over-TLS port.
+    pub mqtt_port: u16,
+    /// Its FTPS port; `null` while virtual printers take no uploads (not served yet).
+    pub ftps_port: Option<u16>,
+}
+
+/// The report feeds of the printers that have a virtual printer, taken as soon as their links
+/// exist so that the first full report of printgate's session is not missed.
+pub fn take_feeds(
+    gw_printers: &[crate::app::PrinterEntry],
+    configs: &[crate::config::PrinterConfig],
+) -> Vec<(String, broadcast::Receiver<Bytes>)> {
+    gw_printers
+        .iter()
+        .filter(|p| {
+            configs
+                .iter()
+                .any(|c| c.name == p.name && c.virtual_printer.enabled)
+        })
+        .filter_map(|p| Some((p.name.clone(), p.link.report_feed()?)))
+        .collect()
+}
+
+/// Start a virtual printer for every printer with one enabled; returns how to reach them.
+pub async fn start(
+    gw: &Arc<Gateway>,
+    feeds: Vec<(String, broadcast::Receiver<Bytes>)>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<Vec<VirtualPrinterInfo>> {
+    let mut feeds = feeds;
+    let wanted: Vec<_> = gw
+        .config
+        .printers
+        .iter()
+        .filter(|c| c.virtual_printer.enabled && c.kind == crate::config::PrinterKind::Bambu)
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let identities = identity::IdentityStore::new(&gw.config.data_dir);
+    let authority = identities.authority()?;
+    let mut infos = Vec::new();
+    for pc in wanted {
+        let Some(entry) = gw.printers.iter().find(|p| p.name == pc.name) else {
+            continue;
+        };
+        let feed = match feeds.iter().position(|(n, _)| *n == pc.name) {
+            Some(i) => feeds.swap_remove(i).1,
+            None => match entry.link.report_feed() {
+                Some(f) => f,
+                None => continue,
+            },
+        };
+        let credentials = identities.credentials(&pc.name, pc.model)?;
+        let listen = pc.virtual_printer.listen;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "the virtual printer of {} cannot listen on {listen}: {e}; choose another printers.virtual_printer.listen for it (or stop what uses that port)",
+                pc.name
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        let vp = server::VirtualPrinter::new(server::Parts {
+            printer: pc.name.clone(),
+            mirror: mirror::Mirror::new(pc.model, &pc.serial, &credentials.serial),
+            tls: authority.server_config(&credentials.serial)?,
+            credentials: credentials.clone(),
+            link: entry.link.clone(),
+            gateway: Arc::downgrade(gw),
+        });
+        tasks.spawn(vp.clone().run_mirror(feed, shutdown.clone()));
+        tasks.spawn(vp.run_listener(listener, shutdown.clone()));
+        tracing::info!(printer = %pc.name, serial = %credentials.serial, %addr, "virtual printer listening");
+        infos.push(VirtualPrinterInfo {
+            printer: pc.name.clone(),
+            serial: credentials.serial,
+            access_code: credentials.access_code,
+            host: addr.ip().to_string(),
+            mqtt_port: addr.port(),
+            ftps_port: None,
+        });
+    }
+    Ok(infos)
+}

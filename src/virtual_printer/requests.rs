@@ -1,0 +1,231 @@
+//! What a virtual printer does with a client's request on `device/<serial>/request`
+//! (docs/bambu-protocol.md §4): status and info are answered from printgate's state, pause /
+//! resume / stop / the chamber light go through printgate's printer controls, and everything
+//! that could start a print, move, heat or reconfigure the printer is refused with an
+//! acknowledgement that says why. A `project_file` is never a start. Pure: the server carries
+//! the decisions out.
+
+use crate::printer::PrinterCommand;
+use serde_json::{Map, Value};
+
+/// What to do for one section of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Publish a full report built from the merged state.
+    PushAll,
+    /// Answer `get_version` with this `sequence_id`.
+    Version { sequence_id: Value },
+    /// Carry out a control through printgate's rules, then acknowledge it.
+    Control {
+        command: PrinterCommand,
+        /// The action's name in printgate's history (`pause`, `light-on`, …).
+        action: &'static str,
+    },
+    /// Answer with a failed acknowledgement giving this reason.
+    Refuse(String),
+    /// Nothing to do and nothing to answer (`pushing.start`, unknown noise).
+    Nothing,
+}
+
+/// The reason given for a `project_file`: it is never a start.
+pub const PROJECT_FILE_REFUSED: &str = "printgate's virtual printer does not start prints: a start from a slicer is not queued yet in this version of printgate; upload the file to printgate (its web page or the OctoPrint upload) and tap Plate clear on the printer's page";
+
+/// The sections of a request in the order they came (`printer/bambu/request_json.rs`), each
+/// with its decision; sections that are not objects are left out.
+pub fn decide(sections: &[(String, Value)]) -> Vec<(String, Map<String, Value>, Decision)> {
+    sections
+        .iter()
+        .filter_map(|(section, body)| {
+            let body = body.as_object()?;
+            Some((section.clone(), body.clone(), decide_section(section, body)))
+        })
+        .collect()
+}
+
+fn decide_section(section: &str, body: &Map<String, Value>) -> Decision {
+    let command = body.get("command").and_then(Value::as_str).unwrap_or("");
+    match (section, command) {
+        ("pushing", "pushall") => Decision::PushAll,
+        ("pushing", "start" | "stop") => Decision::Nothing,
+        ("info", "get_version") => Decision::Version {
+            sequence_id: body.get("sequence_id").cloned().unwrap_or(Value::Null),
+        },
+        ("print", "pause") => control(PrinterCommand::Pause, "pause"),
+        ("print", "resume") => control(PrinterCommand::Resume, "resume"),
+        ("print", "stop") => control(PrinterCommand::Stop, "stop"),
+        ("print", "project_file" | "gcode_file") => {
+            Decision::Refuse(PROJECT_FILE_REFUSED.to_string())
+        }
+        ("print", "gcode_line") => refuse(
+            "G-code",
+            "G-code moves and heats the printer outside printgate's checks",
+        ),
+        ("print", "print_speed") => refuse(
+            "speed",
+            "printgate does not change a running print's speed yet",
+        ),
+        ("print", c) if c.contains("cali") => refuse(
+            "calibration",
+            "calibration moves and heats the printer outside printgate's checks",
+        ),
+        ("print", c) if c.starts_with("ams") => refuse(
+            "AMS",
+            "AMS commands move filament outside printgate's checks",
+        ),
+        ("system", "ledctrl") => light(body),
+        (section, "") => Decision::Refuse(format!(
+            "the {section:?} request has no \"command\"; nothing was done"
+        )),
+        (section, command) => Decision::Refuse(format!(
+            "printgate's virtual printer does not carry out {section}.{command}; nothing was done (use the printer's screen)"
+        )),
+    }
+}
+
+fn control(command: PrinterCommand, action: &'static str) -> Decision {
+    Decision::Control { command, action }
+}
+
+fn refuse(what: &str, why: &str) -> Decision {
+    Decision::Refuse(format!(
+        "printgate's virtual printer refuses {what} commands: {why}; nothing was sent to the printer (use the printer's screen)"
+    ))
+}
+
+fn light(body: &Map<String, Value>) -> Decision {
+    let node = body.get("led_node").and_then(Value::as_str).unwrap_or("");
+    if node != "chamber_light" {
+        return Decision::Refuse(format!(
+            "printgate's virtual printer switches the chamber light only, not {node:?}; nothing was sent"
+        ));
+    }
+    match body.get("led_mode").and_then(Value::as_str) {
+        Some("on") => control(PrinterCommand::Light(true), "light-on"),
+        Some("off") => control(PrinterCommand::Light(false), "light-off"),
+        other => Decision::Refuse(format!(
+            "the chamber light can be switched \"on\" or \"off\", not {other:?}; nothing was sent"
+        )),
+    }
+}
+
+/// An acknowledgement in the printer's shape (§5.1): the request echoed under its section, with
+/// `result` and `reason`.
+pub fn ack(section: &str, body: &Map<String, Value>, ok: bool, reason: &str) -> Value {
+    let mut echo = body.clone();
+    echo.insert(
+        "result".into(),
+        if ok { "success" } else { "failed" }.into(),
+    );
+    echo.insert("reason".into(), reason.into());
+    let mut msg = Map::new();
+    msg.insert(section.to_string(), Value::Object(echo));
+    Value::Object(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sections(v: Value) -> Vec<(String, Value)> {
+        v.as_object().expect("object").clone().into_iter().collect()
+    }
+
+    fn one(v: Value) -> Decision {
+        decide(&sections(v)).pop().expect("a section").2
+    }
+
+    #[test]
+    fn a_project_file_is_never_a_start() {
+        let d = one(
+            json!({"print": {"command": "project_file", "sequence_id": "13",
+            "param": "Metadata/plate_1.gcode", "url": "ftp://x.3mf"}}),
+        );
+        assert_eq!(d, Decision::Refuse(PROJECT_FILE_REFUSED.to_string()));
+        let d = one(json!({"print": {"command": "gcode_file", "param": "/sdcard/a.gcode"}}));
+        assert!(matches!(d, Decision::Refuse(_)));
+    }
+
+    #[test]
+    fn controls_go_to_printgate_and_the_rest_is_refused_with_a_reason() {
+        assert_eq!(
+            one(json!({"print": {"command": "pause", "sequence_id": "1"}})),
+            Decision::Control {
+                command: PrinterCommand::Pause,
+                action: "pause"
+            }
+        );
+        assert_eq!(
+            one(json!({"print": {"command": "stop"}})),
+            Decision::Control {
+                command: PrinterCommand::Stop,
+                action: "stop"
+            }
+        );
+        assert_eq!(
+            one(
+                json!({"system": {"command": "ledctrl", "led_node": "chamber_light", "led_mode": "on"}})
+            ),
+            Decision::Control {
+                command: PrinterCommand::Light(true),
+                action: "light-on"
+            }
+        );
+        for (req, word) in [
+            (
+                json!({"print": {"command": "gcode_line", "param": "G28\n"}}),
+                "G-code",
+            ),
+            (json!({"print": {"command": "calibration"}}), "calibration"),
+            (
+                json!({"print": {"command": "extrusion_cali_set"}}),
+                "calibration",
+            ),
+            (json!({"print": {"command": "ams_change_filament"}}), "AMS"),
+            (
+                json!({"system": {"command": "ledctrl", "led_node": "work_light", "led_mode": "on"}}),
+                "chamber light only",
+            ),
+            (
+                json!({"upgrade": {"command": "upgrade_confirm"}}),
+                "upgrade.upgrade_confirm",
+            ),
+        ] {
+            match one(req.clone()) {
+                Decision::Refuse(why) => assert!(why.contains(word), "{req}: {why}"),
+                other => panic!("{req}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn status_requests_are_answered_from_state() {
+        assert_eq!(
+            one(json!({"pushing": {"command": "pushall", "sequence_id": "1"}})),
+            Decision::PushAll
+        );
+        assert_eq!(
+            one(json!({"info": {"command": "get_version", "sequence_id": "9"}})),
+            Decision::Version {
+                sequence_id: json!("9")
+            }
+        );
+        assert_eq!(
+            one(json!({"pushing": {"command": "start"}})),
+            Decision::Nothing
+        );
+        let both = json!({"pushing": {"command": "pushall"}, "info": {"command": "get_version"}});
+        assert_eq!(decide(&sections(both)).len(), 2);
+        assert!(decide(&sections(json!({"print": 5}))).is_empty());
+    }
+
+    #[test]
+    fn an_ack_echoes_the_request_with_result_and_reason() {
+        let body = json!({"command": "gcode_line", "sequence_id": "2006", "param": "G28"});
+        let a = ack("print", body.as_object().unwrap(), false, "no");
+        assert_eq!(a["print"]["sequence_id"], "2006");
+        assert_eq!(a["print"]["command"], "gcode_line");
+        assert_eq!(a["print"]["result"], "failed");
+        assert_eq!(a["print"]["reason"], "no");
+    }
+}
