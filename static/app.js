@@ -241,8 +241,39 @@
       };
       xhr.onload = function () {
         bar.value = bar.max;
-        label.textContent = "100 % uploaded — checking the file…";
-        location.href = xhr.responseURL || "/";
+        if (xhr.status < 400) {
+          label.textContent = "100 % uploaded — checking the file…";
+          location.href = xhr.responseURL || "/";
+          return;
+        }
+        // Refused: show the refusal on this form and take the server's printer choice, so
+        // the chosen file stays chosen for the next try.
+        bar.hidden = true;
+        label.textContent = "";
+        var answer = new DOMParser().parseFromString(xhr.responseText, "text/html");
+        var refusal = answer.getElementById("upload-refusal");
+        var old = document.getElementById("upload-refusal");
+        if (old) { old.remove(); }
+        if (refusal) {
+          var again = refusal.querySelector("#file-again");
+          if (again) { again.textContent = "Nothing was stored. Check the choices below and send it again."; }
+          refusal = document.importNode(refusal, true);
+          var choice = answer.querySelector("select[name=printer] option[selected]");
+          var select = form.querySelector("select[name=printer]");
+          if (choice && select) { select.value = choice.value; }
+        } else {
+          refusal = document.createElement("div");
+          refusal.className = "notice refused";
+          refusal.id = "upload-refusal";
+          var p = document.createElement("p");
+          p.setAttribute("role", "alert");
+          p.id = "upload-error";
+          p.textContent = "Not queued: the gateway answered " + xhr.status + " " + xhr.statusText + ". Nothing was stored.";
+          refusal.appendChild(p);
+        }
+        form.insertBefore(refusal, form.firstElementChild.nextSibling);
+        refusal.setAttribute("tabindex", "-1");
+        refusal.focus();
       };
       xhr.onerror = function () {
         label.textContent = "The upload was interrupted (network). Nothing was queued; try again.";

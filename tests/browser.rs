@@ -1282,3 +1282,81 @@ async fn every_page_fits_a_phone_and_passes_axe() {
     );
     session.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_shows_why_on_the_form_and_keeps_the_chosen_file() {
+    let _turn = ONE_BROWSER.lock().await;
+    let out = output_dir();
+    let t = TestGateway::start(&[Model::P1S, Model::X1C], TIME_SCALE).await;
+    t.wait_online().await;
+    let driver = start_driver().await;
+    let profile = tempfile::tempdir().expect("profile dir");
+    let c = browser(&driver, profile.path(), true).await;
+    setup_account(&c, &t).await;
+
+    // A P1S file sent to the X1 Carbon ("printer 2").
+    let files = tempfile::tempdir().expect("upload dir");
+    let file = fixture_file(files.path(), "wrong printer cube", 0);
+    c.goto(&t.url("/upload"))
+        .await
+        .expect("open the upload page");
+    wait_for(&c, "select[name=printer]")
+        .await
+        .select_by_value("printer 2")
+        .await
+        .expect("choose the printer");
+    wait_for(&c, "input[type=file][name=file]")
+        .await
+        .send_keys(&file.display().to_string())
+        .await
+        .expect("choose the file");
+    click(&c, "form.upload button").await;
+    let error = wait_for(&c, "form.upload #upload-error")
+        .await
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(
+        error.contains("P1S") && error.contains("printer 1"),
+        "the refusal on the form says what the file fits: {error}"
+    );
+    assert_eq!(
+        c.current_url().await.expect("url").path(),
+        "/upload",
+        "the browser stays on the form"
+    );
+    let kept = c
+        .execute(
+            r#"return [document.querySelector("input[type=file][name=file]").files.length,
+                       document.querySelector("select[name=printer]").value]"#,
+            vec![],
+        )
+        .await
+        .expect("read the form");
+    assert_eq!(
+        kept,
+        json!([1, "printer 1"]),
+        "the chosen file stays chosen and the printer it fits is selected"
+    );
+    screenshots_light_dark(&c, &out, "upload-refused", "#upload-refusal").await;
+    assert!(
+        t.gw().dispatcher.state().jobs.is_empty(),
+        "nothing was queued"
+    );
+
+    // Sent again as it now stands: queued, once.
+    click(&c, "form.upload button").await;
+    wait_path(&c, "/").await;
+    let notice = wait_for(&c, "p.notice")
+        .await
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(notice.contains("added to the queue"), "{notice}");
+    job_named(&t, "wrong printer cube");
+    assert_eq!(t.gw().dispatcher.state().jobs.len(), 1);
+
+    c.close().await.expect("close the browser");
+    drop(driver);
+    t.shutdown().await;
+}

@@ -127,10 +127,22 @@ async fn send(t: &TestGateway, route: Route, parts: Vec<(&str, Field)>) -> Answe
     .expect("the gateway answers");
     let status = resp.status().as_u16();
     if route == Route::WebForm {
-        assert_eq!(status, 303, "the form redirects back with a notice");
+        if status == 303 {
+            return Answer {
+                status,
+                message: redirect_notice(&resp),
+            };
+        }
+        // A refusal comes back on the upload form.
+        let page = resp.text().await.expect("the upload page");
+        let start = page
+            .find("id=\"upload-error\"")
+            .unwrap_or_else(|| panic!("a refused form shows why on the form: {page}"));
+        let text = &page[start..];
+        let text = &text[text.find('>').expect("tag") + 1..text.find("</p>").expect("end")];
         return Answer {
             status,
-            message: redirect_notice(&resp),
+            message: text.to_string(),
         };
     }
     let body: serde_json::Value = resp.json().await.expect("a JSON answer");

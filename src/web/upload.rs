@@ -309,7 +309,21 @@ fn job_for_file(
     let (target, model_code) = match printer {
         Some(name) => {
             let model = printer_model(gw, name).ok_or_else(|| unknown_printer(name))?;
-            threemf::check_model(info, plate, model).map_err(file_error)?;
+            let fits = fits_text(&fitting_printers(gw, stored, plate));
+            if model == Model::Klipper {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "invalid_file",
+                    format!(
+                        "{name} is a Klipper printer: it prints plain .gcode, not a sliced .gcode.3mf — export plain G-code for it from the slicer{fits}"
+                    ),
+                ));
+            }
+            threemf::check_model(info, plate, model).map_err(|e| {
+                let mut e = file_error(e);
+                e.message.push_str(&fits);
+                e
+            })?;
             (
                 Target::Printer(name.to_string()),
                 model.model_code().to_string(),
@@ -374,11 +388,12 @@ fn gcode_job(
             None => return Err(unknown_printer(name)),
             Some(Model::Klipper) => Target::Printer(name.to_string()),
             Some(_) => {
+                let fits = fits_text(&fitting_printers(gw, stored, 1));
                 return Err(ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "invalid_file",
                     format!(
-                        "{name} is a Bambu printer: it prints sliced .gcode.3mf files, not plain .gcode — export the plate as .gcode.3mf from the slicer"
+                        "{name} is a Bambu printer: it prints sliced .gcode.3mf files, not plain .gcode — export the plate as .gcode.3mf from the slicer{fits}"
                     ),
                 ));
             }
@@ -416,39 +431,137 @@ fn gcode_job(
     })
 }
 
+/// The printers a stored file fits, in configuration order: for a sliced 3MF those of the model
+/// its `plate` was sliced for, for plain G-code the Klipper printers.
+fn fitting_printers(gw: &Gateway, stored: &StoredFile, plate: u32) -> Vec<String> {
+    let fits = |model: Model| match &stored.info {
+        _ if stored.kind == FileKind::Gcode => model == Model::Klipper,
+        crate::jobs::threemf::FileInfo::ThreeMf(info) => info
+            .plate(plate)
+            .and_then(|p| p.model_code.as_deref())
+            .is_some_and(|code| model != Model::Klipper && model.model_code() == code),
+        _ => false,
+    };
+    gw.printers
+        .iter()
+        .filter(|p| fits(p.model))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// The end of a refusal naming the printers the file fits, if any.
+fn fits_text(fitting: &[String]) -> String {
+    match fitting {
+        [] => String::new(),
+        [only] => format!(" — or choose {only}, which this file fits"),
+        many => format!(
+            " — or choose one of {}, which this file fits",
+            many.join(", ")
+        ),
+    }
+}
+
+/// The upload form, empty or as it was sent when the upload was refused.
 #[derive(Template)]
 #[template(path = "upload.html")]
 struct UploadPage {
     printers: Vec<String>,
+    /// The printer choice to show selected: a printer's name or `any`.
+    selected: String,
+    plate: u32,
+    /// The "must start within" minutes as entered (empty: no limit).
+    start_within: String,
     idempotency_key: String,
     csrf: String,
+    /// Why the upload was refused, shown on the form.
+    error: Option<String>,
+}
+
+impl UploadPage {
+    fn empty(gw: &Gateway, user: &CurrentUser) -> Self {
+        UploadPage {
+            printers: gw.printers.iter().map(|p| p.name.clone()).collect(),
+            selected: "any".into(),
+            plate: 1,
+            start_within: String::new(),
+            idempotency_key: new_id(),
+            csrf: user.csrf_token().to_string(),
+            error: None,
+        }
+    }
 }
 
 pub(super) async fn upload_page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Response {
-    render(&UploadPage {
-        printers: gw.printers.iter().map(|p| p.name.clone()).collect(),
-        idempotency_key: new_id(),
-        csrf: user.csrf_token().to_string(),
-    })
+    render(&UploadPage::empty(&gw, &user))
 }
 
+/// The upload form's post: queued → back to the dashboard with the notice; refused → the form
+/// again with the refusal on it, what was entered kept and the printer the file fits selected
+/// (the page's script shows the same refusal without leaving the page, so the chosen file stays).
 pub(super) async fn upload_form(
     State(gw): State<Arc<Gateway>>,
     actor: Actor,
+    user: CurrentUser,
     mp: Multipart,
 ) -> Response {
-    let result = match read_upload(&gw, mp).await {
-        Ok(form) => queue_upload(&gw, form, &actor.0).await,
-        Err(e) => Err(e),
+    let form = match read_upload(&gw, mp).await {
+        Ok(form) => form,
+        Err(e) => return refused_form(UploadPage::empty(&gw, &user), e),
     };
-    back_to_dashboard(match result {
-        Ok((job, true)) => FormOutcome::done(format!(
+    let mut page = UploadPage::empty(&gw, &user);
+    let chosen = form
+        .printer
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| gw.printers.iter().any(|c| c.name == *p));
+    page.selected = chosen.unwrap_or("any").to_string();
+    page.plate = form.plate;
+    page.start_within = form
+        .start_within_minutes
+        .map(|m| m.to_string())
+        .unwrap_or_default();
+    if let Some(key) = form
+        .idempotency_key
+        .as_deref()
+        .filter(|k| !k.trim().is_empty())
+    {
+        page.idempotency_key = key.to_string();
+    }
+    let fitting = form
+        .stored
+        .as_ref()
+        .map(|s| fitting_printers(&gw, s, form.plate))
+        .unwrap_or_default();
+    match queue_upload(&gw, form, &actor.0).await {
+        Ok((job, true)) => back_to_dashboard(FormOutcome::done(format!(
             "{} was added to the queue; it starts only after Plate clear is tapped",
             job.name
-        )),
-        Ok((job, false)) => FormOutcome::done(format!("{} was already queued", job.name)),
-        Err(e) => e.into(),
-    })
+        ))),
+        Ok((job, false)) => back_to_dashboard(FormOutcome::done(format!(
+            "{} was already queued",
+            job.name
+        ))),
+        Err(e) => {
+            if !fitting.contains(&page.selected) {
+                page.selected = match fitting.as_slice() {
+                    [only] => only.clone(),
+                    _ => "any".into(),
+                };
+            }
+            refused_form(page, e)
+        }
+    }
+}
+
+/// The upload page carrying the refusal `e`, with the refusal's status.
+fn refused_form(mut page: UploadPage, e: ApiError) -> Response {
+    let status = e.status;
+    page.error = Some(e.message);
+    let mut response = render(&page);
+    if response.status().is_success() {
+        *response.status_mut() = status;
+    }
+    response
 }
 
 /// The multipart form of an upload (documentation only; the handler reads the fields in any

@@ -1,0 +1,235 @@
+//! The upload page when a file is refused: the refusal is shown on the form (not as a notice on
+//! another page), the form keeps what was entered (printer, plate, time limit, its idempotency
+//! key) and pre-selects the printer the file was sliced for, and the words fit the printer that
+//! was chosen (a Klipper printer is not asked for a "Klipper printer profile"). A resend with the
+//! suggested printer is queued, once.
+
+mod common;
+
+use common::{Browser, TestGateway, redirect_notice};
+use printgate::config::{Model, PrinterConfig, PrinterKind};
+use printgate::sim::fixtures::{Fixture3mf, build_3mf, plain_gcode};
+
+const P1S: &str = "printer 1";
+const X1C: &str = "printer 2";
+const VORON: &str = "Voron";
+
+/// A gateway with a simulated P1S and X1C and a Klipper printer whose Moonraker is not running.
+async fn rig() -> TestGateway {
+    let sims = vec![
+        common::start_sim(Model::P1S, 1.0).await,
+        common::start_sim(Model::X1C, 1.0).await,
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = common::config_for(dir.path(), &sims);
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    cfg.printers.push(PrinterConfig {
+        name: VORON.into(),
+        kind: PrinterKind::Moonraker,
+        model: Model::Klipper,
+        host: "127.0.0.1".into(),
+        instance_name: "voron".into(),
+        http_port: closed_port,
+        ..PrinterConfig::default()
+    });
+    TestGateway::start_with(sims, dir, cfg).await
+}
+
+/// What the browser got back for an upload.
+struct Answer {
+    status: u16,
+    location_notice: Option<String>,
+    page: String,
+}
+
+async fn post_upload(
+    b: &Browser,
+    printer: &str,
+    file_name: &str,
+    bytes: Vec<u8>,
+    key: &str,
+) -> Answer {
+    let form = b
+        .multipart()
+        .text("idempotency_key", key.to_string())
+        .text("printer", printer.to_string())
+        .text("plate", "1")
+        .text("start_within_minutes", "45")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(file_name.to_string()),
+        );
+    let resp = b
+        .post("/jobs")
+        .multipart(form)
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = resp.status().as_u16();
+    let location_notice = (status == 303).then(|| redirect_notice(&resp));
+    let page = resp.text().await.unwrap_or_default();
+    Answer {
+        status,
+        location_notice,
+        page,
+    }
+}
+
+/// The text of the element with `id` (first match; tags inside are dropped).
+fn element_text(page: &str, id: &str) -> Option<String> {
+    let start = page.find(&format!("id=\"{id}\""))?;
+    let open_end = start + page[start..].find('>')? + 1;
+    let close = open_end + page[open_end..].find("</p>")?;
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in page[open_end..close].chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    Some(text)
+}
+
+/// The value of the `<option selected>` of the printer choice.
+fn selected_printer(page: &str) -> Option<String> {
+    let select = &page[page.find("name=\"printer\"")?..];
+    let select = &select[..select.find("</select>")?];
+    let at = select.find(" selected")?;
+    let option = &select[select[..at].rfind("<option")?..at];
+    let v = option.split("value=\"").nth(1)?;
+    Some(v[..v.find('"')?].to_string())
+}
+
+fn assert_form_kept(page: &str, key: &str) {
+    assert!(
+        page.contains("<form method=\"post\" action=\"/jobs\""),
+        "the upload form is on the page again"
+    );
+    assert!(
+        page.contains(&format!("name=\"idempotency_key\" value=\"{key}\"")),
+        "the form keeps its idempotency key"
+    );
+    assert!(
+        page.contains("name=\"start_within_minutes\" min=\"1\" step=\"1\" placeholder=\"no limit\" value=\"45\""),
+        "the time limit entered is kept"
+    );
+    assert!(
+        page.contains("name=\"plate\" value=\"1\""),
+        "the plate is kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_for_another_model_is_refused_on_the_form_with_the_right_printer_preselected() {
+    let t = rig().await;
+    let b = t.browser().await;
+    let p1s_file = build_3mf(&Fixture3mf::for_model(Model::P1S));
+
+    let a = post_upload(&b, X1C, "cube.gcode.3mf", p1s_file.clone(), "key-1").await;
+    assert_eq!(
+        a.status, 422,
+        "a refused upload answers with the form, not a redirect"
+    );
+    let error = element_text(&a.page, "upload-error").expect("the refusal is on the form");
+    assert!(
+        error.contains("sliced for the P1S") && error.contains(P1S),
+        "the refusal says what the file was sliced for and which printer fits it: {error}"
+    );
+    assert_eq!(
+        selected_printer(&a.page).as_deref(),
+        Some(P1S),
+        "the printer the file was sliced for is pre-selected"
+    );
+    assert_form_kept(&a.page, "key-1");
+    assert!(
+        a.page.contains("choose the file again"),
+        "without the page's script the browser drops the chosen file; the page says so"
+    );
+    assert!(
+        t.gw()
+            .store
+            .jobs_in_states(&printgate::jobs::model::JobState::ALL)
+            .expect("jobs")
+            .is_empty()
+    );
+
+    // The same form sent again with the suggested printer is queued, once.
+    let a = post_upload(&b, P1S, "cube.gcode.3mf", p1s_file.clone(), "key-1").await;
+    assert_eq!(a.status, 303, "{}", a.page);
+    assert!(
+        a.location_notice
+            .as_deref()
+            .is_some_and(|n| n.contains("was added to the queue")),
+        "{:?}",
+        a.location_notice
+    );
+    let again = post_upload(&b, P1S, "cube.gcode.3mf", p1s_file, "key-1").await;
+    assert_eq!(again.status, 303);
+    assert_eq!(
+        t.gw()
+            .store
+            .jobs_in_states(&printgate::jobs::model::JobState::ALL)
+            .expect("jobs")
+            .len(),
+        1,
+        "one job"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sliced_3mf_for_a_klipper_printer_says_klipper_prints_gcode_and_names_the_bambu_one() {
+    let t = rig().await;
+    let b = t.browser().await;
+    let p1s_file = build_3mf(&Fixture3mf::for_model(Model::P1S));
+
+    let a = post_upload(&b, VORON, "cube.gcode.3mf", p1s_file, "key-2").await;
+    assert_eq!(a.status, 415, "{}", a.page);
+    let error = element_text(&a.page, "upload-error").expect("the refusal is on the form");
+    assert!(
+        !error.contains("printer profile"),
+        "a Klipper printer is not asked for a Klipper printer profile: {error}"
+    );
+    assert!(
+        error.contains(VORON) && error.contains(".gcode") && error.contains(P1S),
+        "the refusal says the Klipper printer prints plain G-code and that the file fits {P1S}: {error}"
+    );
+    assert_eq!(selected_printer(&a.page).as_deref(), Some(P1S));
+    assert_form_kept(&a.page, "key-2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_gcode_for_a_bambu_printer_preselects_the_klipper_printer() {
+    let t = rig().await;
+    let b = t.browser().await;
+
+    let a = post_upload(&b, X1C, "part.gcode", plain_gcode(3), "key-3").await;
+    assert_eq!(a.status, 415, "{}", a.page);
+    let error = element_text(&a.page, "upload-error").expect("the refusal is on the form");
+    assert!(error.contains(".gcode.3mf"), "{error}");
+    assert_eq!(selected_printer(&a.page).as_deref(), Some(VORON));
+    assert_form_kept(&a.page, "key-3");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_while_the_file_is_read_still_shows_the_form() {
+    let t = rig().await;
+    let b = t.browser().await;
+    let a = post_upload(
+        &b,
+        "no such printer",
+        "cube.gcode.3mf",
+        b"not a zip".to_vec(),
+        "k",
+    )
+    .await;
+    assert!((400..500).contains(&a.status), "{} {}", a.status, a.page);
+    let error = element_text(&a.page, "upload-error").expect("the refusal is on the form");
+    assert!(!error.is_empty());
+    assert!(a.page.contains("<form method=\"post\" action=\"/jobs\""));
+}
