@@ -6,8 +6,9 @@
 
 mod common;
 
-use common::{Browser, TestGateway, redirect_notice};
+use common::{Browser, TestGateway, redirect_notice, starts};
 use printgate::config::{Model, PrinterConfig, PrinterKind};
+use printgate::jobs::model::JobState;
 use printgate::sim::fixtures::{Fixture3mf, build_3mf, plain_gcode};
 
 const P1S: &str = "printer 1";
@@ -52,8 +53,20 @@ async fn post_upload(
     bytes: Vec<u8>,
     key: &str,
 ) -> Answer {
+    post_copies(b, printer, file_name, bytes, key, "1").await
+}
+
+async fn post_copies(
+    b: &Browser,
+    printer: &str,
+    file_name: &str,
+    bytes: Vec<u8>,
+    key: &str,
+    copies: &str,
+) -> Answer {
     let form = b
         .multipart()
+        .text("copies", copies.to_string())
         .text("idempotency_key", key.to_string())
         .text("printer", printer.to_string())
         .text("plate", "1")
@@ -232,4 +245,76 @@ async fn a_refusal_while_the_file_is_read_still_shows_the_form() {
     let error = element_text(&a.page, "upload-error").expect("the refusal is on the form");
     assert!(!error.is_empty());
     assert!(a.page.contains("<form method=\"post\" action=\"/jobs\""));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_copies_are_three_jobs_each_waiting_for_its_own_plate_clear() {
+    let t = rig().await;
+    let p1s = t.gw().printers.iter().find(|p| p.name == P1S).expect("P1S");
+    let mut state = p1s.link.subscribe();
+    tokio::time::timeout(
+        common::WAIT,
+        state.wait_for(|s| s.link.is_online() && s.have_full_report),
+    )
+    .await
+    .expect("the P1S is online in time")
+    .expect("link state");
+    let b = t.browser().await;
+    let file = build_3mf(&Fixture3mf::for_model(Model::P1S));
+
+    for copies in ["0", "21", "two"] {
+        let a = post_copies(
+            &b,
+            P1S,
+            "cube.gcode.3mf",
+            file.clone(),
+            "copies-bad",
+            copies,
+        )
+        .await;
+        assert_eq!(a.status, 400, "copies={copies}: {}", a.page);
+        let error = element_text(&a.page, "upload-error").expect("the refusal is on the form");
+        assert!(
+            error.contains("copies") && error.contains("1 to 20"),
+            "{error}"
+        );
+    }
+    let queued = || t.gw().store.jobs_in_states(&JobState::ALL).expect("jobs");
+    assert!(queued().is_empty(), "a refused count queues nothing");
+
+    let a = post_copies(&b, P1S, "cube.gcode.3mf", file.clone(), "copies-3", "3").await;
+    assert_eq!(a.status, 303, "{}", a.page);
+    let notice = a.location_notice.unwrap_or_default();
+    assert!(notice.contains("3 copies of cube"), "{notice}");
+    // The same form sent again (a double tap, a retry) adds none.
+    let again = post_copies(&b, P1S, "cube.gcode.3mf", file.clone(), "copies-3", "3").await;
+    assert_eq!(again.status, 303);
+    let jobs = queued();
+    assert_eq!(jobs.len(), 3, "three jobs: {jobs:?}");
+    let waiting = |state: JobState| matches!(state, JobState::Queued | JobState::Staged);
+    assert!(jobs.iter().all(|j| waiting(j.state)), "{jobs:?}");
+    let sha = &jobs[0].file_sha256;
+    assert!(jobs.iter().all(|j| &j.file_sha256 == sha), "one file");
+    let stored = t.gw().files.info(sha).expect("file info").expect("stored");
+    assert_eq!(stored.refcount, 3, "each copy holds the file");
+
+    // One tap starts one copy; the others wait for taps of their own.
+    t.tap(P1S, "tap-copies").await;
+    let mut first = None;
+    for j in &jobs {
+        if !waiting(t.gw().store.job(j.id).expect("job").expect("exists").state) {
+            first = Some(j.id);
+        }
+    }
+    let first = first.expect("the tap started one copy");
+    t.wait_job(first, JobState::Printing).await;
+    assert_eq!(starts(&t.sims[0]).len(), 1, "one start for one tap");
+    let still_queued = queued()
+        .into_iter()
+        .filter(|j| waiting(j.state))
+        .count();
+    assert_eq!(
+        still_queued, 2,
+        "the other copies wait for their own Plate clear"
+    );
 }

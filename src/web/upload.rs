@@ -46,6 +46,8 @@ pub(super) struct UploadForm {
     pub(super) idempotency_key: Option<String>,
     /// The job must start within this many minutes, else it expires (never starts later).
     pub(super) start_within_minutes: Option<f64>,
+    /// How many jobs of this file to queue (1 to [`MAX_COPIES`]); each needs its own Plate clear.
+    pub(super) copies: u32,
     /// The file name the client sent with the file part (unsanitised; never used as a path).
     pub(super) file_name: Option<String>,
     /// Other short text fields, by name (e.g. the OctoPrint API's `path`, `select`, `print`).
@@ -64,6 +66,7 @@ pub(super) async fn read_upload(gw: &Gateway, mut mp: Multipart) -> Result<Uploa
         plate: 1,
         idempotency_key: None,
         start_within_minutes: None,
+        copies: 1,
         file_name: None,
         extra: Vec::new(),
     };
@@ -129,6 +132,19 @@ async fn read_fields(
                 })?;
             }
             "idempotency_key" => form.idempotency_key = Some(text(&name, &mut field).await?),
+            "copies" => {
+                let t = text(&name, &mut field).await?;
+                form.copies = t
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_COPIES).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "copies must be a whole number from 1 to {MAX_COPIES}, not {t:?}; nothing was stored"
+                        ))
+                    })?;
+            }
             "start_within_minutes" => {
                 let t = text(&name, &mut field).await?;
                 let t = t.trim();
@@ -236,7 +252,7 @@ pub(super) async fn queue_upload(
     let deadline = form
         .start_within_minutes
         .map(|m| gw.dispatcher.now().saturating_add((m * 60_000.0) as u64));
-    let result = job_for_file(
+    let new = match job_for_file(
         gw,
         &stored,
         &form.printer,
@@ -244,36 +260,71 @@ pub(super) async fn queue_upload(
         form.idempotency_key,
         user,
         deadline,
-    );
-    let outcome = match result {
-        Ok(new) => gw
-            .store
-            .create_job_with_filaments(
-                &new,
-                super::job_filaments::recorded(&stored, new.plate).as_deref(),
-                gw.dispatcher.now(),
-            )
-            .map_err(|e| ApiError::internal(format!("the job could not be saved: {e}"))),
-        Err(e) => Err(e),
-    };
-    match outcome {
-        Ok((job, created)) => {
-            if created {
-                gw.dispatcher
-                    .submit(Event::JobQueued(Box::new(job.clone())))
-                    .await
-                    .map_err(|e| ApiError::unavailable(e.to_string()))?;
-            } else {
-                // The same request again (double submit, client retry): one job, one reference.
-                let _ = gw.files.release(&stored.sha256).await;
-            }
-            Ok((job, created))
-        }
+    ) {
+        Ok(new) => new,
         Err(e) => {
             let _ = gw.files.release(&stored.sha256).await;
-            Err(e)
+            return Err(e);
         }
+    };
+    let filaments = super::job_filaments::recorded(&stored, new.plate);
+    let copies = form.copies.clamp(1, MAX_COPIES);
+    let mut first: Option<(Job, bool)> = None;
+    for copy in 1..=copies {
+        // The upload brought one reference to the file, for the first copy; each further copy
+        // takes its own, so that every job holds the file until it ends.
+        let mut this = new.clone();
+        if copy > 1 {
+            this.idempotency_key = copy_key(&new.idempotency_key, copy);
+            if let Err(e) = gw.files.acquire(&stored.sha256).await {
+                return Err(partly_queued(file_error(e), copy - 1, copies));
+            }
+        }
+        let saved =
+            gw.store
+                .create_job_with_filaments(&this, filaments.as_deref(), gw.dispatcher.now());
+        let (job, created) = match saved {
+            Ok(saved) => saved,
+            Err(e) => {
+                let _ = gw.files.release(&stored.sha256).await;
+                let e = ApiError::internal(format!("the job could not be saved: {e}"));
+                return Err(partly_queued(e, copy - 1, copies));
+            }
+        };
+        if created {
+            gw.dispatcher
+                .submit(Event::JobQueued(Box::new(job.clone())))
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        } else {
+            // The same request again (double submit, client retry): one job, one reference.
+            let _ = gw.files.release(&stored.sha256).await;
+        }
+        let any_created = created || first.as_ref().is_some_and(|(_, c)| *c);
+        let first_job = first.map(|(j, _)| j).unwrap_or(job);
+        first = Some((first_job, any_created));
     }
+    first.ok_or_else(|| ApiError::internal("no copy was queued"))
+}
+
+/// Most copies one upload may queue.
+pub(crate) const MAX_COPIES: u32 = 20;
+
+/// The idempotency key of copy `copy` (2, 3, …) of an upload whose first job has `key`: the same
+/// form sent again finds every copy it made, and a resend after a partial failure adds only the
+/// missing ones.
+fn copy_key(key: &str, copy: u32) -> String {
+    format!("{key}#copy-{copy}")
+}
+
+/// `e`, saying how many of the copies were queued before it when some were.
+fn partly_queued(mut e: ApiError, queued: u32, copies: u32) -> ApiError {
+    if queued > 0 {
+        e.message.push_str(&format!(
+            "; {queued} of the {copies} copies were queued — send the same form again to queue the rest (the queued ones are not repeated)"
+        ));
+    }
+    e
 }
 
 fn job_for_file(
@@ -471,6 +522,8 @@ struct UploadPage {
     plate: u32,
     /// The "must start within" minutes as entered (empty: no limit).
     start_within: String,
+    copies: u32,
+    max_copies: u32,
     idempotency_key: String,
     csrf: String,
     /// Why the upload was refused, shown on the form.
@@ -484,6 +537,8 @@ impl UploadPage {
             selected: "any".into(),
             plate: 1,
             start_within: String::new(),
+            copies: 1,
+            max_copies: MAX_COPIES,
             idempotency_key: new_id(),
             csrf: user.csrf_token().to_string(),
             error: None,
@@ -532,7 +587,13 @@ pub(super) async fn upload_form(
         .as_ref()
         .map(|s| fitting_printers(&gw, s, form.plate))
         .unwrap_or_default();
+    page.copies = form.copies;
+    let copies = form.copies;
     match queue_upload(&gw, form, &actor.0).await {
+        Ok((job, true)) if copies > 1 => back_to_dashboard(FormOutcome::done(format!(
+            "{copies} copies of {} were added to the queue; each starts only after its own Plate clear tap",
+            job.name
+        ))),
         Ok((job, true)) => back_to_dashboard(FormOutcome::done(format!(
             "{} was added to the queue; it starts only after Plate clear is tapped",
             job.name
@@ -580,6 +641,10 @@ pub(crate) struct UploadRequest {
     idempotency_key: Option<String>,
     /// The job must start within this many minutes, else it expires and never starts.
     start_within_minutes: Option<f64>,
+    /// Queue this many jobs of the file (1 to 20, default 1), each waiting for its own Plate
+    /// clear tap. The answer is the first job; all of them are in `GET /api/v1/jobs`. A resend
+    /// with the same idempotency key adds none.
+    copies: Option<u32>,
 }
 
 /// Upload a sliced file and queue it. It starts only after Plate clear is tapped.
