@@ -1360,3 +1360,131 @@ async fn a_refused_upload_shows_why_on_the_form_and_keeps_the_chosen_file() {
     drop(driver);
     t.shutdown().await;
 }
+
+/// The bytes behind `url` as the signed-in browser fetches them (its own cookie, its own cache).
+async fn fetch_in_browser(c: &Client, url: &str) -> Vec<u8> {
+    use base64::Engine;
+    let answer = c
+        .execute_async(
+            "const [url, done] = arguments; \
+             fetch(url, {credentials: 'same-origin'}) \
+               .then(r => r.ok ? r.arrayBuffer() : Promise.reject(r.status + ' ' + r.statusText)) \
+               .then(b => { let s = ''; new Uint8Array(b).forEach(x => s += String.fromCharCode(x)); \
+                            done('ok:' + btoa(s)); }) \
+               .catch(e => done('error:' + e));",
+            vec![json!(url)],
+        )
+        .await
+        .expect("run the fetch");
+    let text = answer.as_str().unwrap_or_default();
+    let b64 = text
+        .strip_prefix("ok:")
+        .unwrap_or_else(|| panic!("the browser could not fetch {url}: {text}"));
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64 from the page")
+}
+
+/// Whether the image `css` is loaded and shown (a broken or missing image has no natural width).
+async fn image_shown(c: &Client, css: &str) -> bool {
+    c.execute(
+        "const i = document.querySelector(arguments[0]); \
+         return !!(i && i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0)",
+        vec![json!(css)],
+    )
+    .await
+    .is_ok_and(|v| v == json!(true))
+}
+
+/// Issue 18, done when: at phone size, open the Plate clear confirmation, see the camera's
+/// picture, confirm, and the History entry of the start that tap allowed shows the same image
+/// (the bytes the browser fetches from history are the bytes the confirmation showed). The
+/// print then finishes with an object on the simulated plate, so a fresh camera frame differs
+/// from the confirmed one: history shows what was confirmed, not what the camera sees now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_of_a_start_shows_the_camera_picture_confirmed_for_it() {
+    use base64::Engine;
+    let _turn = ONE_BROWSER.lock().await;
+    let out = output_dir();
+    let session = PhoneSession::open(&[Model::P1S], TIME_SCALE).await;
+    let (t, c) = (&session.t, &session.c);
+    let job = t.queue(Some("printer 1"), Model::P1S, "boat").await;
+
+    // The dashboard's Plate clear leads to the confirmation, which shows the camera's picture.
+    c.goto(&t.url("/")).await.expect("dashboard");
+    click(
+        c,
+        "article[data-printer='printer 1'] a[href$='/plate-clear']",
+    )
+    .await;
+    wait_path(c, "/printers/printer%201/plate-clear").await;
+    let picture = "figure.plate-picture img";
+    wait_until("the confirmation shows the camera picture", || {
+        image_shown(c, picture)
+    })
+    .await;
+    let src = wait_for(c, picture)
+        .await
+        .attr("src")
+        .await
+        .expect("src")
+        .expect("the picture has a src");
+    let seen = base64::engine::general_purpose::STANDARD
+        .decode(
+            src.strip_prefix("data:image/jpeg;base64,")
+                .expect("the page carries the picture itself"),
+        )
+        .expect("base64 picture");
+    let caption = text_of(c, "figure.plate-picture figcaption").await;
+    assert!(caption.contains("when this page opened"), "{caption}");
+    screenshots_light_dark(c, &out, "camera-confirmation", picture).await;
+
+    // Confirm: the tap starts the job, which prints and finishes.
+    click(c, "input[name=confirm]").await;
+    click(c, "form.confirm button").await;
+    wait_path(c, "/").await;
+    let notice = text_of(c, "p.notice").await;
+    assert!(notice.contains("marked clear"), "{notice}");
+    t.wait_job(job.id, JobState::Finished).await;
+
+    // History: the row of that start shows the picture that was confirmed.
+    c.goto(&t.url("/history")).await.expect("history");
+    let shot = format!(
+        "//tr[td[contains(., 'printgate job {}')]]//figure[@class='plate-shot']//img",
+        job.id
+    );
+    let img = c
+        .wait()
+        .at_most(UI_WAIT)
+        .for_element(Locator::XPath(&shot))
+        .await
+        .unwrap_or_else(|e| panic!("no confirmed picture in the history row of the start: {e}"));
+    let url = img.attr("src").await.expect("src").expect("a src");
+    let css = format!("img[src='{url}']");
+    c.execute(
+        "document.querySelector(arguments[0]).scrollIntoView({block: 'center'}); return true",
+        vec![json!(css)],
+    )
+    .await
+    .expect("scroll");
+    wait_until("the history shows the confirmed picture", || {
+        image_shown(c, &css)
+    })
+    .await;
+    let shown = fetch_in_browser(c, &url).await;
+    assert_eq!(
+        shown, seen,
+        "history shows exactly the picture the confirmation showed"
+    );
+    assert!(
+        jpeg_decoder::Decoder::new(&shown[..]).decode().is_ok(),
+        "a JPEG another decoder reads"
+    );
+    let now = fetch_in_browser(c, "/printers/printer%201/snapshot.jpg").await;
+    assert_ne!(
+        now, seen,
+        "the finished object is on the plate now; history kept the plate as confirmed"
+    );
+    screenshots_light_dark(c, &out, "camera-history", &css).await;
+    session.close().await;
+}

@@ -319,3 +319,131 @@ async fn the_plate_clear_confirmation_shows_a_fresh_picture_or_says_why_not_and_
     assert!(html.contains("name=\"confirm\""), "the form is there");
     tg.shutdown().await;
 }
+
+/// The History row of the start of job `id` (its `<tr>`), from the page's HTML.
+fn history_row(html: &str, id: i64) -> String {
+    let marker = format!("printgate job {id}");
+    let at = html
+        .match_indices(&marker)
+        .map(|(at, _)| at)
+        .find(|at| !html[at + marker.len()..].starts_with(|c: char| c.is_ascii_digit()))
+        .unwrap_or_else(|| panic!("no history row for job {id}: {html}"));
+    let start = html[..at].rfind("<tr>").expect("row start");
+    let end = at + html[at..].find("</tr>").expect("row end");
+    html[start..end].to_string()
+}
+
+#[tokio::test]
+async fn a_tap_without_a_camera_picture_starts_the_job_and_history_says_there_was_none() {
+    let tg = TestGateway::start(&[Model::X1C, Model::P1S], 600.0).await;
+    tg.wait_online().await;
+    let b = tg.browser().await;
+
+    // The X1C's camera is one printgate cannot read: the confirmation has no picture…
+    let job = tg.queue(Some("printer 1"), Model::X1C, "no-picture").await;
+    let r = get(&b, "/printers/printer%201/plate-clear").await;
+    let html = r.text().await.unwrap();
+    assert!(page_picture(&html).is_none());
+    assert!(html.contains("No camera picture:"), "{html}");
+    let tap_at = html.find("name=\"tap_id\" value=\"").unwrap() + "name=\"tap_id\" value=\"".len();
+    let tap_id = &html[tap_at..tap_at + html[tap_at..].find('"').unwrap()];
+    // …and the tap starts the job the same.
+    let r = b
+        .post_form(
+            "/printers/printer%201/plate-clear",
+            &[("confirm", "yes"), ("tap_id", tap_id)],
+        )
+        .await;
+    let notice = common::redirect_notice(&r);
+    assert!(!notice.contains("not accepted"), "{notice}");
+    tg.wait_job(job.id, printgate::jobs::model::JobState::Printing)
+        .await;
+
+    // A P1S started by a tap from the API (no confirmation page): no picture either.
+    let api_job = tg.queue(Some("printer 2"), Model::P1S, "api-tap").await;
+    let notices = tg.tap("printer 2", "api-tap-1").await;
+    assert!(
+        notices.iter().all(|n| !n.contains("not accepted")),
+        "{notices:?}"
+    );
+    tg.wait_job(api_job.id, printgate::jobs::model::JobState::Printing)
+        .await;
+
+    let r = get(&b, "/history").await;
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    for id in [job.id, api_job.id] {
+        let row = history_row(&html, id);
+        assert!(row.contains("No camera picture with this tap"), "{row}");
+        assert!(!row.contains("/plate-pictures/"), "{row}");
+    }
+
+    // A picture that is not there is answered in words.
+    let r = get(&b, "/plate-pictures/999").await;
+    assert_eq!(r.status(), 404);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("no stored camera picture 999")
+    );
+    let r = get(&b, "/plate-pictures/latest").await;
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("not a picture number"));
+    tg.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_picture_shown_with_a_tap_is_served_for_that_start_only_when_signed_in() {
+    let tg = TestGateway::start(&[Model::P1S], 600.0).await;
+    tg.wait_online().await;
+    let b = tg.browser().await;
+    let job = tg
+        .queue(Some("printer 1"), Model::P1S, "with-picture")
+        .await;
+    let html = get(&b, "/printers/printer%201/plate-clear")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let (seen, _) = page_picture(&html).expect("a picture on the confirmation");
+    let tap_at = html.find("name=\"tap_id\" value=\"").unwrap() + "name=\"tap_id\" value=\"".len();
+    let tap_id = &html[tap_at..tap_at + html[tap_at..].find('"').unwrap()];
+    let form = [("confirm", "yes"), ("tap_id", tap_id)];
+    let r = b
+        .post_form("/printers/printer%201/plate-clear", &form)
+        .await;
+    assert!(common::redirect_notice(&r).contains("marked clear"));
+    // The same form sent again (a double submit) is one tap and keeps the first picture.
+    b.post_form("/printers/printer%201/plate-clear", &form)
+        .await;
+    tg.wait_job(job.id, printgate::jobs::model::JobState::Printing)
+        .await;
+
+    let html = get(&b, "/history").await.text().await.unwrap();
+    let row = history_row(&html, job.id);
+    let at = row
+        .find("src=\"/plate-pictures/")
+        .expect("a picture in the row")
+        + 5;
+    let url = &row[at..at + row[at..].find('"').unwrap()];
+    let r = get(&b, url).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    assert_eq!(
+        r.bytes().await.unwrap(),
+        seen,
+        "the very picture the page showed"
+    );
+
+    let anon = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(tg.url(url))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(anon.status(), 200, "stored pictures are behind the sign-in");
+    tg.shutdown().await;
+}

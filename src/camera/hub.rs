@@ -149,7 +149,15 @@ struct State {
     failure: Option<Failure>,
     /// Upstream connections opened since start.
     connections: u64,
+    /// Frames shown on a page, by the page's key (newest last, at most [`SHOWN_KEPT`]).
+    shown: std::collections::VecDeque<(String, Frame)>,
 }
+
+/// Shown frames a hub remembers (pages opened but not yet answered)…
+pub const SHOWN_KEPT: usize = 16;
+/// …each for at most this long after the camera sent it (a confirmation left open longer is
+/// answered without its picture in history).
+pub const SHOWN_FOR: Duration = Duration::from_secs(30 * 60);
 
 struct Inner {
     printer: String,
@@ -219,6 +227,7 @@ impl CameraHub {
                     backoff: Backoff::new(timings.backoff_min, timings.backoff_max),
                     failure: None,
                     connections: 0,
+                    shown: std::collections::VecDeque::new(),
                 }),
                 changed: watch::channel(0).0,
                 viewers_changed: Notify::new(),
@@ -238,6 +247,28 @@ impl CameraHub {
     /// Upstream connections opened since start (one per printer however many viewers).
     pub fn connections(&self) -> u64 {
         self.inner.lock().connections
+    }
+
+    /// Remember that `frame` was shown on the page identified by `key` (a Plate clear tap id),
+    /// so that the answer to that page can keep the very picture the person saw.
+    pub fn remember_shown(&self, key: &str, frame: Frame) {
+        let mut st = self.inner.lock();
+        st.shown
+            .retain(|(k, f)| k != key && f.received.elapsed() < SHOWN_FOR);
+        if st.shown.len() >= SHOWN_KEPT {
+            st.shown.pop_front();
+        }
+        st.shown.push_back((key.to_string(), frame));
+    }
+
+    /// The frame shown on page `key`, taken out of the memory.
+    pub fn take_shown(&self, key: &str) -> Option<Frame> {
+        let mut st = self.inner.lock();
+        let at = st.shown.iter().position(|(k, _)| k == key)?;
+        st.shown
+            .remove(at)
+            .map(|(_, f)| f)
+            .filter(|f| f.received.elapsed() < SHOWN_FOR)
     }
 
     /// Whether the upstream connection is open or being opened now.
@@ -517,6 +548,35 @@ mod tests {
         let text = code.answer(now).to_string();
         assert!(text.contains("wrong access code"), "{text}");
         assert!(text.contains("again in 5 s"), "{text}");
+    }
+
+    #[test]
+    fn shown_frames_are_kept_by_page_and_bounded() {
+        let hub = CameraHub::new(
+            "P1S",
+            CameraTarget::Unavailable(CameraError::NoCamera),
+            HubTimings::default(),
+            CancellationToken::new(),
+        );
+        let frame = |b: u8| Frame {
+            jpeg: Bytes::from(vec![b]),
+            received: Instant::now(),
+            received_at: SystemTime::now(),
+        };
+        for i in 0..=SHOWN_KEPT {
+            hub.remember_shown(&format!("tap-{i}"), frame(i as u8));
+        }
+        assert!(hub.take_shown("tap-0").is_none(), "the oldest is dropped");
+        assert_eq!(hub.take_shown("tap-3").unwrap().jpeg[0], 3);
+        assert!(hub.take_shown("tap-3").is_none(), "taken once");
+        let old = Frame {
+            received: Instant::now()
+                .checked_sub(SHOWN_FOR + Duration::from_secs(1))
+                .expect("the clock runs long enough"),
+            ..frame(7)
+        };
+        hub.remember_shown("left-open", old);
+        assert!(hub.take_shown("left-open").is_none(), "too old to be kept");
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/009_octoprint_files.sql"),
     include_str!("migrations/010_job_filaments.sql"),
     include_str!("migrations/011_start_mapping.sql"),
+    include_str!("migrations/012_plate_pictures.sql"),
 ];
 
 /// The schema version this build writes (= number of known migrations).

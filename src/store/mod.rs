@@ -15,6 +15,7 @@ pub mod jobs;
 mod migrations;
 pub mod octoprint_files;
 mod pins;
+pub mod plate_pictures;
 pub mod printer_credentials;
 mod printers;
 mod safety;

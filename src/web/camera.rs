@@ -5,7 +5,8 @@
 //!
 //! The Plate clear confirmation (src/web/queue.rs) takes its picture here too
 //! ([`confirmation_picture`]): fresh when the page opens, shown with its age, and never in the
-//! way of the tap — without a picture the page says why and the form works the same.
+//! way of the tap — without a picture the page says why and the form works the same. The
+//! picture shown is kept with the tap by `web/plate_pictures.rs`.
 
 use super::auth::CurrentUser;
 use crate::app::Gateway;
@@ -44,11 +45,15 @@ pub fn age_text(age: Duration) -> String {
     }
 }
 
-/// A fresh picture of `printer`'s plate for its Plate clear confirmation, or why there is none
-/// (a sentence for the page).
+/// A fresh picture of `printer`'s plate for its Plate clear confirmation carrying `tap_id`, or
+/// why there is none (a sentence for the page). The hub remembers the frame under the tap id,
+/// so that the tap stores the very picture the person saw
+/// ([`super::plate_pictures::keep_confirmed_picture`]); a frame too large to be kept is shown
+/// but not remembered.
 pub(super) async fn confirmation_picture(
     gw: &Gateway,
     printer: &str,
+    tap_id: &str,
 ) -> Result<PlatePicture, String> {
     use base64::Engine;
     let hub = hub(gw, printer).ok_or_else(|| format!("there is no printer called {printer:?}"))?;
@@ -56,11 +61,10 @@ pub(super) async fn confirmation_picture(
         .snapshot(CONFIRMATION_WAIT)
         .await
         .map_err(|e| e.to_string())?;
-    let ms = frame
-        .received_at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
+    if frame.jpeg.len() <= crate::camera::picture::MAX_PICTURE_BYTES {
+        hub.remember_shown(tap_id, frame.clone());
+    }
+    let ms = unix_ms(frame.received_at);
     Ok(PlatePicture {
         data_uri: format!(
             "data:image/jpeg;base64,{}",
@@ -69,6 +73,12 @@ pub(super) async fn confirmation_picture(
         age: age_text(frame.age()),
         taken: super::event_text::local_time(ms, &chrono::Local),
     })
+}
+
+pub(super) fn unix_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 pub fn routes() -> Router<Arc<Gateway>> {

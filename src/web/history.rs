@@ -1,5 +1,6 @@
 //! The History page: every print the gateway saw, whoever started it (web::prints), with
-//! its thumbnail, duration, result and who tapped Plate clear; statistics per printer and per
+//! its thumbnail, duration, result, who tapped Plate clear and the camera picture they
+//! confirmed (web/plate_pictures.rs); statistics per printer and per
 //! week; printgate jobs that never printed; and the recent events in sentences.
 
 use super::auth::CurrentUser;
@@ -10,11 +11,13 @@ use super::render;
 use crate::app::Gateway;
 use crate::jobs::model::JobState;
 use crate::store::EventKind;
+use crate::store::plate_pictures::PictureRef;
 use askama::Template;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How many recorded state changes the print list is derived from (the store prunes old events
@@ -48,6 +51,18 @@ pub struct PrintRow {
     pub started_by: String,
     /// Who tapped Plate clear for it, and when.
     pub tapped: Option<(String, LocalTime)>,
+    /// The camera picture confirmed with that tap.
+    pub confirmed: PlateShot,
+}
+
+/// A camera picture of the plate a print row shows.
+pub enum PlateShot {
+    /// Stored: its address and when the camera took it.
+    Picture { url: String, taken: LocalTime },
+    /// printgate started it, but the tap came without a camera picture.
+    NoPicture,
+    /// Not started by printgate: no tap, so nothing was confirmed.
+    NoTap,
 }
 
 pub struct TotalsRow {
@@ -87,7 +102,7 @@ struct HistoryPage {
     csrf: String,
 }
 
-fn print_row(p: &Print) -> PrintRow {
+fn print_row(p: &Print, confirmed: &HashMap<String, PictureRef>) -> PrintRow {
     let started_by = match &p.job {
         Some(j) => format!("printgate job {}", j.id),
         None if p.joined_midway => "already printing when printgate first saw the printer".into(),
@@ -98,7 +113,18 @@ fn print_row(p: &Print) -> PrintRow {
         .as_ref()
         .and_then(|j| j.tapped.as_ref())
         .map(|(by, at)| (by.clone(), local_time(*at, &chrono::Local)));
+    let confirmed = match p.job.as_ref().and_then(|j| j.tap_id.as_ref()) {
+        Some(tap) => match confirmed.get(tap) {
+            Some(pic) => PlateShot::Picture {
+                url: super::plate_pictures::url(pic.id),
+                taken: local_time(pic.taken_at_ms, &chrono::Local),
+            },
+            None => PlateShot::NoPicture,
+        },
+        None => PlateShot::NoTap,
+    };
     PrintRow {
+        confirmed,
         started: local_time(p.started_ms, &chrono::Local),
         printer: p.printer.clone(),
         name: p.name.clone(),
@@ -171,6 +197,7 @@ async fn page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Response {
                 started_ms: ms(at),
                 thumbnail_url: Some(format!("/thumbnails/{}/{}", j.file_sha256, j.plate)),
                 tapped: Some((start.tap.by.clone(), ms(start.tap.at))),
+                tap_id: Some(start.tap.tap_id.clone()),
             }),
             _ if !matches!(j.state, JobState::Starting | JobState::Printing) => {
                 unprinted.push(JobView::from_job(j))
@@ -203,8 +230,14 @@ async fn page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Response {
         .take(WEEKS_SHOWN)
         .map(|(w, t)| TotalsRow::new(w.clone(), t))
         .collect();
+    let shown: Vec<&Print> = all.iter().take(PRINTS_SHOWN).collect();
+    let taps: Vec<&str> = shown
+        .iter()
+        .filter_map(|p| p.job.as_ref()?.tap_id.as_deref())
+        .collect();
+    let confirmed = gw.store.confirmed_pictures(&taps).unwrap_or_default();
     render(&HistoryPage {
-        prints: all.iter().take(PRINTS_SHOWN).map(print_row).collect(),
+        prints: shown.iter().map(|p| print_row(p, &confirmed)).collect(),
         per_printer,
         per_week,
         rows: rows.into_iter().map(|(_, r)| r).collect(),

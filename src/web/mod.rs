@@ -15,6 +15,7 @@ pub mod job_filaments;
 pub mod live;
 pub mod octoprint;
 pub mod openapi;
+pub mod plate_pictures;
 pub mod printer_login;
 pub mod printer_page;
 pub mod prints;
@@ -56,6 +57,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .merge(printer_page::routes())
         .merge(history::routes())
         .merge(camera::routes())
+        .merge(plate_pictures::routes())
         .merge(fleet::routes())
         .merge(printer_login::routes())
         .merge(settings::routes())

@@ -50,6 +50,8 @@ pub struct StartedJob {
     pub thumbnail_url: Option<String>,
     /// Who tapped Plate clear for this start, and when (Unix ms).
     pub tapped: Option<(String, i64)>,
+    /// The id of that tap (its confirmed camera picture is kept under it).
+    pub tap_id: Option<String>,
 }
 
 /// How a print ended.
@@ -293,6 +295,7 @@ mod tests {
             started_ms: at_min * MIN,
             thumbnail_url: None,
             tapped: Some(("ann".into(), (at_min - 1) * MIN)),
+            tap_id: Some(format!("tap-{id}")),
         }
     }
 

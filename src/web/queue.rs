@@ -194,10 +194,11 @@ async fn plate_clear_page(
     }
     // Bounded (web::camera::CONFIRMATION_WAIT); without a picture the page says why and the
     // confirmation works the same: the camera never blocks or replaces the person's tap.
-    let picture = super::camera::confirmation_picture(&gw, &name).await;
+    let tap_id = new_id();
+    let picture = super::camera::confirmation_picture(&gw, &name, &tap_id).await;
     render(&PlateClearPage {
         printer: name,
-        tap_id: new_id(),
+        tap_id,
         csrf: user.csrf_token().to_string(),
         picture,
     })
@@ -244,6 +245,10 @@ async fn plate_clear_form(
             "Plate clear was not confirmed; nothing changed",
         )
     } else {
+        // The picture this confirmation showed goes into history with the tap (if any).
+        if let Some(t) = form.tap_id.as_deref().filter(|t| !t.trim().is_empty()) {
+            super::plate_pictures::keep_confirmed_picture(&gw, &name, t).await;
+        }
         match tap(&gw, &name, &actor.0, form.tap_id).await {
             Ok(notices) if notices.is_empty() => {
                 FormOutcome::done(format!("Plate of {name} marked clear by {}", actor.0))
