@@ -5,7 +5,8 @@
 //!   bambu-connect 0.3.1 (pinned in .ci/run), unmodified, via `tests/py/virtual_printer_clients.py`:
 //!   they read the simulated printer's job and state through the virtual printer, pause and
 //!   resume it through printgate's controls (recorded in the history with the client as actor),
-//!   and get a refusal with a reason for G-code and for a start; the simulator's own command log
+//!   and get a refusal with a reason for G-code and for a print of a file never uploaded; the
+//!   simulator's own command log
 //!   shows no start and no G-code, and one session only. bambu-connect hard-codes port 8883, so
 //!   the test re-runs itself in a network namespace of its own (`unshare --net
 //!   --map-root-user`) where the virtual printer takes 8883 on loopback; without namespaces it
@@ -16,11 +17,16 @@
 //!   one connection. Prints the mirror latency (printgate's session → each client).
 //! - `wrong_access_codes_lock_the_address_out`: CONNACK 5 for a wrong code, and after five of
 //!   them the right code is refused too.
+//! - `an_upload_and_print_request_queue_one_job_that_starts_once_after_plate_clear`:
+//!   bambulabs-api's FTPS client uploads a project and its MQTT client asks to print it twice:
+//!   one queued job, the printer untouched until Plate clear, then started once; a file that
+//!   fails printgate's upload checks is refused and cannot be printed.
 
 mod common;
 
 use common::{TestGateway, WAIT, config_for, start_sim};
 use printgate::config::Model;
+use printgate::jobs::model::JobState;
 use printgate::sim::SimPrinter;
 use printgate::sim::fixtures::{Fixture3mf, build_3mf};
 use printgate::virtual_printer::VirtualPrinterInfo;
@@ -147,6 +153,7 @@ async fn third_party_clients(with_bambu_connect: bool) {
         Duration::from_secs(240),
         tokio::process::Command::new("python3")
             .arg(script)
+            .arg("state")
             .arg(&vp.host)
             .arg(vp.mqtt_port.to_string())
             .arg(&vp.serial)
@@ -213,7 +220,7 @@ async fn third_party_clients(with_bambu_connect: bool) {
     assert!(
         api["start_ack"]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("does not start prints")),
+            .is_some_and(|r| r.contains("no file") && r.contains("was uploaded")),
         "{api}"
     );
     // CONNACK 5, which paho 2 reports as reason code 135 "Not authorized".
@@ -497,5 +504,110 @@ async fn wrong_access_codes_lock_the_address_out() {
     );
     // The real printer was never asked.
     assert_eq!(tg.sims[0].truth().borrow().connections, 1);
+    tg.shutdown().await;
+}
+
+/// Slice 2: bambulabs-api uploads a sliced project over the virtual printer's FTPS and asks to
+/// print it twice (a retry). printgate stores it with the web upload's checks and makes one
+/// queued job; the printer is not started (its command log has no `project_file`) until Plate
+/// clear is tapped, and then printgate's session starts that job exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_and_print_request_queue_one_job_that_starts_once_after_plate_clear() {
+    assert!(
+        python_has("bambulabs_api"),
+        "python3 with bambulabs-api is not installed: run `bash .ci/run`"
+    );
+    let (tg, vp) = gateway("127.0.0.1:0".parse().expect("address"), false).await;
+    let sim = &tg.sims[0];
+    let work = tempfile::tempdir().expect("temp dir");
+    let file = work.path().join("vp_lid.gcode.3mf");
+    std::fs::write(
+        &file,
+        build_3mf(&Fixture3mf {
+            prediction_secs: 1200,
+            layers: 30,
+            ..Fixture3mf::for_model(Model::P1S)
+        }),
+    )
+    .expect("fixture written");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/py/virtual_printer_clients.py"
+    );
+    let out = timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("python3")
+            .arg(script)
+            .arg("print")
+            .arg(&vp.host)
+            .arg(vp.mqtt_port.to_string())
+            .arg(vp.ftps_port.expect("an FTPS port").to_string())
+            .arg(&vp.serial)
+            .arg(&vp.access_code)
+            .arg(&file)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the client script finished in time")
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bambulabs-api could not upload and send a print ({:?}):\n{}\n{stdout}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    eprintln!("{v:#}");
+    let acks = v["acks"].as_array().expect("acks");
+    assert_eq!(acks.len(), 2, "{v}");
+    for a in acks {
+        assert_eq!(a["result"], "success", "{v}");
+        assert!(
+            a["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("Plate clear")),
+            "{v}"
+        );
+    }
+    assert!(
+        acks[1]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("already queued")),
+        "the retry found the same job: {v}"
+    );
+
+    // One job, queued, from the client; nothing reached the printer.
+    let gw = tg.gw();
+    let jobs = gw
+        .store
+        .jobs_in_states(&[JobState::Queued, JobState::Staged])
+        .expect("jobs");
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = jobs[0].clone();
+    assert!(
+        job.created_by.starts_with("virtual printer client"),
+        "{job:?}"
+    );
+    assert!(!sim.command_log().iter().any(|c| c.is_project_file()));
+    assert_eq!(
+        sim.truth().borrow().gcode_state,
+        printgate::printer::GcodeState::Idle
+    );
+
+    // Plate clear: printgate starts that job, once.
+    let notices = tg.tap(&tg.gw().printers[0].name, "vp-tap-1").await;
+    eprintln!("tap: {notices:?}");
+    tg.wait_job(job.id, JobState::Printing).await;
+    let starts: Vec<_> = sim
+        .command_log()
+        .into_iter()
+        .filter(|c| c.is_project_file())
+        .collect();
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    let sessions: std::collections::BTreeSet<u64> =
+        sim.command_log().iter().map(|c| c.conn_id).collect();
+    assert_eq!(sessions.len(), 1, "printgate's one session: {sessions:?}");
     tg.shutdown().await;
 }

@@ -264,8 +264,13 @@ pub async fn run(
     }
     for vp in running.gateway.virtual_printers.get().into_iter().flatten() {
         println!(
-            "  virtual printer of {} on {}:{} serial {} access code {} (MQTT over TLS, user bblp; point a Bambu LAN tool at it; no uploads yet)",
-            vp.printer, vp.host, vp.mqtt_port, vp.serial, vp.access_code
+            "  virtual printer of {} on {}:{} serial {} access code {} (MQTT over TLS, user bblp; FTPS uploads on port {}; a print sent to it waits for Plate clear)",
+            vp.printer,
+            vp.host,
+            vp.mqtt_port,
+            vp.serial,
+            vp.access_code,
+            vp.ftps_port.map_or("-".to_string(), |p| p.to_string())
         );
     }
     println!(

@@ -20,7 +20,14 @@ pub struct VirtualPrinterConfig {
     /// (tests and `printgate demo`).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Address and port of its implicit-FTPS server (uploads); default: the address of
+    /// `listen` with port 990 (the printers' port; needs root or CAP_NET_BIND_SERVICE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftps_listen: Option<SocketAddr>,
 }
+
+/// The standard implicit-FTPS port of a Bambu printer.
+pub const STANDARD_FTPS_PORT: u16 = 990;
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], STANDARD_MQTT_PORT))
@@ -31,17 +38,26 @@ impl Default for VirtualPrinterConfig {
         Self {
             enabled: false,
             listen: default_listen(),
+            ftps_listen: None,
         }
     }
 }
 
 impl VirtualPrinterConfig {
-    /// On, listening on `listen` (tests and the demo).
+    /// On, listening on `listen` (tests and the demo); with port 0 the FTPS port is picked
+    /// freely too.
     pub fn on(listen: SocketAddr) -> Self {
         Self {
             enabled: true,
             listen,
+            ftps_listen: (listen.port() == 0).then(|| SocketAddr::new(listen.ip(), 0)),
         }
+    }
+
+    /// Where the FTPS server listens.
+    pub fn ftps_listen(&self) -> SocketAddr {
+        self.ftps_listen
+            .unwrap_or_else(|| SocketAddr::new(self.listen.ip(), STANDARD_FTPS_PORT))
     }
 
     /// For `skip_serializing_if`: nothing to write while it is off and at its default.

@@ -4,17 +4,21 @@
 //! one session only, printgate's. Each virtual printer has its own serial and access code
 //! (`identity.rs`), a certificate signed by printgate's CA, and an MQTT-over-TLS server
 //! (`server.rs`) whose report topic mirrors the real printer (`mirror.rs`) and whose request
-//! topic goes through printgate's rules (`requests.rs`, `controls.rs`): a `project_file` is
-//! never a start.
+//! topic goes through printgate's rules (`requests.rs`, `controls.rs`), and an implicit FTPS
+//! server (`ftps.rs`) that streams uploads into printgate's file store. A `project_file` is
+//! never a start: it queues the uploaded file as one job (`uploads.rs`), which the dispatcher
+//! starts after Plate clear.
 //!
-//! Not served yet: FTPS uploads, SSDP announcements, the slicers' detect/bind handshake.
+//! Not served yet: SSDP announcements, the slicers' detect/bind handshake.
 
 pub mod config;
+pub mod ftps;
 pub mod identity;
 pub mod login_limit;
 pub mod mirror;
 pub mod requests;
 pub mod server;
+pub mod uploads;
 
 use crate::app::Gateway;
 use bytes::Bytes;
@@ -37,7 +41,7 @@ pub struct VirtualPrinterInfo {
     pub host: String,
     /// Its MQTT-over-TLS port.
     pub mqtt_port: u16,
-    /// Its FTPS port; `null` while virtual printers take no uploads (not served yet).
+    /// Its implicit-FTPS port (uploads).
     pub ftps_port: Option<u16>,
 }
 
@@ -98,8 +102,18 @@ pub async fn start(
             )
         })?;
         let addr = listener.local_addr()?;
+        let ftps_listen = pc.virtual_printer.ftps_listen();
+        let ftps_listener = tokio::net::TcpListener::bind(ftps_listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "the virtual printer of {} cannot take uploads on {ftps_listen}: {e}; choose another printers.virtual_printer.ftps_listen for it (port 990 needs root or CAP_NET_BIND_SERVICE)",
+                pc.name
+            )
+        })?;
+        let ftps_addr = ftps_listener.local_addr()?;
         let vp = server::VirtualPrinter::new(server::Parts {
             printer: pc.name.clone(),
+            model: pc.model,
+            files: gw.files.clone(),
             mirror: mirror::Mirror::new(pc.model, &pc.serial, &credentials.serial),
             tls: authority.server_config(&credentials.serial)?,
             credentials: credentials.clone(),
@@ -107,6 +121,11 @@ pub async fn start(
             gateway: Arc::downgrade(gw),
         });
         tasks.spawn(vp.clone().run_mirror(feed, shutdown.clone()));
+        tasks.spawn(ftps::run_listener(
+            vp.clone(),
+            ftps_listener,
+            shutdown.clone(),
+        ));
         tasks.spawn(vp.run_listener(listener, shutdown.clone()));
         tracing::info!(printer = %pc.name, serial = %credentials.serial, %addr, "virtual printer listening");
         infos.push(VirtualPrinterInfo {
@@ -115,7 +134,7 @@ pub async fn start(
             access_code: credentials.access_code,
             host: addr.ip().to_string(),
             mqtt_port: addr.port(),
-            ftps_port: None,
+            ftps_port: Some(ftps_addr.port()),
         });
     }
     Ok(infos)

@@ -1,9 +1,9 @@
 //! What a virtual printer does with a client's request on `device/<serial>/request`
 //! (docs/bambu-protocol.md §4): status and info are answered from printgate's state, pause /
 //! resume / stop / the chamber light go through printgate's printer controls, and everything
-//! that could start a print, move, heat or reconfigure the printer is refused with an
-//! acknowledgement that says why. A `project_file` is never a start. Pure: the server carries
-//! the decisions out.
+//! that could move, heat or reconfigure the printer is refused with an acknowledgement that
+//! says why. A `project_file` is never a start: it asks to queue the file the client uploaded
+//! as a job, which starts only after Plate clear. Pure: the server carries the decisions out.
 
 use crate::printer::PrinterCommand;
 use serde_json::{Map, Value};
@@ -21,14 +21,24 @@ pub enum Decision {
         /// The action's name in printgate's history (`pause`, `light-on`, …).
         action: &'static str,
     },
+    /// Queue the file the client uploaded as a job (never a start): the plate-clear gate
+    /// decides when it prints.
+    QueueFile {
+        /// Name of the uploaded file (the last part of `url` or `file`).
+        file: String,
+        /// 1-based plate index from `param` (`Metadata/plate_<n>.gcode`).
+        plate: u32,
+        /// `subtask_name`, the job's name on the printer's screen.
+        name: Option<String>,
+    },
     /// Answer with a failed acknowledgement giving this reason.
     Refuse(String),
     /// Nothing to do and nothing to answer (`pushing.start`, unknown noise).
     Nothing,
 }
 
-/// The reason given for a `project_file`: it is never a start.
-pub const PROJECT_FILE_REFUSED: &str = "printgate's virtual printer does not start prints: a start from a slicer is not queued yet in this version of printgate; upload the file to printgate (its web page or the OctoPrint upload) and tap Plate clear on the printer's page";
+/// The reason given for a `gcode_file`: printgate prints sliced projects only.
+pub const GCODE_FILE_REFUSED: &str = "printgate's virtual printer does not print bare G-code files; send the sliced project (.gcode.3mf) from the slicer instead";
 
 /// The sections of a request in the order they came (`printer/bambu/request_json.rs`), each
 /// with its decision; sections that are not objects are left out.
@@ -53,9 +63,8 @@ fn decide_section(section: &str, body: &Map<String, Value>) -> Decision {
         ("print", "pause") => control(PrinterCommand::Pause, "pause"),
         ("print", "resume") => control(PrinterCommand::Resume, "resume"),
         ("print", "stop") => control(PrinterCommand::Stop, "stop"),
-        ("print", "project_file" | "gcode_file") => {
-            Decision::Refuse(PROJECT_FILE_REFUSED.to_string())
-        }
+        ("print", "project_file") => project_file(body),
+        ("print", "gcode_file") => Decision::Refuse(GCODE_FILE_REFUSED.to_string()),
         ("print", "gcode_line") => refuse(
             "G-code",
             "G-code moves and heats the printer outside printgate's checks",
@@ -79,6 +88,48 @@ fn decide_section(section: &str, body: &Map<String, Value>) -> Decision {
         (section, command) => Decision::Refuse(format!(
             "printgate's virtual printer does not carry out {section}.{command}; nothing was done (use the printer's screen)"
         )),
+    }
+}
+
+/// A `project_file` names a file uploaded to the virtual printer and a plate (§4.2).
+fn project_file(body: &Map<String, Value>) -> Decision {
+    let text = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("").trim();
+    let source = if text("url").is_empty() {
+        text("file")
+    } else {
+        text("url")
+    };
+    let file = source.rsplit('/').next().unwrap_or("").trim();
+    if file.is_empty() {
+        return Decision::Refuse(
+            "the project_file names no file (url or file); upload the project first, then send it again".into(),
+        );
+    }
+    let param = text("param");
+    let plate = match param
+        .strip_prefix("Metadata/plate_")
+        .and_then(|p| p.strip_suffix(".gcode"))
+    {
+        None if param.is_empty() => 1,
+        Some(n) => match n.parse::<u32>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return Decision::Refuse(format!(
+                    "param {param:?} names no plate; it must be Metadata/plate_<n>.gcode"
+                ));
+            }
+        },
+        None => {
+            return Decision::Refuse(format!(
+                "param {param:?} names no plate; it must be Metadata/plate_<n>.gcode"
+            ));
+        }
+    };
+    let name = Some(text("subtask_name").to_string()).filter(|n| !n.is_empty());
+    Decision::QueueFile {
+        file: file.to_string(),
+        plate,
+        name,
     }
 }
 
@@ -136,14 +187,45 @@ mod tests {
     }
 
     #[test]
-    fn a_project_file_is_never_a_start() {
+    fn a_project_file_is_never_a_start_but_a_file_to_queue() {
         let d = one(
             json!({"print": {"command": "project_file", "sequence_id": "13",
-            "param": "Metadata/plate_1.gcode", "url": "ftp://x.3mf"}}),
+            "param": "Metadata/plate_2.gcode", "url": "ftp:///lid.gcode.3mf", "subtask_name": "lid"}}),
         );
-        assert_eq!(d, Decision::Refuse(PROJECT_FILE_REFUSED.to_string()));
-        let d = one(json!({"print": {"command": "gcode_file", "param": "/sdcard/a.gcode"}}));
-        assert!(matches!(d, Decision::Refuse(_)));
+        assert_eq!(
+            d,
+            Decision::QueueFile {
+                file: "lid.gcode.3mf".into(),
+                plate: 2,
+                name: Some("lid".into())
+            }
+        );
+        // Every URL form of §4.2 names the file by its last part; `file` when there is no url.
+        for url in [
+            "ftp://a.gcode.3mf",
+            "file:///sdcard/a.gcode.3mf",
+            "file:///media/usb0/a.gcode.3mf",
+        ] {
+            let d = one(
+                json!({"print": {"command": "project_file", "param": "Metadata/plate_1.gcode", "url": url}}),
+            );
+            assert!(
+                matches!(d, Decision::QueueFile { ref file, plate: 1, .. } if file == "a.gcode.3mf"),
+                "{url}: {d:?}"
+            );
+        }
+        let d = one(json!({"print": {"command": "project_file", "file": "b.gcode.3mf"}}));
+        assert!(
+            matches!(d, Decision::QueueFile { ref file, plate: 1, name: None } if file == "b.gcode.3mf")
+        );
+        for bad in [
+            json!({"print": {"command": "project_file"}}),
+            json!({"print": {"command": "project_file", "url": "ftp://a.3mf", "param": "Metadata/plate_0.gcode"}}),
+            json!({"print": {"command": "project_file", "url": "ftp://a.3mf", "param": "x"}}),
+            json!({"print": {"command": "gcode_file", "param": "/sdcard/a.gcode"}}),
+        ] {
+            assert!(matches!(one(bad.clone()), Decision::Refuse(_)), "{bad}");
+        }
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct VirtualPrinter {
     logged_in: AtomicUsize,
     /// When a full report answering a `pushall` last went to every client.
     last_full_report: Mutex<Option<Instant>>,
+    model: crate::printer::Model,
+    uploads: super::uploads::Uploads,
+    files: Arc<crate::jobs::files::FileStore>,
 }
 
 /// A `pushall` within this long of the last full report, from a client that was subscribed
@@ -69,6 +72,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What the server needs to know about the printer it stands for.
 pub struct Parts {
     pub printer: String,
+    pub model: crate::printer::Model,
+    pub files: Arc<crate::jobs::files::FileStore>,
     pub credentials: Credentials,
     pub mirror: Mirror,
     pub tls: Arc<rustls::ServerConfig>,
@@ -92,6 +97,9 @@ impl VirtualPrinter {
             connections: AtomicUsize::new(0),
             logged_in: AtomicUsize::new(0),
             last_full_report: Mutex::new(None),
+            model: parts.model,
+            files: parts.files,
+            uploads: super::uploads::Uploads::default(),
             credentials: parts.credentials,
         })
     }
@@ -224,6 +232,46 @@ impl VirtualPrinter {
         self.logged_in.fetch_sub(1, Ordering::SeqCst);
     }
 
+    pub(super) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.acceptor.clone()
+    }
+
+    pub(super) fn uploads(&self) -> &super::uploads::Uploads {
+        &self.uploads
+    }
+
+    /// The gateway's file store (uploads are validated and kept there).
+    pub(super) fn files(&self) -> Arc<crate::jobs::files::FileStore> {
+        Arc::clone(&self.files)
+    }
+
+    /// Give a stored file's reference back (an upload no job took).
+    pub(super) fn release_file(&self, sha256: String) {
+        let files = self.files();
+        tokio::spawn(async move {
+            if let Err(e) = files.release(&sha256).await {
+                tracing::warn!("could not release an unused virtual printer upload: {e}");
+            }
+        });
+    }
+
+    /// FTPS `PASS`: the access code, under the same lockout as MQTT logins.
+    pub(super) fn ftps_login(&self, password: &str, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let mut limiter = lock(&self.limiter);
+        if matches!(limiter.verdict(ip, now), Verdict::Locked(_)) {
+            return false;
+        }
+        let good = constant_time_eq(password.as_bytes(), self.credentials.access_code.as_bytes());
+        if good {
+            limiter.succeeded(ip);
+        } else {
+            limiter.failed(ip, now);
+            tracing::warn!(printer = %self.printer, %ip, "virtual printer FTPS login refused: wrong access code");
+        }
+        good
+    }
+
     /// `None` if the client may in, else the CONNACK refusal code.
     fn login(&self, connect: &Connect, ip: IpAddr) -> Option<ConnectReturnCode> {
         let now = Instant::now();
@@ -293,6 +341,43 @@ impl VirtualPrinter {
                 Decision::Refuse(why) => {
                     tracing::info!(printer = %self.printer, %actor, %section, command = ?body.get("command"), "virtual printer refused a request: {why}");
                     self.answer(&section, &body, false, &why);
+                }
+                Decision::QueueFile { file, plate, name } => {
+                    let vp = Arc::clone(self);
+                    let actor = actor.to_string();
+                    tokio::spawn(async move {
+                        let Some(gw) = vp.gateway.upgrade() else {
+                            return;
+                        };
+                        let outcome = vp
+                            .uploads
+                            .queue(
+                                &gw,
+                                &vp.printer,
+                                vp.model,
+                                super::uploads::PrintRequest { file, plate, name },
+                                &actor,
+                            )
+                            .await;
+                        match outcome {
+                            Ok(q) => {
+                                let why = format!(
+                                    "queued in printgate as job {} ({}){}; it starts only after Plate clear is tapped for {} — nothing was started",
+                                    q.job_id,
+                                    q.name,
+                                    if q.created {
+                                        ""
+                                    } else {
+                                        ", already queued by an earlier request"
+                                    },
+                                    vp.printer
+                                );
+                                tracing::info!(printer = %vp.printer, %actor, job = q.job_id, created = q.created, "virtual printer print request queued a job");
+                                vp.answer(&section, &body, true, &why);
+                            }
+                            Err(why) => vp.answer(&section, &body, false, &why),
+                        }
+                    });
                 }
                 Decision::Control { command, action } => {
                     let vp = Arc::clone(self);

@@ -14,8 +14,7 @@ pub fn routes() -> Router<Arc<Gateway>> {
 }
 
 /// The virtual printers printgate serves, in configuration order (empty unless a printer has
-/// `[printers.virtual_printer] enabled = true`). `ftps_port` is `null`: uploads through a
-/// virtual printer are not served yet.
+/// `[printers.virtual_printer] enabled = true`).
 #[utoipa::path(
     get,
     path = "/api/v1/virtual-printers",

@@ -2,7 +2,10 @@
 PyPI, unmodified (bambulabs-api 2.6.6 and bambu-connect 0.3.1, pinned in .ci/run), as their
 users call them.
 
-Usage: virtual_printer_clients.py HOST PORT SERIAL ACCESS_CODE SUBTASK_NAME WITH_BAMBU_CONNECT
+Usage: virtual_printer_clients.py state HOST PORT SERIAL ACCESS_CODE SUBTASK_NAME WITH_BAMBU_CONNECT
+       virtual_printer_clients.py print HOST MQTT_PORT FTPS_PORT SERIAL ACCESS_CODE FILE
+
+`state`:
 
 - bambulabs-api (its PrinterMQTTClient, the class its Printer wraps, which takes the port):
   connect, wait for the full state and the firmware version, read the typed getters (the
@@ -13,6 +16,10 @@ Usage: virtual_printer_clients.py HOST PORT SERIAL ACCESS_CODE SUBTASK_NAME WITH
   namespace): ExecuteClient's dump_info (pushall) is answered with a full report, and its
   start_print and send_gcode are refused with a reason;
 - last, bambulabs-api with a wrong access code: the connection is refused (CONNACK 5).
+
+`print`: bambulabs-api uploads FILE over its FTPS client (PrinterFTPClient, which takes the
+port) and asks to print it (start_print_3mf) twice, as a client retrying would: both are
+acknowledged as queued, the second as already queued.
 
 Prints one JSON line (what each library saw) and exits 0, or exits 1 with the first failure on
 stderr. Whether anything reached the simulated printer is checked by the Rust test, on the
@@ -175,8 +182,52 @@ def bambu_connect_case(host, port, code, serial):
             execute.disconnect()
 
 
+def print_case(host, mqtt_port, ftps_port, serial, code, path):
+    import os
+
+    import bambulabs_api as bl
+
+    name = os.path.basename(path)
+    ftp = bl.PrinterFTPClient(host, code, port=ftps_port)
+    with open(path, "rb") as f:
+        result = ftp.upload_file(f, name)
+    check(isinstance(result, str) and result.startswith("226"), f"upload of {name}: {result!r}")
+    # A file that fails printgate's upload checks is refused (552; the library logs the error
+    # and returns None) and kept nowhere.
+    import io
+
+    junk = ftp.upload_file(io.BytesIO(b"this is not a sliced project"), "junk.gcode.3mf")
+    check(junk is None, f"a file that is not a 3MF was accepted: {junk!r}")
+    c = bambulabs_api_client(host, mqtt_port, code, serial)
+    try:
+        wait_for("bambulabs-api connected", c.is_connected)
+        wait_for("full state", lambda: "gcode_state" in c.dump().get("print", {}))
+        starts = lambda: [a["print"] for a in acks(c, "print") if a["print"].get("command") == "project_file"]
+        check(c.start_print_3mf(name, 1, use_ams=False), "start_print_3mf did not publish")
+        wait_for("the print request acknowledged", lambda: len(starts()) >= 1)
+        check(c.start_print_3mf(name, 1, use_ams=False), "the resend did not publish")
+        wait_for("the resent request acknowledged", lambda: len(starts()) >= 2)
+        c.start_print_3mf("junk.gcode.3mf", 1, use_ams=False)
+        wait_for("the refused upload cannot be printed", lambda: len(starts()) >= 3)
+        junk_ack = starts()[2]
+        check(junk_ack["result"] == "failed" and "no file" in junk_ack["reason"], f"{junk_ack}")
+        return {
+            "upload": result,
+            "acks": [{k: a[k] for k in ("result", "reason")} for a in starts()[:2]],
+            "junk_ack": {k: junk_ack[k] for k in ("result", "reason")},
+            "state": c.dump()["print"].get("gcode_state"),
+        }
+    finally:
+        c.stop()
+        c._client.disconnect()
+
+
 def main():
-    host, port, serial, code, subtask, with_bc = sys.argv[1:7]
+    if sys.argv[1] == "print":
+        host, mqtt_port, ftps_port, serial, code, path = sys.argv[2:8]
+        print(json.dumps(print_case(host, int(mqtt_port), int(ftps_port), serial, code, path)))
+        return
+    host, port, serial, code, subtask, with_bc = sys.argv[2:8]
     port = int(port)
     out = {"bambulabs_api": bambulabs_api_case(host, port, code, serial, subtask)}
     if with_bc == "1":
