@@ -95,6 +95,7 @@ impl Modify for Security {
         HmsView,
         FilamentView,
         super::job_filaments::FilamentNeedView,
+        super::job_filaments::TrayPlanView,
         AmsUnitView,
         TrayView,
         JobView,

@@ -66,6 +66,9 @@ pub struct JobView {
     /// The filaments the job's plate needs, read from its 3MF at upload; `None` = not
     /// recorded (plain G-code, or queued before printgate read them).
     pub filaments: Option<Vec<super::job_filaments::FilamentNeedView>>,
+    /// Which trays its start uses: committed with the start, or what the printer's loaded
+    /// trays would give now (or what to load where); `None` = no filament list known.
+    pub trays: Option<super::job_filaments::TrayPlanView>,
 }
 
 impl JobView {
@@ -103,6 +106,7 @@ impl JobView {
                 _ => None,
             },
             filaments: None,
+            trays: None,
         }
     }
 }
@@ -118,6 +122,7 @@ pub fn queue_views(gw: &Gateway) -> Vec<JobView> {
         .into_iter()
         .map(|j| JobView {
             filaments: needs.remove(&j.id),
+            trays: super::job_filaments::tray_plan(&state, j),
             ..JobView::from_job(j)
         })
         .collect();
@@ -178,6 +183,8 @@ struct PlateClearPage {
     csrf: String,
     /// The camera's picture when the page opened, or why there is none.
     picture: Result<super::camera::PlatePicture, String>,
+    /// The job that would start next here and the trays it would use (or what to load).
+    next: Option<(String, Option<super::job_filaments::TrayPlanView>)>,
 }
 
 async fn plate_clear_page(
@@ -196,11 +203,13 @@ async fn plate_clear_page(
     // confirmation works the same: the camera never blocks or replaces the person's tap.
     let tap_id = new_id();
     let picture = super::camera::confirmation_picture(&gw, &name, &tap_id).await;
+    let next = super::job_filaments::next_on(&gw.dispatcher.state(), &name);
     render(&PlateClearPage {
         printer: name,
         tap_id,
         csrf: user.csrf_token().to_string(),
         picture,
+        next,
     })
 }
 
@@ -640,6 +649,7 @@ mod tests {
             can_start_again: false,
             duration: None,
             filaments: None,
+            trays: None,
         };
         // A printing job first (not movable), then three waiting ones.
         let mut v = vec![view(1, false), view(2, true), view(3, true), view(4, true)];
