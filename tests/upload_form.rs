@@ -309,10 +309,7 @@ async fn three_copies_are_three_jobs_each_waiting_for_its_own_plate_clear() {
     let first = first.expect("the tap started one copy");
     t.wait_job(first, JobState::Printing).await;
     assert_eq!(starts(&t.sims[0]).len(), 1, "one start for one tap");
-    let still_queued = queued()
-        .into_iter()
-        .filter(|j| waiting(j.state))
-        .count();
+    let still_queued = queued().into_iter().filter(|j| waiting(j.state)).count();
     assert_eq!(
         still_queued, 2,
         "the other copies wait for their own Plate clear"

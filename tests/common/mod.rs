@@ -670,6 +670,8 @@ pub fn audit_starts(db: &std::path::Path, starts: &[DeliveredStart], rules: &Aud
         let tap_id = outcome
             .as_deref()
             .and_then(|o| o.strip_prefix("consumed plate-clear tap "))
+            // A start with a tray mapping says so after the tap: "…tap <id>; filament: …".
+            .map(|o| o.split_once("; filament: ").map_or(o, |(tap, _)| tap))
             .unwrap_or_default()
             .to_string();
         type TapRow = (String, String, i64, Option<JobId>);
