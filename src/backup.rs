@@ -7,7 +7,11 @@
 //! - `printgate.sqlite` — a consistent copy of the database (SQLite online backup API, one read
 //!   transaction, so a gateway may keep running and writing meanwhile);
 //! - `files/<sha256>` — every print file the copied database refers to, verified against its
-//!   hash while it is read.
+//!   hash while it is read;
+//! - `identity/<path>` — what makes the gateway the same one on the LAN, so that slicers and
+//!   Home Assistant stay paired after a restore on a new machine: the virtual printers' CA, serials
+//!   and access codes, the broker's generated certificate and its Home Assistant serials (only
+//!   the names in [`IDENTITY_FILES`] are written or accepted).
 //!
 //! Stored files are content-addressed and never change, so the database snapshot decides which
 //! files belong to the backup. `restore` refuses while a gateway runs on the data directory,
@@ -32,6 +36,21 @@ pub const FORMAT: u32 = 1;
 
 /// Largest database or file accepted from an archive (a zip bomb must not fill the disk).
 const MAX_ENTRY_BYTES: u64 = 8 << 30;
+
+/// The identity files of a data directory, relative to it (the places `virtual_printer::identity`
+/// and `broker::service` keep them). Restored with mode 0600: some are private keys.
+pub const IDENTITY_FILES: &[&str] = &[
+    "virtual-printers/ca.pem",
+    "virtual-printers/ca.key.pem",
+    "virtual-printers/identities.json",
+    "broker-tls/cert.pem",
+    "broker-tls/key.pem",
+    "broker-ha-serials.json",
+];
+/// Archive folder of the identity files.
+const IDENTITY_ENTRY: &str = "identity/";
+/// Largest identity file accepted from an archive.
+const MAX_IDENTITY_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -66,6 +85,10 @@ pub struct Manifest {
     /// Files the database refers to that were missing or damaged on disk (not in the archive).
     #[serde(default)]
     pub missing_files: Vec<String>,
+    /// The identity files in `identity/` (paths from [`IDENTITY_FILES`]); none in archives
+    /// written before they were kept.
+    #[serde(default)]
+    pub identity_files: Vec<String>,
 }
 
 /// What a backup or restore did.
@@ -139,6 +162,17 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Outcome, BackupError> {
             files.push(sha.clone());
         }
     }
+    let mut identity_files = Vec::new();
+    for name in IDENTITY_FILES {
+        let path = data_dir.join(name);
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            continue; // not made on this gateway (that feature never ran)
+        };
+        zip.start_file(format!("{IDENTITY_ENTRY}{name}"), deflated)
+            .map_err(zip_err)?;
+        std::io::copy(&mut f, &mut zip).map_err(|e| io("cannot copy", &path, e))?;
+        identity_files.push(name.to_string());
+    }
     let manifest = Manifest {
         format: FORMAT,
         printgate_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -147,6 +181,7 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Outcome, BackupError> {
         jobs: summary.jobs,
         files,
         missing_files: missing,
+        identity_files,
     };
     zip.start_file(MANIFEST, deflated).map_err(zip_err)?;
     let json = serde_json::to_vec_pretty(&manifest)
@@ -211,6 +246,8 @@ pub fn give_back_to_service_user(data_dir: &Path) {
         data_dir.to_path_buf(),
         data_dir.join("files"),
         data_dir.join("backups"),
+        data_dir.join("virtual-printers"),
+        data_dir.join("broker-tls"),
     ] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -245,16 +282,35 @@ fn copy_hashing(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<St
 
 /// Read one archive entry into `dest`, at most [`MAX_ENTRY_BYTES`]; returns its SHA-256.
 fn extract(entry: &mut impl Read, dest: &Path) -> Result<String, BackupError> {
-    let mut out = std::fs::File::create(dest).map_err(|e| io("cannot create", dest, e))?;
-    let mut limited = entry.take(MAX_ENTRY_BYTES + 1);
+    extract_limited(entry, dest, MAX_ENTRY_BYTES, false)
+}
+
+/// Read one archive entry into `dest` (mode 0600 when `private`), at most `limit` bytes;
+/// returns its SHA-256.
+fn extract_limited(
+    entry: &mut impl Read,
+    dest: &Path,
+    limit: u64,
+    private: bool,
+) -> Result<String, BackupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if private {
+        options.mode(0o600);
+    }
+    let mut out = options
+        .open(dest)
+        .map_err(|e| io("cannot create", dest, e))?;
+    let mut limited = entry.take(limit + 1);
     let digest = copy_hashing(&mut limited, &mut out).map_err(|e| io("cannot write", dest, e))?;
     let len = out
         .metadata()
         .map_err(|e| io("cannot read", dest, e))?
         .len();
-    if len > MAX_ENTRY_BYTES {
+    if len > limit {
         return Err(BackupError::Io(format!(
-            "an archive entry is larger than {MAX_ENTRY_BYTES} bytes; refusing to unpack it"
+            "an archive entry is larger than {limit} bytes; refusing to unpack it"
         )));
     }
     out.sync_all().map_err(|e| io("cannot write", dest, e))?;
@@ -293,6 +349,17 @@ pub fn restore(data_dir: &Path, src: &Path) -> Result<Outcome, BackupError> {
         return Err(not_backup(format!(
             "archive format {} is not the format {FORMAT} this printgate reads; restore it with the printgate version that wrote it ({})",
             manifest.format, manifest.printgate_version
+        )));
+    }
+
+    if let Some(unknown) = manifest
+        .identity_files
+        .iter()
+        .find(|name| !IDENTITY_FILES.contains(&name.as_str()))
+    {
+        return Err(not_backup(format!(
+            "it names {unknown:?} as an identity file; printgate keeps only {}",
+            IDENTITY_FILES.join(", ")
         )));
     }
 
@@ -347,6 +414,17 @@ pub fn restore(data_dir: &Path, src: &Path) -> Result<Outcome, BackupError> {
         );
     }
 
+    // 2b. The identity files, unpacked (private) beside the new database until it is in place.
+    let mut identities = Vec::new();
+    for (i, name) in manifest.identity_files.iter().enumerate() {
+        let mut entry = zip
+            .by_name(&format!("{IDENTITY_ENTRY}{name}"))
+            .map_err(|_| not_backup(format!("{IDENTITY_ENTRY}{name} is listed but missing")))?;
+        let part = work.path().join(format!("identity-{i}"));
+        extract_limited(&mut entry, &part, MAX_IDENTITY_BYTES, true)?;
+        identities.push((part, data_dir.join(name)));
+    }
+
     // 3. Keep the current database, then put the restored one in its place.
     let db = data_dir.join(DATABASE_FILE);
     let previous = if db.is_file() {
@@ -371,6 +449,27 @@ pub fn restore(data_dir: &Path, src: &Path) -> Result<Outcome, BackupError> {
         }
     }
     std::fs::rename(&new_db, &db).map_err(|e| io("cannot write", &db, e))?;
+
+    // 4. The identity files; one that is replaced is kept under backups/ first.
+    let kept_identities = data_dir.join("backups").join(format!(
+        "identity-before-restore-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+    ));
+    for (part, target) in identities {
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+        }
+        if target.is_file()
+            && let Ok(relative) = target.strip_prefix(data_dir)
+        {
+            let keep = kept_identities.join(relative);
+            if let Some(dir) = keep.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+            }
+            std::fs::copy(&target, &keep).map_err(|e| io("cannot keep", &target, e))?;
+        }
+        std::fs::rename(&part, &target).map_err(|e| io("cannot write", &target, e))?;
+    }
     give_back_to_service_user(data_dir);
     Ok(Outcome {
         manifest: Manifest {

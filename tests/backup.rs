@@ -352,3 +352,87 @@ fn cli_entry_points_report_and_exit() {
     std::fs::write(&bad, "data_dir = 5").unwrap();
     assert_eq!(backup::backup_cli(&bad, &archive), 2);
 }
+
+/// What gives the gateway its identity on the LAN (the virtual printers' CA, serials and access
+/// codes, the broker's generated certificate) is in the archive and comes back with a restore:
+/// without it every slicer and Home Assistant would have to be paired again. An archive naming
+/// any other identity file is refused before anything changes.
+#[test]
+fn identities_come_back_with_a_restore_and_unknown_ones_are_refused() {
+    use printgate::printer::Model;
+    use printgate::virtual_printer::identity::IdentityStore;
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    drop(Store::open(&data.join(printgate::DATABASE_FILE)).unwrap());
+    let ids = IdentityStore::new(&data);
+    let before = ids.credentials("printer 1", Model::P1S).unwrap();
+    ids.authority().unwrap();
+    let ca = std::fs::read(ids.ca_cert_path()).unwrap();
+    std::fs::create_dir_all(data.join("broker-tls")).unwrap();
+    std::fs::write(data.join("broker-tls/cert.pem"), b"broker cert").unwrap();
+    std::fs::write(data.join("broker-tls/key.pem"), b"broker key").unwrap();
+    let archive = dir.path().join("with-identities.zip");
+    let made = backup::backup(&data, &archive).unwrap();
+    assert!(
+        made.manifest
+            .identity_files
+            .contains(&"virtual-printers/identities.json".to_string()),
+        "{:?}",
+        made.manifest.identity_files
+    );
+
+    // A new machine: an empty data directory.
+    let fresh = dir.path().join("fresh");
+    backup::restore(&fresh, &archive).unwrap();
+    let ids = IdentityStore::new(&fresh);
+    assert_eq!(
+        ids.credentials("printer 1", Model::P1S).unwrap(),
+        before,
+        "the virtual printer keeps its serial and access code"
+    );
+    assert_eq!(
+        std::fs::read(ids.ca_cert_path()).unwrap(),
+        ca,
+        "the same CA"
+    );
+    assert_eq!(
+        std::fs::read(fresh.join("broker-tls/key.pem")).unwrap(),
+        b"broker key"
+    );
+    for key in [
+        "virtual-printers/ca.key.pem",
+        "broker-tls/key.pem",
+        "virtual-printers/identities.json",
+    ] {
+        let mode = std::fs::metadata(fresh.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{key} is readable by others: {mode:o}");
+    }
+
+    // An archive that names another file as an identity is refused and changes nothing.
+    let bad = dir.path().join("bad-identity.zip");
+    rewrite_archive(&archive, &bad, |name, bytes| {
+        if name == backup::MANIFEST {
+            let text = String::from_utf8(bytes).unwrap();
+            Some(
+                text.replace(
+                    "\"virtual-printers/identities.json\"",
+                    "\"../../etc/passwd\"",
+                )
+                .into_bytes(),
+            )
+        } else {
+            Some(bytes)
+        }
+    });
+    let other = dir.path().join("other");
+    let err = backup::restore(&other, &bad).unwrap_err();
+    assert!(matches!(err, BackupError::NotABackup { .. }), "{err}");
+    assert!(err.to_string().contains("../../etc/passwd"), "{err}");
+    assert!(!other.join(printgate::DATABASE_FILE).exists());
+}
