@@ -51,6 +51,12 @@ fn camera_target(
     match CameraKind::of(pc.model) {
         CameraKind::ChamberImage => match bambu.tls_config() {
             Ok(tls) => {
+                // A TLS session store of its own: a camera handshake must never replace the
+                // session the FTPS data channel resumes (the printer's vsFTPd refuses a data
+                // channel that resumes another session: "session reuse required").
+                let mut own = (*tls).clone();
+                own.resumption = rustls::client::Resumption::in_memory_sessions(8);
+                let tls = Arc::new(own);
                 let link = bambu.clone();
                 camera::CameraTarget::ChamberImage(camera::ChamberTarget {
                     host: pc.host.clone(),
