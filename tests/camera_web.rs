@@ -1,7 +1,7 @@
 //! Issue 18: `GET /printers/<name>/snapshot.jpg` on the real gateway against simulated
 //! printers on ephemeral loopback ports: the picture (read back with jpeg-decoder, not ours),
 //! one upstream connection at the printer for ten viewers, and every "no picture" said in words
-//! with its status. The last test starts `printgate sim` as a user does and configures the
+//! with its status; the picture confirmed with a tap and the finished plate in History. One test starts `printgate sim` as a user does and configures the
 //! gateway from its printer table's `camera_port` column.
 
 mod common;
@@ -333,6 +333,13 @@ fn history_row(html: &str, id: i64) -> String {
     html[start..end].to_string()
 }
 
+/// The address of the picture in `row` whose alt text says `what`.
+fn picture_url(row: &str, what: &str) -> Option<String> {
+    let alt = row.find(what)?;
+    let at = row[..alt].rfind("src=\"")? + "src=\"".len();
+    Some(row[at..at + row[at..].find('"')?].to_string())
+}
+
 #[tokio::test]
 async fn a_tap_without_a_camera_picture_starts_the_job_and_history_says_there_was_none() {
     let tg = TestGateway::start(&[Model::X1C, Model::P1S], 600.0).await;
@@ -375,8 +382,15 @@ async fn a_tap_without_a_camera_picture_starts_the_job_and_history_says_there_wa
     for id in [job.id, api_job.id] {
         let row = history_row(&html, id);
         assert!(row.contains("No camera picture with this tap"), "{row}");
-        assert!(!row.contains("/plate-pictures/"), "{row}");
+        assert!(!row.contains("that was confirmed as clear"), "{row}");
     }
+    // The X1C's print ends: no camera printgate reads, so History says there is no end picture.
+    tg.wait_job(job.id, printgate::jobs::model::JobState::Finished)
+        .await;
+    let html = get(&b, "/history").await.text().await.unwrap();
+    let row = history_row(&html, job.id);
+    assert!(row.contains("No camera picture when it ended"), "{row}");
+    assert!(!row.contains("/plate-pictures/"), "{row}");
 
     // A picture that is not there is answered in words.
     let r = get(&b, "/plate-pictures/999").await;
@@ -394,7 +408,7 @@ async fn a_tap_without_a_camera_picture_starts_the_job_and_history_says_there_wa
 }
 
 #[tokio::test]
-async fn the_picture_shown_with_a_tap_is_served_for_that_start_only_when_signed_in() {
+async fn history_shows_the_confirmed_plate_and_the_finished_plate_only_when_signed_in() {
     let tg = TestGateway::start(&[Model::P1S], 600.0).await;
     tg.wait_online().await;
     let b = tg.browser().await;
@@ -422,25 +436,45 @@ async fn the_picture_shown_with_a_tap_is_served_for_that_start_only_when_signed_
 
     let html = get(&b, "/history").await.text().await.unwrap();
     let row = history_row(&html, job.id);
-    let at = row
-        .find("src=\"/plate-pictures/")
-        .expect("a picture in the row")
-        + 5;
-    let url = &row[at..at + row[at..].find('"').unwrap()];
-    let r = get(&b, url).await;
+    let url = picture_url(&row, "that was confirmed as clear").expect("a confirmed picture");
+    let r = get(&b, &url).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/jpeg");
+    let confirmed = r.bytes().await.unwrap();
+    assert_eq!(confirmed, seen, "the very picture the page showed");
+    assert!(object_share(&confirmed) < 0.01, "the plate was empty");
+
+    // The print finishes: History shows the finished plate too, beside the confirmed one.
+    tg.wait_job(job.id, printgate::jobs::model::JobState::Finished)
+        .await;
+    let mut end_url = None;
+    for _ in 0..150 {
+        let html = get(&b, "/history").await.text().await.unwrap();
+        end_url = picture_url(&history_row(&html, job.id), "when this print ended");
+        if end_url.is_some() {
+            break;
+        }
+        // Kept by a task of its own once the camera's next frame came (bounded: 15 s).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let end_url = end_url.expect("History shows the plate at the end of the print");
+    let at_end = get(&b, &end_url).await.bytes().await.unwrap();
+    assert!(
+        object_share(&at_end) > 0.2,
+        "the finished object is on the end picture: {}",
+        object_share(&at_end)
+    );
     assert_eq!(
-        r.bytes().await.unwrap(),
+        get(&b, &url).await.bytes().await.unwrap(),
         seen,
-        "the very picture the page showed"
+        "the confirmed picture stays as it was"
     );
 
     let anon = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-        .get(tg.url(url))
+        .get(tg.url(&end_url))
         .send()
         .await
         .unwrap();

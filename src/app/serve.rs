@@ -391,6 +391,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             p.link.subscribe(),
             shutdown.clone(),
         ));
+        tasks.spawn(super::plate_at_end::keep_end_pictures(
+            gateway.store.clone(),
+            p.name.clone(),
+            p.camera.clone(),
+            p.link.subscribe(),
+            shutdown.clone(),
+        ));
     }
     let app = web::router(gateway.clone());
     let admission = admission::http::web_admission();

@@ -1,6 +1,6 @@
 //! The History page: every print the gateway saw, whoever started it (web::prints), with
-//! its thumbnail, duration, result, who tapped Plate clear and the camera picture they
-//! confirmed (web/plate_pictures.rs); statistics per printer and per
+//! its thumbnail, duration, result, who tapped Plate clear, the camera picture they confirmed
+//! and the camera picture when it ended (web/plate_pictures.rs, app/plate_at_end.rs); statistics per printer and per
 //! week; printgate jobs that never printed; and the recent events in sentences.
 
 use super::auth::CurrentUser;
@@ -11,7 +11,7 @@ use super::render;
 use crate::app::Gateway;
 use crate::jobs::model::JobState;
 use crate::store::EventKind;
-use crate::store::plate_pictures::PictureRef;
+use crate::store::plate_pictures::{PictureRef, PrintEndPicture};
 use askama::Template;
 use axum::Router;
 use axum::extract::State;
@@ -53,16 +53,42 @@ pub struct PrintRow {
     pub tapped: Option<(String, LocalTime)>,
     /// The camera picture confirmed with that tap.
     pub confirmed: PlateShot,
+    /// The camera picture when the print ended (the finished plate).
+    pub at_end: PlateShot,
 }
 
 /// A camera picture of the plate a print row shows.
 pub enum PlateShot {
     /// Stored: its address and when the camera took it.
     Picture { url: String, taken: LocalTime },
-    /// printgate started it, but the tap came without a camera picture.
+    /// There should be one, but the camera gave none (a tap without a picture; a print that
+    /// ended while the camera was busy, off, or printgate cannot read it).
     NoPicture,
-    /// Not started by printgate: no tap, so nothing was confirmed.
-    NoTap,
+    /// Nothing to show: not started by printgate (no tap was confirmed), or still printing.
+    Nothing,
+}
+
+/// An end picture belongs to the print that ended at most this far from when the picture's
+/// recorder saw the end (both see the same report; they are different tasks).
+const END_MATCH_MS: i64 = 60_000;
+
+/// The end picture of print `p`: on its printer, nearest to its end within [`END_MATCH_MS`].
+fn end_picture(p: &Print, ends: &[PrintEndPicture]) -> Option<PictureRef> {
+    let ended = p.ended_ms?;
+    ends.iter()
+        .filter(|e| e.printer == p.printer && (e.print_ended_at_ms - ended).abs() <= END_MATCH_MS)
+        .min_by_key(|e| (e.print_ended_at_ms - ended).abs())
+        .map(|e| e.picture)
+}
+
+fn shot(pic: Option<PictureRef>) -> PlateShot {
+    match pic {
+        Some(pic) => PlateShot::Picture {
+            url: super::plate_pictures::url(pic.id),
+            taken: local_time(pic.taken_at_ms, &chrono::Local),
+        },
+        None => PlateShot::NoPicture,
+    }
 }
 
 pub struct TotalsRow {
@@ -102,7 +128,11 @@ struct HistoryPage {
     csrf: String,
 }
 
-fn print_row(p: &Print, confirmed: &HashMap<String, PictureRef>) -> PrintRow {
+fn print_row(
+    p: &Print,
+    confirmed: &HashMap<String, PictureRef>,
+    ends: &[PrintEndPicture],
+) -> PrintRow {
     let started_by = match &p.job {
         Some(j) => format!("printgate job {}", j.id),
         None if p.joined_midway => "already printing when printgate first saw the printer".into(),
@@ -114,17 +144,16 @@ fn print_row(p: &Print, confirmed: &HashMap<String, PictureRef>) -> PrintRow {
         .and_then(|j| j.tapped.as_ref())
         .map(|(by, at)| (by.clone(), local_time(*at, &chrono::Local)));
     let confirmed = match p.job.as_ref().and_then(|j| j.tap_id.as_ref()) {
-        Some(tap) => match confirmed.get(tap) {
-            Some(pic) => PlateShot::Picture {
-                url: super::plate_pictures::url(pic.id),
-                taken: local_time(pic.taken_at_ms, &chrono::Local),
-            },
-            None => PlateShot::NoPicture,
-        },
-        None => PlateShot::NoTap,
+        Some(tap) => shot(confirmed.get(tap).copied()),
+        None => PlateShot::Nothing,
+    };
+    let at_end = match p.outcome {
+        Outcome::Printing => PlateShot::Nothing,
+        _ => shot(end_picture(p, ends)),
     };
     PrintRow {
         confirmed,
+        at_end,
         started: local_time(p.started_ms, &chrono::Local),
         printer: p.printer.clone(),
         name: p.name.clone(),
@@ -236,12 +265,72 @@ async fn page(State(gw): State<Arc<Gateway>>, user: CurrentUser) -> Response {
         .filter_map(|p| p.job.as_ref()?.tap_id.as_deref())
         .collect();
     let confirmed = gw.store.confirmed_pictures(&taps).unwrap_or_default();
+    let ends = gw.store.print_end_pictures().unwrap_or_default();
     render(&HistoryPage {
-        prints: shown.iter().map(|p| print_row(p, &confirmed)).collect(),
+        prints: shown
+            .iter()
+            .map(|p| print_row(p, &confirmed, &ends))
+            .collect(),
         per_printer,
         per_week,
         rows: rows.into_iter().map(|(_, r)| r).collect(),
         unprinted,
         csrf: user.csrf_token().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(printer: &str, at: i64) -> Print {
+        Print {
+            printer: printer.into(),
+            name: "cube".into(),
+            started_ms: at - 600_000,
+            ended_ms: Some(at),
+            outcome: Outcome::Finished,
+            job: None,
+            joined_midway: false,
+        }
+    }
+
+    fn end(printer: &str, at: i64, id: i64) -> PrintEndPicture {
+        PrintEndPicture {
+            printer: printer.into(),
+            print_ended_at_ms: at,
+            picture: PictureRef {
+                id,
+                taken_at_ms: at,
+            },
+        }
+    }
+
+    #[test]
+    fn an_end_picture_belongs_to_the_nearest_end_on_its_printer() {
+        let ends = [
+            end("P1", 1_000_000, 1),
+            end("P2", 1_000_100, 2),
+            end("P1", 1_000_900, 3),
+            end("P1", 5_000_000, 4),
+        ];
+        assert_eq!(
+            end_picture(&ended("P1", 1_000_800), &ends).map(|p| p.id),
+            Some(3)
+        );
+        assert_eq!(
+            end_picture(&ended("P2", 1_000_000), &ends).map(|p| p.id),
+            Some(2)
+        );
+        assert_eq!(
+            end_picture(&ended("P1", 3_000_000), &ends),
+            None,
+            "no end picture within a minute"
+        );
+        let running = Print {
+            ended_ms: None,
+            ..ended("P1", 1_000_000)
+        };
+        assert_eq!(end_picture(&running, &ends), None);
+    }
 }
