@@ -77,6 +77,34 @@ fn demo_serves_four_printers_that_print() {
         assert!(page.contains(name), "{name} on the page");
     }
 
+    // The Bambu printers have loaded AMS trays, and the demo's queued jobs carry their
+    // filament list: each would start on the green PLA in AMS slot 3 (issue 21).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let printers: serde_json::Value = get("/api/v1/printers").json().expect("json");
+        let jobs: serde_json::Value = get("/api/v1/jobs").json().expect("json");
+        let slot3 = printers.as_array().expect("array").iter().take(3).all(|p| {
+            p["filament"]["units"][0]["trays"][2]["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("PLA Basic · green"))
+        });
+        let planned = jobs
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|j| {
+                j["trays"]["lines"][0]
+                    .as_str()
+                    .is_some_and(|l| l.ends_with("→ AMS 1 slot 3: PLA (green)"))
+            })
+            .count();
+        if slot3 && planned == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "trays {printers} / jobs {jobs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // The API lists the virtual printers the console printed, on loopback.
     let vps: serde_json::Value = get("/api/v1/virtual-printers").json().expect("json");
     let vps = vps.as_array().expect("array");

@@ -63,6 +63,18 @@ pub async fn start_simulators(
             ..SimConfig::new(model)
         })
         .await?;
+        // Loaded AMS trays: the simulator's white, black and red PLA and blue PETG, with the
+        // Bambu green PLA the demo files are sliced for in slot 3 (their starts map to it).
+        sim.load_tray(
+            2,
+            Some(crate::sim::SimSpool::new(
+                "GFA00",
+                "PLA",
+                "PLA Basic",
+                "00AE42FF",
+                90,
+            )),
+        );
         printers.push(PrinterConfig {
             name: name.to_string(),
             model,
@@ -177,7 +189,10 @@ async fn queue_demo_file(
         .trim_end_matches(".gcode.3mf")
         .trim_end_matches(".gcode")
         .to_string();
-    let (job, created) = gw.store.create_job(
+    // The filaments the plate needs, recorded as an upload records them: the demo's starts
+    // carry a tray mapping like any other.
+    let filaments = crate::web::job_filaments::recorded(&stored, 1);
+    let (job, created) = gw.store.create_job_with_filaments(
         &NewJob {
             idempotency_key: format!("demo-{name}"),
             target: Target::Printer(name.to_string()),
@@ -188,6 +203,7 @@ async fn queue_demo_file(
             deadline: None,
             created_by: "demo".into(),
         },
+        filaments.as_deref(),
         gw.dispatcher.now(),
     )?;
     if created {
