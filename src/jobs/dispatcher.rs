@@ -169,6 +169,12 @@ pub fn describe_print_error(code: u32) -> String {
         0x0500_403F | 0x0500_400B => format!("the printer failed to download the file ({hex})"),
         0x0500_C010 => format!("the printer's storage failed while reading the file ({hex})"),
         0x0500_4005 => format!("the printer is updating its firmware ({hex}); start again later"),
+        // "Failed to get AMS mapping table" (docs/bambu-protocol.md §6.2): the printer could
+        // not use the trays it was sent (a tray it does not have, or use_ams on a printer
+        // without an AMS).
+        0x0700_8012 | 0x07FF_8012 => format!(
+            "the printer could not use the trays it was sent ({hex}: failed to get the AMS mapping table); check the AMS and its trays on the printer, then use Start again"
+        ),
         _ => format!("the printer reported error {hex}"),
     }
 }
@@ -2923,6 +2929,19 @@ mod tests {
             "{:?}",
             h.job().message
         );
+    }
+
+    #[test]
+    fn a_refused_mapping_is_said_in_words() {
+        for code in [0x0700_8012, 0x07FF_8012] {
+            assert!(is_refusal_error(code));
+            let text = describe_print_error(code);
+            assert!(
+                text.contains("failed to get the AMS mapping table")
+                    && text.contains("Start again"),
+                "{text}"
+            );
+        }
     }
 
     #[test]
