@@ -2932,6 +2932,40 @@ mod tests {
     }
 
     #[test]
+    fn an_any_printer_job_without_its_filament_goes_back_to_the_queue() {
+        let mut h = H::new();
+        h.report_trays(ams_trays(ONLY_PLA));
+        let any = Job {
+            target: Target::AnyCompatible,
+            ..petg_job()
+        };
+        h.ev(Event::JobQueued(Box::new(any)));
+        h.tap("t1"); // a clear printer takes "any compatible" jobs: uploaded there
+        h.stage_complete(1); // staged with a valid tap: the start is decided, and held
+        assert_eq!(started(&h.log), 0);
+        assert_eq!(h.job().state, JobState::Queued);
+        assert_eq!(
+            h.job().assigned_printer,
+            None,
+            "free for a printer that has PETG"
+        );
+        assert!(
+            h.job()
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("load PETG (black) in any AMS slot"))
+        );
+        for _ in 0..3 {
+            h.at(1_000).report_trays(ams_trays(ONLY_PLA));
+        }
+        // A new tap: uploaded again, held again once staged; never started.
+        h.at(1_000).tap("t2");
+        h.stage_complete(1);
+        assert_eq!(started(&h.log), 0);
+        assert_eq!(h.job().assigned_printer, None);
+    }
+
+    #[test]
     fn a_refused_mapping_is_said_in_words() {
         for code in [0x0700_8012, 0x07FF_8012] {
             assert!(is_refusal_error(code));
