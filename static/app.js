@@ -32,6 +32,44 @@
       else if (!offline && b.hasAttribute("data-offline")) { b.disabled = false; b.removeAttribute("data-offline"); }
     }
   }
+  // A card's "Camera picture" link (web/camera.rs): with scripts on, the picture opens small on
+  // the card, outside the live-updated part, and a tap again takes a newer one. Nothing is
+  // fetched before the tap.
+  document.addEventListener("click", function (ev) {
+    var link = ev.target.closest && ev.target.closest("a[data-snapshot]");
+    if (!link) return;
+    ev.preventDefault();
+    var holder = link.parentNode;
+    var fig = holder.querySelector("figure.card-snapshot");
+    if (!fig) {
+      fig = document.createElement("figure");
+      fig.className = "card-snapshot";
+      var img = document.createElement("img");
+      img.alt = "Camera picture of the plate of " + link.closest("[data-printer]").getAttribute("data-printer");
+      var cap = document.createElement("figcaption");
+      cap.setAttribute("role", "status");
+      fig.appendChild(img);
+      fig.appendChild(cap);
+      holder.appendChild(fig);
+    }
+    var pic = fig.querySelector("img"), caption = fig.querySelector("figcaption");
+    caption.textContent = "Asking the camera…";
+    fetch(link.getAttribute("href"), { credentials: "same-origin", cache: "no-store" })
+      .then(function (r) {
+        if (r.ok) return r.blob();
+        return r.text().then(function (t) { throw new Error(t.trim()); });
+      })
+      .then(function (b) {
+        if (pic.src) URL.revokeObjectURL(pic.src);
+        pic.src = URL.createObjectURL(b);
+        pic.hidden = false;
+        caption.textContent = "Taken at " + new Date().toLocaleTimeString() + ". Tap Camera picture again for a newer one.";
+      })
+      .catch(function (e) {
+        pic.hidden = true;
+        caption.textContent = e.message || "No camera picture";
+      });
+  });
   document.addEventListener("click", function (ev) {
     var a = ev.target.closest && ev.target.closest("a.button[aria-disabled=true]");
     if (a) ev.preventDefault();

@@ -1488,3 +1488,51 @@ async fn the_history_of_a_start_shows_the_camera_picture_confirmed_for_it() {
     screenshots_light_dark(c, &out, "camera-history", &css).await;
     session.close().await;
 }
+
+/// Issue 18: a dashboard card offers a small camera picture on demand. Loading the dashboard
+/// opens no camera connection at the printer (nothing auto-loads); tapping "Camera picture"
+/// shows the picture on the card (loaded, inside the card) and a printer without a camera
+/// printgate reads (X1C) has no such link. Phone size, light and dark screenshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_shows_a_camera_picture_only_when_asked() {
+    let _turn = ONE_BROWSER.lock().await;
+    let out = output_dir();
+    let session = PhoneSession::open(&[Model::P1S, Model::X1C], TIME_SCALE).await;
+    let (t, c) = (&session.t, &session.c);
+    c.goto(&t.url("/")).await.expect("dashboard");
+    wait_for(c, "article[data-printer='printer 1']").await;
+    wait_live(c).await;
+    let cam = t.sims[0].camera().expect("a P1S has a camera");
+    assert_eq!(
+        cam.connections(),
+        0,
+        "the dashboard opens no camera before it is asked"
+    );
+    assert!(
+        c.find(Locator::Css(
+            "article[data-printer='printer 2'] a[data-snapshot]"
+        ))
+        .await
+        .is_err(),
+        "no camera link for a camera printgate cannot read"
+    );
+    let img = "article[data-printer='printer 1'] figure.card-snapshot img";
+    assert!(c.find(Locator::Css(img)).await.is_err());
+
+    click(c, "article[data-printer='printer 1'] a[data-snapshot]").await;
+    wait_until("the card shows the camera picture", || image_shown(c, img)).await;
+    assert_eq!(
+        c.current_url().await.expect("url").path(),
+        "/",
+        "the picture opens on the card"
+    );
+    let caption = text_of(
+        c,
+        "article[data-printer='printer 1'] figure.card-snapshot figcaption",
+    )
+    .await;
+    assert!(caption.contains("Taken at"), "{caption}");
+    assert_eq!(cam.connections(), 1, "one camera connection, after the tap");
+    screenshots_light_dark(c, &out, "camera-card", img).await;
+    session.close().await;
+}

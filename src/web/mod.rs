@@ -134,6 +134,9 @@ struct StatusPage {
     refresh_secs: u32,
     csrf: String,
     safety_banner: Option<String>,
+    /// Printers whose camera printgate reads: their card offers a camera picture on demand
+    /// (a link; nothing is fetched until it is tapped).
+    cameras: std::collections::HashSet<String>,
 }
 
 impl CardText for StatusPage {}
@@ -257,6 +260,12 @@ async fn status_page(
         refresh_secs: 5,
         csrf: user.csrf_token().to_string(),
         safety_banner: safety_page::banner(&gw),
+        cameras: gw
+            .printers
+            .iter()
+            .filter(|p| p.camera.available().is_ok())
+            .map(|p| p.name.clone())
+            .collect(),
     })
 }
 
