@@ -269,7 +269,8 @@ pub(super) async fn queue_upload(
     };
     let filaments = super::job_filaments::recorded(&stored, new.plate);
     let copies = form.copies.clamp(1, MAX_COPIES);
-    let mut first: Option<(Job, bool)> = None;
+    let mut first: Option<Job> = None;
+    let mut any_created = false;
     for copy in 1..=copies {
         // The upload brought one reference to the file, for the first copy; each further copy
         // takes its own, so that every job holds the file until it ends.
@@ -300,11 +301,12 @@ pub(super) async fn queue_upload(
             // The same request again (double submit, client retry): one job, one reference.
             let _ = gw.files.release(&stored.sha256).await;
         }
-        let any_created = created || first.as_ref().is_some_and(|(_, c)| *c);
-        let first_job = first.map(|(j, _)| j).unwrap_or(job);
-        first = Some((first_job, any_created));
+        any_created |= created;
+        first.get_or_insert(job);
     }
-    first.ok_or_else(|| ApiError::internal("no copy was queued"))
+    first
+        .map(|job| (job, any_created))
+        .ok_or_else(|| ApiError::internal("no copy was queued"))
 }
 
 /// Most copies one upload may queue.
