@@ -9,7 +9,7 @@ mod common;
 mod wire;
 
 use common::{TestGateway, WAIT, demo_api_token, fixture_bytes, starts};
-use printgate::config::{Model, PrinterConfig, PrinterKind};
+use printgate::config::Model;
 use printgate::jobs::model::JobState;
 use printgate::sim::fixtures::{Fixture3mf, build_3mf};
 use serde_json::Value;
@@ -31,19 +31,7 @@ async fn rig(time_scale: f64) -> Rig {
     let sim = common::start_sim(Model::P1S, time_scale).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = common::config_for(dir.path(), std::slice::from_ref(&sim));
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    cfg.printers.push(PrinterConfig {
-        name: VORON.into(),
-        kind: PrinterKind::Moonraker,
-        model: Model::Klipper,
-        host: "127.0.0.1".into(),
-        instance_name: "voron".into(),
-        http_port: closed_port,
-        ..PrinterConfig::default()
-    });
+    cfg.printers.push(common::offline_klipper_printer(VORON));
     let mut broker = printgate::broker::config::BrokerConfig {
         mode: printgate::broker::config::BrokerMode::Embedded,
         listen: "127.0.0.1:0".parse().expect("address"),

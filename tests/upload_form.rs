@@ -7,7 +7,7 @@
 mod common;
 
 use common::{Browser, TestGateway, redirect_notice, starts};
-use printgate::config::{Model, PrinterConfig, PrinterKind};
+use printgate::config::Model;
 use printgate::jobs::model::JobState;
 use printgate::sim::fixtures::{Fixture3mf, build_3mf, plain_gcode};
 
@@ -23,19 +23,7 @@ async fn rig() -> TestGateway {
     ];
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = common::config_for(dir.path(), &sims);
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    cfg.printers.push(PrinterConfig {
-        name: VORON.into(),
-        kind: PrinterKind::Moonraker,
-        model: Model::Klipper,
-        host: "127.0.0.1".into(),
-        instance_name: "voron".into(),
-        http_port: closed_port,
-        ..PrinterConfig::default()
-    });
+    cfg.printers.push(common::offline_klipper_printer(VORON));
     TestGateway::start_with(sims, dir, cfg).await
 }
 

@@ -60,6 +60,24 @@ pub fn printer_config(name: &str, sim: &SimPrinter) -> PrinterConfig {
     }
 }
 
+/// A Klipper printer `name` whose Moonraker is not running (a loopback port nobody listens
+/// on): plain G-code goes to it and it stays offline.
+pub fn offline_klipper_printer(name: &str) -> PrinterConfig {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    PrinterConfig {
+        name: name.into(),
+        kind: printgate::config::PrinterKind::Moonraker,
+        model: Model::Klipper,
+        host: "127.0.0.1".into(),
+        instance_name: name.to_lowercase(),
+        http_port: closed_port,
+        ..PrinterConfig::default()
+    }
+}
+
 pub fn config_for(dir: &std::path::Path, sims: &[SimPrinter]) -> Config {
     Config {
         data_dir: dir.to_path_buf(),
