@@ -44,6 +44,9 @@ fn thousands_of_schedules_from_a_fresh_seed_keep_every_invariant() {
     assert!(st.unconfirmed > 10, "{st:?}");
     assert!(st.busy_refusals > 0, "{st:?}");
     assert!(st.restarts > 10, "{st:?}");
+    // ... and filament: starts with a tray mapping, and starts held for filament.
+    assert!(st.mapped_publishes > seeds / 20, "{st:?}");
+    assert!(st.filament_holds > seeds / 20, "{st:?}");
 }
 
 /// Every seed that ever failed, on every run.
@@ -86,6 +89,11 @@ fn forgetting_print_activity_is_caught() {
 #[test]
 fn requeueing_a_published_start_is_caught() {
     assert!(caught(Mutation::RequeueAfterPublish) > 0);
+}
+
+#[test]
+fn sending_filament_to_the_wrong_tray_is_caught() {
+    assert!(caught(Mutation::MisrouteFilament) > 0);
 }
 
 #[test]

@@ -5,16 +5,21 @@
 //! duplicated, reordered and delta-only reports, taps (also re-submitted), uploads, link drops,
 //! half-open silent sessions, lost/duplicated acks, publish failures, busy refusals, prints started
 //! on the printer's own screen, gateway restarts (state dropped, reloaded from the store,
-//! recovered), clock jumps and user actions (cancel, reorder, pause, start again, safety trip).
+//! recovered), clock jumps, user actions (cancel, reorder, pause, start again, safety trip), and
+//! filament: jobs that need 0–2 filaments, printers with or without an AMS whose trays a person
+//! loads and empties at any moment.
 //! Every event goes through the real [`decide`] and the real [`Store::commit_batch`]; the
 //! [`InvariantChecker`] watches every event and every committed action and reports breaches of
-//! I1–I4, I6 and I7, and the simulated printers count what really reached them. A failing seed is
+//! I1–I4, I6 and I7 (a start's tray mapping is committed with it, sent exactly so, and fits the
+//! trays last reported), and the simulated printers count what really reached them. A failing seed is
 //! replayed with `printgate simulate --seeds 1 --seed <S>`.
 
+use super::ams_mapping::{Mapping, Need, SlotSeen, TrayRef, Trays, material_family};
 use super::dispatcher::{
     Action, ActionKind, DispatchState, DispatchTimings, ERROR_BUSY, Event, MoveDirection,
     PublishOutcome, ReportSummary, decide,
 };
+use super::filament::FilamentRequirement;
 use super::model::{JobId, JobState, Millis, NewJob, Target};
 use super::plate::meaningful_id;
 use crate::printer::{ControlState, GcodeState};
@@ -61,6 +66,8 @@ pub enum Mutation {
     ForgetActivity,
     /// Put a published start back in the queue instead of marking it unconfirmed.
     RequeueAfterPublish,
+    /// Send each filament to the next tray of its AMS instead of the one the mapping chose.
+    MisrouteFilament,
 }
 
 /// Knobs of one simulation run.
@@ -97,6 +104,10 @@ pub struct SimStats {
     pub returned_to_queue: u64,
     pub restarts: u64,
     pub screen_starts: u64,
+    /// Starts sent with a tray mapping.
+    pub mapped_publishes: u64,
+    /// Starts held because the loaded filament did not fit.
+    pub filament_holds: u64,
 }
 
 impl SimStats {
@@ -112,6 +123,8 @@ impl SimStats {
         self.returned_to_queue += o.returned_to_queue;
         self.restarts += o.restarts;
         self.screen_starts += o.screen_starts;
+        self.mapped_publishes += o.mapped_publishes;
+        self.filament_holds += o.filament_holds;
     }
 }
 
@@ -221,7 +234,7 @@ pub fn simulate_cli(seeds: u64, seed: Option<u64>) -> i32 {
     }
     let st = &total.stats;
     println!(
-        "exercised: {} events, {} taps, {} starts sent ({} not sent), {} confirmed, {} unconfirmed, {} finished, {} busy refusals, {} restarts, {} screen starts",
+        "exercised: {} events, {} taps, {} starts sent ({} not sent), {} confirmed, {} unconfirmed, {} finished, {} busy refusals, {} restarts, {} screen starts, {} starts with a tray mapping, {} held for filament",
         st.events,
         st.taps,
         st.publishes_sent,
@@ -231,7 +244,9 @@ pub fn simulate_cli(seeds: u64, seed: Option<u64>) -> i32 {
         st.finished,
         st.busy_refusals,
         st.restarts,
-        st.screen_starts
+        st.screen_starts,
+        st.mapped_publishes,
+        st.filament_holds
     );
     println!(
         "{} schedules, {} violations",
@@ -277,6 +292,10 @@ struct CheckJob {
     publish_ticket: Option<u64>,
     /// The last `Stage` of this job: printer, ticket, and whether that very upload completed.
     upload: Option<CheckUpload>,
+    /// The filaments the job's plate needs.
+    needs: Vec<Need>,
+    /// The tray mapping committed with its current start attempt.
+    mapping: Option<Mapping>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,6 +335,77 @@ fn independent_activity(prev: Option<&ReportSummary>, new: &ReportSummary) -> bo
         && prev.gcode_state != new.gcode_state
         && prev.gcode_state != GcodeState::Unknown;
     id_changed || file_changed || ended
+}
+
+/// What is wrong with starting a job that needs `needs` with `mapping` on a printer whose last
+/// report showed `trays`; empty when nothing is. Checked independently of the mapping rule:
+/// every filament has exactly one tray, no tray feeds two filaments, and each tray was reported
+/// loaded with a spool of the filament's material family (from an AMS when there is one).
+pub fn filament_problems(
+    needs: &[Need],
+    mapping: Option<&Mapping>,
+    trays: Option<&Trays>,
+) -> Vec<String> {
+    if needs.is_empty() {
+        return Vec::new();
+    }
+    let Some(m) = mapping else {
+        return vec!["it needs filament and was started with no tray mapping".into()];
+    };
+    let Some(trays) = trays else {
+        return vec!["no filament slots were reported before the start".into()];
+    };
+    let mut problems = Vec::new();
+    let mut used: Vec<TrayRef> = Vec::new();
+    for need in needs {
+        let given: Vec<_> = m
+            .assignments
+            .iter()
+            .filter(|a| a.filament == need.id)
+            .collect();
+        let [a] = given.as_slice() else {
+            problems.push(format!(
+                "filament {} has {} trays in the mapping",
+                need.id,
+                given.len()
+            ));
+            continue;
+        };
+        if used.contains(&a.tray) {
+            problems.push(format!("{:?} feeds two filaments", a.tray));
+        }
+        used.push(a.tray);
+        if trays.has_ams && !matches!(a.tray, TrayRef::Ams { .. }) {
+            problems.push(format!(
+                "filament {} comes from the external spool of a printer with an AMS",
+                need.id
+            ));
+        }
+        let want = material_family(&need.material);
+        match trays.slots.iter().find(|s| s.tray == a.tray) {
+            None => problems.push(format!(
+                "filament {} uses {:?}, not reported",
+                need.id, a.tray
+            )),
+            Some(s) if !s.loaded => {
+                problems.push(format!("filament {} uses the empty {:?}", need.id, a.tray))
+            }
+            Some(s) if s.material.as_deref().map(material_family) != Some(want.clone()) => problems
+                .push(format!(
+                    "filament {} needs {want} and {:?} holds {:?}",
+                    need.id, a.tray, s.material
+                )),
+            Some(_) => {}
+        }
+    }
+    let from_ams = m
+        .assignments
+        .iter()
+        .any(|a| matches!(a.tray, TrayRef::Ams { .. }));
+    if m.use_ams != from_ams {
+        problems.push(format!("use_ams is {} for this mapping", m.use_ams));
+    }
+    problems
 }
 
 impl InvariantChecker {
@@ -486,6 +576,8 @@ impl InvariantChecker {
                         in_doubt: false,
                         publish_ticket: None,
                         upload: None,
+                        needs: job.filaments.clone().unwrap_or_default(),
+                        mapping: None,
                     },
                 );
             }
@@ -548,9 +640,23 @@ impl InvariantChecker {
                 printer,
                 tap,
                 decided_at,
+                mapping,
                 ..
             } => {
                 let mut problems = Vec::new();
+                let needs = self
+                    .jobs
+                    .get(job)
+                    .map(|j| j.needs.clone())
+                    .unwrap_or_default();
+                let trays = self
+                    .printers
+                    .get(printer)
+                    .and_then(|p| p.report.as_ref())
+                    .and_then(|r| r.trays.as_ref());
+                for p in filament_problems(&needs, mapping.as_ref(), trays) {
+                    self.violation(now, format!("I6: job {job} started on {printer}: {p}"));
+                }
                 match self
                     .printers
                     .get_mut(printer)
@@ -582,6 +688,7 @@ impl InvariantChecker {
                     j.tap = Some((printer.clone(), tap.tap_id.clone()));
                     j.decided_at = *decided_at;
                     j.publishing = false;
+                    j.mapping = mapping.clone();
                 }
             }
             Action::MarkPublishing { job, .. } => {
@@ -605,8 +712,10 @@ impl InvariantChecker {
                 epoch,
                 deadline,
                 ticket,
+                mapping,
                 ..
             } => {
+                self.check_publish_mapping(*job, printer, mapping.as_ref(), now);
                 self.check_publish(*job, printer, *epoch, *deadline, now);
                 if let Some(j) = self.jobs.get_mut(job) {
                     j.publish_ticket = Some(*ticket);
@@ -698,6 +807,35 @@ impl InvariantChecker {
         }
         if let Some(p) = problem {
             self.violation(now, format!("I3: job {job} restored tap {tap_id}: {p}"));
+        }
+    }
+
+    /// I6 for filament: the start is sent with exactly the mapping committed with it, and the
+    /// trays last reported still hold what the mapping chose.
+    fn check_publish_mapping(
+        &mut self,
+        job: JobId,
+        printer: &str,
+        sent: Option<&Mapping>,
+        now: Millis,
+    ) {
+        let Some(j) = self.jobs.get(&job) else { return };
+        let mut problems = Vec::new();
+        if sent != j.mapping.as_ref() {
+            problems.push(format!(
+                "I6: sent the tray mapping {:?}, committed {:?}",
+                sent.map(Mapping::describe),
+                j.mapping.as_ref().map(Mapping::describe)
+            ));
+        }
+        let trays = self
+            .printers
+            .get(printer)
+            .and_then(|p| p.report.as_ref())
+            .and_then(|r| r.trays.as_ref());
+        problems.extend(filament_problems(&j.needs, sent, trays));
+        for p in problems {
+            self.violation(now, format!("publish of job {job} to {printer}: {p}"));
         }
     }
 
@@ -856,6 +994,60 @@ struct SimPrinter {
     error_clears_at: Option<Millis>,
     history: Vec<ReportSummary>,
     last_tap: Option<String>,
+    /// What is really loaded (reported with every report after the first full one).
+    trays: Trays,
+}
+
+/// Materials a person loads; families PLA, PETG, PLA-CF, ABS.
+const SPOOL_MATERIALS: [&str; 6] = ["PLA", "PLA Basic", "PETG", "PETG HF", "PLA-CF", "ABS"];
+const SPOOL_COLORS: [&str; 3] = ["FFFFFFFF", "000000FF", "FF0000FF"];
+/// What a job's plate asks for.
+const NEED_MATERIALS: [&str; 3] = ["PLA", "PETG", "ABS"];
+
+fn random_slot(rng: &mut SimRng, tray: TrayRef) -> SlotSeen {
+    if rng.chance(25) {
+        return SlotSeen {
+            tray,
+            loaded: false,
+            material: None,
+            color: None,
+        };
+    }
+    SlotSeen {
+        tray,
+        loaded: true,
+        material: Some(SPOOL_MATERIALS[rng.below(6) as usize].to_string()),
+        color: Some(SPOOL_COLORS[rng.below(3) as usize].to_string()),
+    }
+}
+
+/// An AMS with four trays and the external spool (60 %), or the external spool alone.
+fn random_trays(rng: &mut SimRng) -> Trays {
+    let has_ams = rng.chance(60);
+    let mut slots = Vec::new();
+    if has_ams {
+        for slot in 0..4 {
+            slots.push(random_slot(rng, TrayRef::Ams { unit: 0, slot }));
+        }
+    }
+    slots.push(random_slot(rng, TrayRef::External { id: 255 }));
+    Trays { has_ams, slots }
+}
+
+/// The filaments of a new job: none (40 %), or one or two.
+fn random_needs(rng: &mut SimRng) -> Vec<FilamentRequirement> {
+    if rng.chance(40) {
+        return Vec::new();
+    }
+    (1..=rng.range(1, 2) as u32)
+        .map(|id| FilamentRequirement {
+            id,
+            material: NEED_MATERIALS[rng.below(3) as usize].to_string(),
+            color: format!("#{}", &SPOOL_COLORS[rng.below(3) as usize][..6]),
+            used_g: None,
+            used_m: None,
+        })
+        .collect()
 }
 
 impl SimPrinter {
@@ -951,6 +1143,7 @@ pub fn run_schedule(seed: u64, opts: &SimOptions) -> ScheduleResult {
             error_clears_at: None,
             history: Vec::new(),
             last_tap: None,
+            trays: random_trays(&mut rng),
         })
         .collect();
     let names: Vec<String> = printers.iter().map(|p| p.name.clone()).collect();
@@ -1076,6 +1269,10 @@ impl Sim {
                 Action::MarkUnconfirmed { .. } => self.stats.unconfirmed += 1,
                 Action::MarkFinished { .. } => self.stats.finished += 1,
                 Action::ReturnToQueued { .. } => self.stats.returned_to_queue += 1,
+                Action::HoldJob { .. } => self.stats.filament_holds += 1,
+                Action::Publish {
+                    mapping: Some(_), ..
+                } => self.stats.mapped_publishes += 1,
                 _ => {}
             }
         }
@@ -1206,6 +1403,22 @@ impl Sim {
             }
             Mutation::ForgetActivity => {
                 actions.retain(|a| !matches!(a, Action::MarkPlateOccupied { .. }));
+            }
+            Mutation::MisrouteFilament => {
+                let shift = |m: &mut Option<Mapping>| {
+                    for a in m.iter_mut().flat_map(|m| m.assignments.iter_mut()) {
+                        if let TrayRef::Ams { slot, .. } = &mut a.tray {
+                            *slot = (*slot + 1) % 4;
+                        }
+                    }
+                };
+                for a in actions.iter_mut() {
+                    match a {
+                        Action::ConsumeTapAndMarkStarting { mapping, .. }
+                        | Action::Publish { mapping, .. } => shift(mapping),
+                        _ => {}
+                    }
+                }
             }
             Mutation::RequeueAfterPublish => {
                 for a in actions.iter_mut() {
@@ -1523,7 +1736,7 @@ impl Sim {
             blocking_hms: p.blocking_hms,
             verification_failed: false,
             control: ControlState::Ok,
-            trays: None,
+            trays: p.have_full.then(|| p.trays.clone()),
         };
         p.history.push(r.clone());
         if p.history.len() > 6 {
@@ -1742,6 +1955,7 @@ impl Sim {
                 self.push_report(i);
             }
             91..=93 => self.act_during_upload(),
+            94..=95 => self.change_tray(i),
             _ => {
                 // A fresh full report now (X1-style periodic full push).
                 if self.printers[i].talks() {
@@ -1750,6 +1964,15 @@ impl Sim {
                 self.advance(1);
             }
         }
+    }
+
+    /// A person loads, swaps or empties one tray; the printer reports it.
+    fn change_tray(&mut self, i: usize) {
+        let n = self.printers[i].trays.slots.len() as u64;
+        let k = self.rng.below(n) as usize;
+        let tray = self.printers[i].trays.slots[k].tray;
+        self.printers[i].trays.slots[k] = random_slot(&mut self.rng, tray);
+        self.push_report(i);
     }
 
     fn queue_job(&mut self) {
@@ -1777,7 +2000,16 @@ impl Sim {
             created_by: "ann".into(),
         };
         self.keys.push(key);
-        self.submit(&new);
+        let needs = random_needs(&mut self.rng);
+        let json = (!needs.is_empty())
+            .then(|| serde_json::to_string(&needs).unwrap_or_else(|_| "[]".into()));
+        match self
+            .store
+            .create_job_with_filaments(&new, json.as_deref(), self.now)
+        {
+            Ok((job, _)) => self.deliver_maybe_twice(Event::JobQueued(Box::new(job))),
+            Err(e) => self.violations.push(format!("create_job failed: {e}")),
+        }
     }
 
     fn resubmit_job(&mut self) {
@@ -2306,6 +2538,61 @@ mod tests {
             c.violations.iter().any(|v| v.contains("I6")),
             "{:?}",
             c.violations
+        );
+    }
+
+    #[test]
+    fn the_filament_check_refuses_wrong_empty_missing_and_doubled_trays() {
+        use crate::jobs::ams_mapping::{Assignment, map};
+        use crate::printer::Model;
+        let slot = |slot, material: Option<&str>| SlotSeen {
+            tray: TrayRef::Ams { unit: 0, slot },
+            loaded: material.is_some(),
+            material: material.map(str::to_string),
+            color: material.map(|_| "000000FF".to_string()),
+        };
+        let trays = Trays {
+            has_ams: true,
+            slots: vec![
+                slot(0, Some("PLA")),
+                slot(1, Some("PETG HF")),
+                slot(2, None),
+            ],
+        };
+        let need = |id, material: &str| Need {
+            id,
+            material: material.into(),
+            color: "#000000".into(),
+        };
+        let needs = vec![need(1, "PETG"), need(2, "PLA")];
+        let good = map(&needs, &trays, Model::P1S).expect("PETG and PLA are loaded");
+        assert!(filament_problems(&needs, Some(&good), Some(&trays)).is_empty());
+        assert!(filament_problems(&[], None, None).is_empty(), "no needs");
+        assert_eq!(filament_problems(&needs, None, Some(&trays)).len(), 1);
+        assert_eq!(filament_problems(&needs, Some(&good), None).len(), 1);
+        let with_tray = |tray_of: [u32; 2]| Mapping {
+            model: Model::P1S,
+            use_ams: true,
+            assignments: tray_of
+                .iter()
+                .zip(&needs)
+                .map(|(&s, n)| Assignment {
+                    filament: n.id,
+                    need: n.describe(),
+                    family: material_family(&n.material),
+                    tray: TrayRef::Ams { unit: 0, slot: s },
+                    tray_text: String::new(),
+                })
+                .collect(),
+        };
+        let swapped = filament_problems(&needs, Some(&with_tray([0, 1])), Some(&trays));
+        assert_eq!(swapped.len(), 2, "{swapped:?}");
+        let empty = filament_problems(&needs, Some(&with_tray([2, 0])), Some(&trays));
+        assert!(empty.iter().any(|p| p.contains("empty")), "{empty:?}");
+        let doubled = filament_problems(&needs, Some(&with_tray([1, 1])), Some(&trays));
+        assert!(
+            doubled.iter().any(|p| p.contains("two filaments")),
+            "{doubled:?}"
         );
     }
 
