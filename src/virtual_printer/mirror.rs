@@ -1,6 +1,8 @@
 //! What a virtual printer's clients read on `device/<serial>/report`: the real printer's own
 //! payloads from printgate's one session, passed on with the real serial replaced by the
-//! virtual one, and the merged document (Bambu Studio's merge rule, `printer/bambu/report.rs`)
+//! virtual one (and the printer's address in `net.info` replaced by the virtual printer's, so
+//! that a tool reading the address from the report comes back to printgate), and the merged
+//! document (Bambu Studio's merge rule, `printer/bambu/report.rs`)
 //! that answers a client's `pushall` without asking the printer. Pure: bytes in, bytes out.
 //!
 //! Not passed on: acknowledgements and version answers, which answer printgate's own requests
@@ -11,6 +13,7 @@ use crate::printer::Model;
 use crate::printer::bambu::report::{Ingested, ReportMerger};
 use bytes::Bytes;
 use serde_json::{Value, json};
+use std::net::Ipv4Addr;
 
 /// One virtual printer's view of its real printer's reports.
 pub struct Mirror {
@@ -20,6 +23,8 @@ pub struct Mirror {
     real_serial: String,
     virtual_serial: String,
     model: Model,
+    /// The virtual printer's own IPv4 address, written into `net.info` (when known).
+    address: Option<Ipv4Addr>,
 }
 
 impl Mirror {
@@ -30,7 +35,16 @@ impl Mirror {
             real_serial: real_serial.to_string(),
             virtual_serial: virtual_serial.to_string(),
             model,
+            address: None,
         }
+    }
+
+    /// Reports name `address` as the printer's address (`net.info`); an unspecified address
+    /// (`0.0.0.0`: every address of the gateway) names none and leaves `net.info` as the
+    /// printer sent it.
+    pub fn with_address(mut self, address: Ipv4Addr) -> Self {
+        self.address = (!address.is_unspecified()).then_some(address);
+        self
     }
 
     /// Take one payload of the real printer; returns what the clients get, if anything.
@@ -95,8 +109,40 @@ impl Mirror {
     }
 
     fn rewrite(&self, payload: &[u8]) -> Bytes {
-        replace_all(payload, &self.real_serial, &self.virtual_serial)
+        let renamed = replace_all(payload, &self.real_serial, &self.virtual_serial);
+        match self.address {
+            Some(address) if contains(&renamed, b"\"net\"") => {
+                with_address(&renamed, address).unwrap_or(renamed)
+            }
+            _ => renamed,
+        }
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `payload` with every non-zero `print.net.info[].ip` set to `address` (the printer's
+/// encoding: the four octets as a little-endian u32); `None` when there is nothing to change.
+fn with_address(payload: &[u8], address: Ipv4Addr) -> Option<Bytes> {
+    let mut doc: Value = serde_json::from_slice(payload).ok()?;
+    let infos = doc
+        .get_mut("print")?
+        .get_mut("net")?
+        .get_mut("info")?
+        .as_array_mut()?;
+    let ip = u32::from_le_bytes(address.octets());
+    let mut changed = false;
+    for info in infos {
+        if let Some(slot) = info.get_mut("ip")
+            && slot.as_u64().is_some_and(|v| v != 0 && v != u64::from(ip))
+        {
+            *slot = ip.into();
+            changed = true;
+        }
+    }
+    changed.then(|| Bytes::from(doc.to_string()))
 }
 
 /// `payload` with every occurrence of `from` replaced by `to`.
@@ -178,6 +224,39 @@ mod tests {
         assert_eq!(answer["info"]["sequence_id"], "7");
         assert_eq!(answer["info"]["module"][0]["sw_ver"], "01.09.01.00");
         assert_eq!(answer["info"]["module"][0]["sn"], VIRT);
+    }
+
+    #[test]
+    fn the_printers_address_in_net_info_becomes_the_virtual_printers() {
+        let vp: Ipv4Addr = "192.168.1.61".parse().unwrap();
+        let mut m = mirror().with_address(vp);
+        // 192.168.1.57 as the printer encodes it (little-endian), and an unused second entry.
+        let printer_ip = u32::from_le_bytes([192, 168, 1, 57]);
+        let full = format!(
+            r#"{{"print":{{"command":"push_status","msg":0,"sequence_id":"1","sn":"{REAL}","net":{{"conf":0,"info":[{{"ip":{printer_ip},"mask":16777215}},{{"ip":0,"mask":0}}]}}}}}}"#
+        );
+        let out: Value =
+            serde_json::from_slice(&m.on_printer_payload(full.as_bytes()).unwrap()).unwrap();
+        assert_eq!(
+            out["print"]["net"]["info"][0]["ip"],
+            u32::from_le_bytes(vp.octets())
+        );
+        assert_eq!(out["print"]["net"]["info"][1]["ip"], 0, "unused entry kept");
+        assert_eq!(out["print"]["sn"], VIRT);
+        let again: Value = serde_json::from_slice(&m.full_report().unwrap()).unwrap();
+        assert_eq!(
+            again["print"]["net"]["info"][0]["ip"],
+            u32::from_le_bytes(vp.octets())
+        );
+        // Listening on every address: no single address to name, the report is passed as is.
+        let mut any = mirror().with_address(Ipv4Addr::UNSPECIFIED);
+        let out: Value =
+            serde_json::from_slice(&any.on_printer_payload(full.as_bytes()).unwrap()).unwrap();
+        assert_eq!(out["print"]["net"]["info"][0]["ip"], printer_ip);
+        // A delta without `net` is passed byte for byte.
+        let delta =
+            br#"{"print":{"command":"push_status","msg":1,"sequence_id":"2","bed_temper":30.0}}"#;
+        assert_eq!(&m.on_printer_payload(delta).unwrap()[..], &delta[..]);
     }
 
     #[test]

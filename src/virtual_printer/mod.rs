@@ -114,7 +114,14 @@ pub async fn start(
             printer: pc.name.clone(),
             model: pc.model,
             files: gw.files.clone(),
-            mirror: mirror::Mirror::new(pc.model, &pc.serial, &credentials.serial),
+            mirror: match addr.ip() {
+                std::net::IpAddr::V4(v4) => {
+                    mirror::Mirror::new(pc.model, &pc.serial, &credentials.serial).with_address(v4)
+                }
+                std::net::IpAddr::V6(_) => {
+                    mirror::Mirror::new(pc.model, &pc.serial, &credentials.serial)
+                }
+            },
             tls: authority.server_config(&credentials.serial)?,
             credentials: credentials.clone(),
             link: entry.link.clone(),
