@@ -959,6 +959,11 @@ impl SimPrinter {
     pub fn command_log(&self) -> Vec<LoggedCommand> {
         self.hub.log.snapshot()
     }
+    /// Every payload the printer puts on its report topic, as it publishes it (from now on);
+    /// what every connected client is sent. For measuring delivery latency from the source.
+    pub fn subscribe_reports(&self) -> broadcast::Receiver<Bytes> {
+        self.hub.subscribe_out()
+    }
     /// Requests as they arrive (from now on).
     pub fn subscribe_commands(&self) -> broadcast::Receiver<LoggedCommand> {
         self.hub.log.subscribe()
