@@ -61,6 +61,21 @@ pub enum PrinterCommand {
     Light(bool),
     /// Ask for a full report (rate-limited by the link).
     PushAll,
+    /// A setting a virtual printer's allow-list lets a client change
+    /// (`virtual_printer::config::AllowedCommand`): published as `{section: {command, fields…}}`
+    /// with the link's own `sequence_id`. Never a start, a motion or a heater.
+    Setting(SettingCommand),
+}
+
+/// One harmless setting, as a virtual printer's client asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingCommand {
+    /// Request section (`print`, `xcam`, `camera`).
+    pub section: &'static str,
+    /// Its `command`.
+    pub command: &'static str,
+    /// The client's other fields (no `command`, no `sequence_id`).
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What happened to a command from the link's point of view. `Published` is *not* evidence that

@@ -24,6 +24,10 @@ pub struct VirtualPrinterConfig {
     /// `listen` with port 990 (the printers' port; needs root or CAP_NET_BIND_SERVICE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ftps_listen: Option<SocketAddr>,
+    /// Harmless commands its clients may send on to the printer (`allow.rs` has the fixed set;
+    /// anything else in the list is a config error). Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<super::allow::AllowedCommand>,
 }
 
 /// The standard implicit-FTPS port of a Bambu printer.
@@ -39,6 +43,7 @@ impl Default for VirtualPrinterConfig {
             enabled: false,
             listen: default_listen(),
             ftps_listen: None,
+            allow: Vec::new(),
         }
     }
 }
@@ -51,6 +56,7 @@ impl VirtualPrinterConfig {
             enabled: true,
             listen,
             ftps_listen: (listen.port() == 0).then(|| SocketAddr::new(listen.ip(), 0)),
+            allow: Vec::new(),
         }
     }
 
@@ -99,6 +105,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_allow_list_takes_harmless_commands_only_and_says_why_not() {
+        let c: VirtualPrinterConfig =
+            toml::from_str("allow = [\"print_speed\", \"xcam_control_set\"]").expect("parses");
+        assert_eq!(c.allow.len(), 2);
+        let e = toml::from_str::<VirtualPrinterConfig>("allow = [\"gcode_line\"]")
+            .expect_err("G-code cannot be allowed")
+            .to_string();
+        assert!(e.contains("gcode_line") && e.contains("G-code"), "{e}");
+    }
+
+    #[test]
     fn off_by_default_and_on_the_standard_port() {
         let c: VirtualPrinterConfig = toml::from_str("").expect("parses");
         assert!(!c.enabled);
@@ -117,6 +134,7 @@ mod tests {
         assert_eq!(found[0].0, 1);
         assert!(found[0].1.contains("printers[0]"), "{}", found[0].1);
         let off = VirtualPrinterConfig::default();
+        assert!(off.allow.is_empty());
         assert!(listen_conflicts(&[(0, &off), (1, &b)]).is_empty());
     }
 }

@@ -11,6 +11,7 @@
 //!
 //! Not served yet: SSDP announcements, the slicers' detect/bind handshake.
 
+pub mod allow;
 pub mod config;
 pub mod ftps;
 pub mod identity;
@@ -125,6 +126,7 @@ pub async fn start(
             tls: authority.server_config(&credentials.serial)?,
             credentials: credentials.clone(),
             link: entry.link.clone(),
+            allow: pc.virtual_printer.allow.clone(),
             gateway: Arc::downgrade(gw),
         });
         tasks.spawn(vp.clone().run_mirror(feed, shutdown.clone()));

@@ -3,9 +3,12 @@
 //! resume / stop / the chamber light go through printgate's printer controls, and everything
 //! that could move, heat or reconfigure the printer is refused with an acknowledgement that
 //! says why. A `project_file` is never a start: it asks to queue the file the client uploaded
-//! as a job, which starts only after Plate clear. Pure: the server carries the decisions out.
+//! as a job, which starts only after Plate clear. The config's allow-list (`allow.rs`) can open
+//! a fixed set of harmless settings, which are then sent on to the printer. Pure: the server
+//! carries the decisions out.
 
-use crate::printer::PrinterCommand;
+use super::allow::AllowedCommand;
+use crate::printer::{PrinterCommand, SettingCommand};
 use serde_json::{Map, Value};
 
 /// What to do for one section of a request.
@@ -31,6 +34,8 @@ pub enum Decision {
         /// `subtask_name`, the job's name on the printer's screen.
         name: Option<String>,
     },
+    /// Send this allowed setting on to the printer (`[printers.virtual_printer] allow`).
+    Forward(SettingCommand),
     /// Answer with a failed acknowledgement giving this reason.
     Refuse(String),
     /// Nothing to do and nothing to answer (`pushing.start`, unknown noise).
@@ -41,13 +46,25 @@ pub enum Decision {
 pub const GCODE_FILE_REFUSED: &str = "printgate's virtual printer does not print bare G-code files; send the sliced project (.gcode.3mf) from the slicer instead";
 
 /// The sections of a request in the order they came (`printer/bambu/request_json.rs`), each
-/// with its decision; sections that are not objects are left out.
-pub fn decide(sections: &[(String, Value)]) -> Vec<(String, Map<String, Value>, Decision)> {
+/// with its decision; sections that are not objects are left out. `allow`: the settings the
+/// config lets through.
+pub fn decide(
+    sections: &[(String, Value)],
+    allow: &[AllowedCommand],
+) -> Vec<(String, Map<String, Value>, Decision)> {
     sections
         .iter()
         .filter_map(|(section, body)| {
             let body = body.as_object()?;
-            Some((section.clone(), body.clone(), decide_section(section, body)))
+            let command = body.get("command").and_then(Value::as_str).unwrap_or("");
+            let decision = match AllowedCommand::of(section, command) {
+                Some(a) if allow.contains(&a) => match a.setting(body) {
+                    Ok(setting) => Decision::Forward(setting),
+                    Err(why) => Decision::Refuse(why),
+                },
+                _ => decide_section(section, body),
+            };
+            Some((section.clone(), body.clone(), decision))
         })
         .collect()
 }
@@ -71,7 +88,7 @@ fn decide_section(section: &str, body: &Map<String, Value>) -> Decision {
         ),
         ("print", "print_speed") => refuse(
             "speed",
-            "printgate does not change a running print's speed yet",
+            "changing a running print's speed is off unless the config allows it ([printers.virtual_printer] allow = [\"print_speed\"])",
         ),
         ("print", c) if c.contains("cali") => refuse(
             "calibration",
@@ -183,7 +200,37 @@ mod tests {
     }
 
     fn one(v: Value) -> Decision {
-        decide(&sections(v)).pop().expect("a section").2
+        decide(&sections(v), &[]).pop().expect("a section").2
+    }
+
+    #[test]
+    fn allowed_settings_are_forwarded_and_nothing_else_is_opened() {
+        let speed = json!({"print": {"command": "print_speed", "sequence_id": "5", "param": "2"}});
+        assert!(matches!(one(speed.clone()), Decision::Refuse(ref r) if r.contains("allow")));
+        let allow = [AllowedCommand::PrintSpeed, AllowedCommand::XcamControlSet];
+        match decide(&sections(speed), &allow).pop().expect("a section").2 {
+            Decision::Forward(s) => {
+                assert_eq!((s.section, s.command), ("print", "print_speed"));
+                assert_eq!(s.fields.get("param"), Some(&json!("2")));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Allowed or not, G-code and starts keep their decisions.
+        for req in [
+            json!({"print": {"command": "gcode_line", "param": "G28"}}),
+            json!({"camera": {"command": "ipcam_record_set", "control": "enable"}}),
+        ] {
+            let d = decide(&sections(req.clone()), &allow)
+                .pop()
+                .expect("a section")
+                .2;
+            assert!(matches!(d, Decision::Refuse(_)), "{req}: {d:?}");
+        }
+        let xcam = json!({"xcam": {"command": "xcam_control_set", "module_name": "spaghetti_detector", "control": true}});
+        assert!(matches!(
+            decide(&sections(xcam), &allow).pop().expect("a section").2,
+            Decision::Forward(_)
+        ));
     }
 
     #[test]
@@ -297,8 +344,8 @@ mod tests {
             Decision::Nothing
         );
         let both = json!({"pushing": {"command": "pushall"}, "info": {"command": "get_version"}});
-        assert_eq!(decide(&sections(both)).len(), 2);
-        assert!(decide(&sections(json!({"print": 5}))).is_empty());
+        assert_eq!(decide(&sections(both), &[]).len(), 2);
+        assert!(decide(&sections(json!({"print": 5})), &[]).is_empty());
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub struct VirtualPrinter {
     model: crate::printer::Model,
     uploads: super::uploads::Uploads,
     files: Arc<crate::jobs::files::FileStore>,
+    allow: Vec<super::allow::AllowedCommand>,
 }
 
 /// A `pushall` within this long of the last full report, from a client that was subscribed
@@ -78,6 +79,8 @@ pub struct Parts {
     pub mirror: Mirror,
     pub tls: Arc<rustls::ServerConfig>,
     pub link: Arc<dyn PrinterLink>,
+    /// Settings its clients may send on to the printer.
+    pub allow: Vec<super::allow::AllowedCommand>,
     pub gateway: Weak<Gateway>,
 }
 
@@ -93,6 +96,7 @@ impl VirtualPrinter {
             mirror: Mutex::new(parts.mirror),
             limiter: Mutex::new(LoginLimiter::default()),
             link: parts.link,
+            allow: parts.allow,
             gateway: parts.gateway,
             connections: AtomicUsize::new(0),
             logged_in: AtomicUsize::new(0),
@@ -304,7 +308,7 @@ impl VirtualPrinter {
             tracing::debug!(printer = %self.printer, "virtual printer ignored a request that is not a JSON object");
             return;
         };
-        for (section, body, decision) in requests::decide(&sections) {
+        for (section, body, decision) in requests::decide(&sections, &self.allow) {
             match decision {
                 Decision::Nothing => {}
                 Decision::PushAll => {
@@ -379,6 +383,13 @@ impl VirtualPrinter {
                         }
                     });
                 }
+                Decision::Forward(setting) => {
+                    let vp = Arc::clone(self);
+                    let actor = actor.to_string();
+                    tokio::spawn(async move {
+                        vp.forward(section, body, setting, &actor).await;
+                    });
+                }
                 Decision::Control { command, action } => {
                     let vp = Arc::clone(self);
                     let actor = actor.to_string();
@@ -405,6 +416,43 @@ impl VirtualPrinter {
         let outcome = crate::controls::send(&gw, &self.printer, command, action, actor, true).await;
         match outcome {
             Ok(_) => self.answer(&section, &body, true, ""),
+            Err(e) => self.answer(&section, &body, false, &e.to_string()),
+        }
+    }
+
+    /// Send an allowed setting on printgate's session, recorded in the history with the client
+    /// as actor; the printer's own answer follows on the report topic (mirrored).
+    async fn forward(
+        &self,
+        section: String,
+        body: serde_json::Map<String, Value>,
+        setting: crate::printer::SettingCommand,
+        actor: &str,
+    ) {
+        let Some(gw) = self.gateway.upgrade() else {
+            return;
+        };
+        let command = setting.command;
+        let outcome = crate::controls::send(
+            &gw,
+            &self.printer,
+            PrinterCommand::Setting(setting),
+            command,
+            actor,
+            true,
+        )
+        .await;
+        tracing::info!(printer = %self.printer, %actor, command, ok = outcome.is_ok(), "virtual printer forwarded an allowed setting");
+        match outcome {
+            Ok(_) => self.answer(
+                &section,
+                &body,
+                true,
+                &format!(
+                    "sent to {} by printgate (allowed by its config)",
+                    self.printer
+                ),
+            ),
             Err(e) => self.answer(&section, &body, false, &e.to_string()),
         }
     }

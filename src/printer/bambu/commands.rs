@@ -191,6 +191,12 @@ pub fn build(ids: &SequenceIds, cmd: &PrinterCommand) -> Built {
         PrinterCommand::Stop => stop(ids),
         PrinterCommand::Light(on) => chamber_light(ids, *on),
         PrinterCommand::PushAll => pushall(ids),
+        PrinterCommand::Setting(c) => {
+            let mut fields = c.fields.clone();
+            fields.remove("sequence_id");
+            fields.remove("command");
+            section(c.section, ids.next_id(), c.command, Value::Object(fields))
+        }
     }
 }
 
@@ -203,6 +209,7 @@ pub fn command_key(cmd: &PrinterCommand) -> (&'static str, &'static str) {
         PrinterCommand::Stop => ("print", "stop"),
         PrinterCommand::Light(_) => ("system", "ledctrl"),
         PrinterCommand::PushAll => ("pushing", "pushall"),
+        PrinterCommand::Setting(c) => (c.section, c.command),
     }
 }
 

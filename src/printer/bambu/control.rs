@@ -42,7 +42,9 @@ impl ControlTracker {
             PrinterCommand::Pause => Expectation::Paused,
             PrinterCommand::Resume => Expectation::Resumed,
             PrinterCommand::Stop => Expectation::Stopped,
-            PrinterCommand::Light(_) | PrinterCommand::PushAll => return,
+            PrinterCommand::Light(_) | PrinterCommand::PushAll | PrinterCommand::Setting(_) => {
+                return;
+            }
         };
         self.expect = Some((expectation, before, now));
     }

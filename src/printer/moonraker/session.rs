@@ -475,6 +475,13 @@ impl Session {
                 )));
                 return;
             }
+            PrinterCommand::Setting(c) => {
+                let _ = req.reply.send(Err(LinkError::Unsupported(format!(
+                    "Klipper printers have no Bambu setting {}.{}",
+                    c.section, c.command
+                ))));
+                return;
+            }
             PrinterCommand::PushAll => {
                 if conn.query.is_none() {
                     self.send_query(conn);
