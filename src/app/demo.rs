@@ -278,15 +278,18 @@ pub async fn run(
             sim.access_code()
         );
     }
+    let port = |p: Option<u16>| p.map_or("-".to_string(), |p| p.to_string());
     for vp in running.gateway.virtual_printers.get().into_iter().flatten() {
         println!(
-            "  virtual printer of {} on {}:{} serial {} access code {} (MQTT over TLS, user bblp; FTPS uploads on port {}; a print sent to it waits for Plate clear)",
+            "  virtual printer of {} on {}:{} serial {} access code {} (MQTT over TLS, user bblp; FTPS uploads on port {}; slicers' detect on ports {}/{} TLS; announced to loopback only; a print sent to it waits for Plate clear)",
             vp.printer,
             vp.host,
             vp.mqtt_port,
             vp.serial,
             vp.access_code,
-            vp.ftps_port.map_or("-".to_string(), |p| p.to_string())
+            port(vp.ftps_port),
+            port(vp.detect_port),
+            port(vp.detect_tls_port),
         );
     }
     println!(

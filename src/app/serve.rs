@@ -416,6 +416,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let broker = start_broker(&gateway, web_addr, &shutdown, &mut tasks).await?;
     let virtual_printers =
         virtual_printer::start(&gateway, mirror_feeds, &shutdown, &mut tasks).await?;
+    if let Some(d) = gateway.discovery.get() {
+        d.hide_serials(virtual_printers.iter().map(|v| v.serial.clone()));
+    }
     let _ = gateway.virtual_printers.set(virtual_printers);
     notify::gateway_ready(&gateway, &mut tasks, shutdown.clone())?;
     Ok(RunningGateway {

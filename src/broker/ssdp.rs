@@ -62,6 +62,8 @@ pub enum SsdpError {
     BadSerial,
     #[error("announcement has no usable IPv4 address (Location)")]
     BadLocation,
+    #[error("announcement of printgate's own virtual printer {0}; not a printer to add")]
+    OwnVirtualPrinter(String),
     #[error("announcement names {location} but came from {sender}; ignored as spoofed")]
     Spoofed {
         location: Ipv4Addr,
@@ -271,6 +273,9 @@ impl Default for DiscoveryList {
 pub struct Discovery {
     list: Arc<Mutex<DiscoveryList>>,
     version: Arc<watch::Sender<u64>>,
+    /// Serials of printgate's own virtual printers: they announce themselves on the same port
+    /// but are not printers to add.
+    own: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Discovery {
@@ -278,6 +283,7 @@ impl Discovery {
         Discovery {
             list: Arc::new(Mutex::new(list)),
             version: Arc::new(watch::channel(0).0),
+            own: Arc::default(),
         }
     }
 
@@ -298,9 +304,26 @@ impl Discovery {
         self.version.subscribe()
     }
 
+    /// Never list these serials (printgate's own virtual printers); drops them if listed.
+    pub fn hide_serials(&self, serials: impl IntoIterator<Item = String>) {
+        if let Ok(mut own) = self.own.lock() {
+            own.extend(serials);
+            if let Ok(mut l) = self.list.lock() {
+                let before = l.entries.len();
+                l.entries.retain(|serial, _| !own.contains(serial));
+                if l.entries.len() != before {
+                    self.version.send_modify(|v| *v = v.wrapping_add(1));
+                }
+            }
+        }
+    }
+
     /// Feed one datagram received from `source`.
     pub fn handle_datagram(&self, datagram: &[u8], source: SocketAddr) -> Result<(), SsdpError> {
         let a = parse_from(datagram, source)?;
+        if self.own.lock().is_ok_and(|own| own.contains(&a.serial)) {
+            return Err(SsdpError::OwnVirtualPrinter(a.serial));
+        }
         let changed = match self.list.lock() {
             Ok(mut l) => l.observe(a, Instant::now()),
             Err(_) => false,
@@ -473,6 +496,21 @@ mod tests {
         let e = parse_from(EXAMPLE.as_bytes(), from([192, 168, 1, 66])).unwrap_err();
         assert!(matches!(e, SsdpError::Spoofed { .. }));
         assert!(parse_from(EXAMPLE.as_bytes(), from([192, 168, 1, 57])).is_ok());
+    }
+
+    #[test]
+    fn own_virtual_printers_are_never_listed() {
+        let d = Discovery::new(DiscoveryList::default());
+        let from_real = from([192, 168, 1, 57]);
+        d.handle_datagram(EXAMPLE.as_bytes(), from_real).unwrap();
+        assert_eq!(d.seen().len(), 1);
+        d.hide_serials(["01P00A451200318".to_string()]);
+        assert!(d.seen().is_empty(), "hiding drops a listed one");
+        assert_eq!(
+            d.handle_datagram(EXAMPLE.as_bytes(), from_real),
+            Err(SsdpError::OwnVirtualPrinter("01P00A451200318".into()))
+        );
+        assert!(d.seen().is_empty());
     }
 
     #[test]

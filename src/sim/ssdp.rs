@@ -1,7 +1,8 @@
 //! SSDP-style discovery announcements of a simulated printer (docs/bambu-protocol.md §8): an HTTP-like
 //! `NOTIFY` every few seconds as UDP **unicast** to a configured address (loopback in tests; the
 //! simulator never broadcasts), and a `200 OK` answer to a directed `M-SEARCH`.
-//! `DevConnect.bambu.com` follows the Developer Mode knob (`lan` / `cloud`).
+//! `DevConnect.bambu.com` follows the Developer Mode knob (`lan` / `cloud`). The datagrams are built
+//! by `printer/bambu/ssdp_wire.rs`, shared with the virtual printers.
 
 use crate::config::Model;
 use crate::sim::printer::Hub;
@@ -12,8 +13,8 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-/// Search target / notification type of Bambu printers.
-pub const BAMBU_URN: &str = "urn:bambulab-com:device:3dprinter:1";
+use crate::printer::bambu::ssdp_wire::{self, Announcement};
+pub use crate::printer::bambu::ssdp_wire::{BAMBU_URN, is_search_for_us};
 
 /// What an announcement says about the printer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,61 +26,27 @@ pub struct AnnounceInfo {
     pub developer_mode: bool,
 }
 
-fn headers(info: &AnnounceInfo) -> String {
-    format!(
-        "Location: {ip}\r\n\
-         USN: {serial}\r\n\
-         Cache-Control: max-age=1800\r\n\
-         DevModel.bambu.com: {code}\r\n\
-         DevName.bambu.com: {name}\r\n\
-         DevSignal.bambu.com: -48\r\n\
-         DevConnect.bambu.com: {connect}\r\n\
-         DevBind.bambu.com: free\r\n\
-         Devseclink.bambu.com: secure\r\n\
-         DevInf.bambu.com: wlan0\r\n\
-         DevVersion.bambu.com: {fw}\r\n\
-         DevCap.bambu.com: 1\r\n",
-        ip = info.ip,
-        serial = info.serial,
-        code = info.model.model_code(),
-        name = info.name,
-        connect = if info.developer_mode { "lan" } else { "cloud" },
-        fw = firmware_version(info.model),
-    )
+impl AnnounceInfo {
+    fn wire(&self) -> Announcement<'_> {
+        Announcement {
+            ip: self.ip,
+            serial: &self.serial,
+            model_code: self.model.model_code(),
+            name: &self.name,
+            lan_only: self.developer_mode,
+            firmware: firmware_version(self.model),
+        }
+    }
 }
 
 /// The `NOTIFY` datagram, headers exactly as §8.
 pub fn notify_message(info: &AnnounceInfo) -> String {
-    format!(
-        "NOTIFY * HTTP/1.1\r\n\
-         Host: 239.255.255.250:1990\r\n\
-         Server: UPnP/1.0\r\n\
-         NT: {BAMBU_URN}\r\n\
-         NTS: ssdp:alive\r\n\
-         {}\r\n",
-        headers(info)
-    )
+    ssdp_wire::notify_message(&info.wire())
 }
 
 /// The `200 OK` answer to an `M-SEARCH`.
 pub fn search_response(info: &AnnounceInfo) -> String {
-    format!(
-        "HTTP/1.1 200 OK\r\n\
-         Server: UPnP/1.0\r\n\
-         Date: {}\r\n\
-         EXT:\r\n\
-         ST: {BAMBU_URN}\r\n\
-         {}\r\n",
-        chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT"),
-        headers(info)
-    )
-}
-
-/// An `M-SEARCH` for Bambu printers (or everything).
-pub fn is_search_for_us(datagram: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(datagram);
-    text.starts_with("M-SEARCH")
-        && (text.contains(BAMBU_URN) || text.to_ascii_lowercase().contains("ssdp:all"))
+    ssdp_wire::search_response(&info.wire())
 }
 
 pub(crate) async fn run_announcer(

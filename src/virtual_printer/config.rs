@@ -3,7 +3,7 @@
 //! the README for what a virtual printer does today).
 
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 /// The standard MQTT-over-TLS port of a Bambu printer.
 pub const STANDARD_MQTT_PORT: u16 = 8883;
@@ -28,6 +28,43 @@ pub struct VirtualPrinterConfig {
     /// anything else in the list is a config error). Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<super::allow::AllowedCommand>,
+    /// The address announced to slicers (SSDP `Location`) when `listen` is `0.0.0.0`; default:
+    /// the IPv4 address of the interface with the default route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    /// Where the SSDP announcements go: default the broadcast `255.255.255.255:2021`, as
+    /// printers do (tests and `printgate demo`: a loopback address).
+    #[serde(default = "default_announce_to")]
+    pub announce_to: SocketAddr,
+    /// UDP port the announcements come from and slicers' searches are answered on (2021).
+    #[serde(default = "default_ssdp_port")]
+    pub ssdp_port: u16,
+    /// TCP port of the slicers' detect handshake (plain; 3000 on printers).
+    #[serde(default = "default_detect_port")]
+    pub detect_port: u16,
+    /// TCP port of the slicers' detect handshake over TLS (3002 on printers).
+    #[serde(default = "default_detect_tls_port")]
+    pub detect_tls_port: u16,
+}
+
+/// The standard detect ports of a Bambu printer (plain, TLS).
+pub const STANDARD_DETECT_PORT: u16 = 3000;
+pub const STANDARD_DETECT_TLS_PORT: u16 = 3002;
+
+fn default_announce_to() -> SocketAddr {
+    SocketAddr::from((
+        Ipv4Addr::BROADCAST,
+        crate::printer::bambu::ssdp_wire::SSDP_PORT,
+    ))
+}
+fn default_ssdp_port() -> u16 {
+    crate::printer::bambu::ssdp_wire::SSDP_PORT
+}
+fn default_detect_port() -> u16 {
+    STANDARD_DETECT_PORT
+}
+fn default_detect_tls_port() -> u16 {
+    STANDARD_DETECT_TLS_PORT
 }
 
 /// The standard implicit-FTPS port of a Bambu printer.
@@ -44,18 +81,31 @@ impl Default for VirtualPrinterConfig {
             listen: default_listen(),
             ftps_listen: None,
             allow: Vec::new(),
+            address: None,
+            announce_to: default_announce_to(),
+            ssdp_port: default_ssdp_port(),
+            detect_port: STANDARD_DETECT_PORT,
+            detect_tls_port: STANDARD_DETECT_TLS_PORT,
         }
     }
 }
 
 impl VirtualPrinterConfig {
-    /// On, listening on `listen` (tests and the demo); with port 0 the FTPS port is picked
-    /// freely too.
+    /// On, listening on `listen` (tests and the demo); with port 0 the FTPS, SSDP and detect
+    /// ports are picked freely too. Announcements go to loopback `127.0.0.1:2021`, never to the
+    /// broadcast address (set `announce_to` for another loopback target).
     pub fn on(listen: SocketAddr) -> Self {
+        let free = listen.port() == 0;
+        let port = |standard: u16| if free { 0 } else { standard };
         Self {
             enabled: true,
             listen,
-            ftps_listen: (listen.port() == 0).then(|| SocketAddr::new(listen.ip(), 0)),
+            ftps_listen: free.then(|| SocketAddr::new(listen.ip(), 0)),
+            address: None,
+            announce_to: SocketAddr::from((Ipv4Addr::LOCALHOST, default_ssdp_port())),
+            ssdp_port: port(default_ssdp_port()),
+            detect_port: port(STANDARD_DETECT_PORT),
+            detect_tls_port: port(STANDARD_DETECT_TLS_PORT),
             allow: Vec::new(),
         }
     }

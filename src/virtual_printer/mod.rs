@@ -9,9 +9,13 @@
 //! never a start: it queues the uploaded file as one job (`uploads.rs`), which the dispatcher
 //! starts after Plate clear.
 //!
-//! Not served yet: SSDP announcements, the slicers' detect/bind handshake.
+//! Slicers find it by its SSDP announcements (`announce.rs`) and add it through the detect
+//! handshake on TCP 3000 / TLS 3002 (`bind.rs`). One IPv4 address per virtual printer: slicers
+//! reach every printer on the same fixed ports and check the certificate's CN without SNI.
 
 pub mod allow;
+pub mod announce;
+pub mod bind;
 pub mod config;
 pub mod ftps;
 pub mod identity;
@@ -24,6 +28,7 @@ pub mod uploads;
 use crate::app::Gateway;
 use bytes::Bytes;
 use serde::Serialize;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
@@ -44,6 +49,12 @@ pub struct VirtualPrinterInfo {
     pub mqtt_port: u16,
     /// Its implicit-FTPS port (uploads).
     pub ftps_port: Option<u16>,
+    /// The address its SSDP announcements name (`None`: not announced, see the log).
+    pub announced_address: Option<String>,
+    /// The plain TCP port of the slicers' detect handshake (3000 on printers).
+    pub detect_port: Option<u16>,
+    /// The TLS port of the slicers' detect handshake (3002 on printers).
+    pub detect_tls_port: Option<u16>,
 }
 
 /// The report feeds of the printers that have a virtual printer, taken as soon as their links
@@ -111,6 +122,40 @@ pub async fn start(
             )
         })?;
         let ftps_addr = ftps_listener.local_addr()?;
+        let tls = authority.server_config(&credentials.serial)?;
+        let name = format!("{} via printgate", pc.name);
+        let detect = bind::DetectIdentity {
+            serial: credentials.serial.clone(),
+            model_code: pc.model.model_code(),
+            name: name.clone(),
+            firmware: String::new(),
+        };
+        let mut detect_ports = [None, None];
+        for (slot, (port, key, secure)) in [
+            (pc.virtual_printer.detect_port, "detect_port", false),
+            (pc.virtual_printer.detect_tls_port, "detect_tls_port", true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let at = SocketAddr::new(listen.ip(), port);
+            let l = tokio::net::TcpListener::bind(at).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "the virtual printer of {} cannot answer slicers' detect on {at}: {e}; choose another printers.virtual_printer.{key} for it (or stop what uses that port)",
+                    pc.name
+                )
+            })?;
+            detect_ports[slot] = Some(l.local_addr()?.port());
+            let acceptor = secure.then(|| tokio_rustls::TlsAcceptor::from(tls.clone()));
+            tasks.spawn(bind::run_listener(
+                l,
+                acceptor,
+                detect.clone(),
+                entry.link.subscribe(),
+                shutdown.clone(),
+            ));
+        }
+        let announced = start_announcer(pc, &credentials.serial, &name, entry, shutdown, tasks);
         let vp = server::VirtualPrinter::new(server::Parts {
             printer: pc.name.clone(),
             model: pc.model,
@@ -123,7 +168,7 @@ pub async fn start(
                     mirror::Mirror::new(pc.model, &pc.serial, &credentials.serial)
                 }
             },
-            tls: authority.server_config(&credentials.serial)?,
+            tls,
             credentials: credentials.clone(),
             link: entry.link.clone(),
             allow: pc.virtual_printer.allow.clone(),
@@ -144,7 +189,54 @@ pub async fn start(
             host: addr.ip().to_string(),
             mqtt_port: addr.port(),
             ftps_port: Some(ftps_addr.port()),
+            announced_address: announced.map(|ip| ip.to_string()),
+            detect_port: detect_ports[0],
+            detect_tls_port: detect_ports[1],
         });
     }
     Ok(infos)
+}
+
+/// Start the SSDP announcements of one virtual printer; the announced address, or `None` (said
+/// in the log) when there is none to announce or the socket cannot be opened. Discovery is a
+/// convenience: a slicer can still add the printer by IP, so this never stops the gateway.
+fn start_announcer(
+    pc: &crate::config::PrinterConfig,
+    serial: &str,
+    name: &str,
+    entry: &crate::app::PrinterEntry,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Option<Ipv4Addr> {
+    let c = &pc.virtual_printer;
+    let (ip, source) =
+        match announce::location(c.listen.ip(), c.address, announce::default_route_ipv4) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(printer = %pc.name, "virtual printer not announced: {e}");
+                return None;
+            }
+        };
+    let socket = match announce::bind_socket(c.listen.ip(), c.ssdp_port, c.announce_to) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(printer = %pc.name, "virtual printer not announced: cannot open UDP {}:{}: {e}; choose another printers.virtual_printer.ssdp_port", c.listen.ip(), c.ssdp_port);
+            return None;
+        }
+    };
+    tracing::info!(printer = %pc.name, %serial, address = %ip, "virtual printer announced to {} as {ip} (from {source})", c.announce_to);
+    let identity = announce::Identity {
+        ip,
+        serial: serial.to_string(),
+        model_code: pc.model.model_code(),
+        name: name.to_string(),
+    };
+    tasks.spawn(announce::run(
+        socket,
+        c.announce_to,
+        identity,
+        entry.link.subscribe(),
+        shutdown.clone(),
+    ));
+    Some(ip)
 }

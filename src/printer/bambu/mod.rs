@@ -13,6 +13,7 @@ pub mod mqtt_wire;
 pub mod report;
 pub mod request_json;
 pub mod session;
+pub mod ssdp_wire;
 pub mod tls;
 
 use crate::config::{LinkConfig, PrinterConfig};
