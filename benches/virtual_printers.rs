@@ -283,6 +283,8 @@ fn write_config(
     sims: &[SimPrinter],
     virtual_ports: Option<&[(u16, u16)]>,
 ) -> Res<()> {
+    // Where the virtual printers' SSDP announcements go: a loopback port nobody reads.
+    let announce = free_port()?;
     let mut t = format!(
         "data_dir = {}\n\n[web]\nlisten = \"127.0.0.1:{web_port}\"\n\n[broker]\nmode = \"off\"\n",
         toml_str(&data_dir.display().to_string())
@@ -301,7 +303,10 @@ fn write_config(
             let (mqtt, ftps) = ports[i];
             t.push_str(&format!(
                 "\n[printers.virtual_printer]\nenabled = true\nlisten = \"127.0.0.1:{mqtt}\"\n\
-                 ftps_listen = \"127.0.0.1:{ftps}\"\n"
+                 ftps_listen = \"127.0.0.1:{ftps}\"\n\
+                 # Loopback only: no announcement may leave this machine.\n\
+                 announce_to = \"127.0.0.1:{announce}\"\nssdp_port = 0\ndetect_port = 0\n\
+                 detect_tls_port = 0\n"
             ));
         }
     }
