@@ -579,9 +579,16 @@ impl SafetyHandle {
             };
             let _ = tokio::time::timeout(wait, seen).await;
         }
-        // A trip from this edge is recorded by the follow-up; wait for it.
+        // A trip from this edge is recorded by the follow-up; wait until it is written and in
+        // the list of open trips (the follow-up adds it there after writing it, then sends
+        // `Persisted`), so that the answer names it. A trip that cannot be written keeps this
+        // waiting until `wait` runs out.
+        let settled = || {
+            let st = self.inner.controller.status();
+            st.unpersisted == 0 && (!st.tripped || !lock(&self.inner.open).1.is_empty())
+        };
         let persisted = async {
-            while self.inner.controller.status().unpersisted > 0 {
+            while !settled() {
                 match rx.recv().await {
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
