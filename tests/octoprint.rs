@@ -370,18 +370,18 @@ async fn cura_uploads_follows_location_and_its_status_poll_loop_sees_octoprint_s
     r.t.tap(P1S, "tap-cura").await;
     let mut seen_printing = None;
     let deadline = tokio::time::Instant::now() + WAIT;
+    // `printer` and `job` are two requests, as Cura makes them: across a start or an end the
+    // state can change between them, so each phase counts only once both answers agree.
     for _ in 0..600 {
         let (printer, job, raw) = poll().await;
-        if job.state == "printing" {
-            assert_eq!(printer, "printing", "{raw}");
+        if job.state == "printing" && printer == "printing" {
             assert_eq!(raw["state"], "Printing");
             assert_eq!(job.name, "cura_cube.gcode.3mf");
             if job.elapsed > 0 && job.total > 0 {
                 seen_printing = Some((job.elapsed, job.total));
             }
         }
-        if seen_printing.is_some() && job.state == "ready" {
-            assert_eq!(printer, "idle");
+        if seen_printing.is_some() && job.state == "ready" && printer == "idle" {
             break;
         }
         assert!(
