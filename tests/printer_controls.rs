@@ -7,6 +7,30 @@ mod common;
 use common::{TestGateway, demo_api_token};
 use printgate::config::Model;
 
+/// How many `command` requests the simulated printer has logged once it has logged at least
+/// `at_least` (or `common::WAIT` passed): the API answers when the command is sent, and the
+/// printer logs it when it arrives.
+async fn logged(sim: &printgate::sim::SimPrinter, command: &str, at_least: usize) -> usize {
+    let count = |sim: &printgate::sim::SimPrinter| {
+        sim.command_log()
+            .iter()
+            .filter(|c| c.command.as_deref() == Some(command))
+            .count()
+    };
+    let mut arrivals = sim.subscribe_commands();
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let n = count(sim);
+        if n >= at_least {
+            return n;
+        }
+        match tokio::time::timeout_at(deadline, arrivals.recv()).await {
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            _ => return count(sim),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controls_reach_the_printer_once_and_are_recorded() {
     let t = TestGateway::start(&[Model::X1C], 300.0).await;
@@ -34,7 +58,7 @@ async fn controls_reach_the_printer_once_and_are_recorded() {
     .await
     .unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    assert_eq!(lights(&sim.command_log()), 1);
+    assert_eq!(logged(sim, "ledctrl", 1).await, 1);
 
     // Stop is refused without a confirmation, and nothing is sent.
     let r = post("/api/v1/printers/printer%201/stop", serde_json::json!({}))
@@ -53,13 +77,7 @@ async fn controls_reach_the_printer_once_and_are_recorded() {
     .await
     .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        sim.command_log()
-            .iter()
-            .filter(|c| c.command.as_deref() == Some("stop"))
-            .count(),
-        1
-    );
+    assert_eq!(logged(sim, "stop", 1).await, 1);
 
     // Unknown action and unknown printer give clear errors.
     let r = post(
